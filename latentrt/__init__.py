@@ -2,6 +2,13 @@
 
 __version__ = "0.1.0"
 
-from latentrt.runtime.pipeline import Pipeline, PipelineResult  # noqa: E402
-
 __all__ = ["Pipeline", "PipelineResult", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `latentrt.export` (torch side) does not load the runtime and vice versa.
+    if name in ("Pipeline", "PipelineResult"):
+        from latentrt.runtime import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'latentrt' has no attribute {name!r}")

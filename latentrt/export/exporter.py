@@ -1,0 +1,271 @@
+"""diffusers StableDiffusionPipeline folder -> ONNX model folder (atomic, validated).
+
+The folder is built in a hidden temporary folder beside OUT and renamed into place only after
+every component has been exported and validated, so a failure or Ctrl-C leaves no OUT behind
+(and an existing OUT untouched).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from latentrt import __version__
+from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
+from latentrt.export.validate import Comparison, validate_component
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 17
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf's hard limit is 2 GiB; stay under it
+EXTERNAL_DATA_NAME = "model.onnx_data"
+REQUIRED_SOURCE_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+
+
+class ExportError(RuntimeError):
+    """The source folder cannot be exported; the message says why and what to do."""
+
+
+@dataclass
+class ExportReport:
+    out: Path
+    seconds: float
+    comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def check_source(src: Path) -> dict:
+    """Read and check SRC's model_index.json; return it."""
+    src = Path(src)
+    index_path = src / "model_index.json"
+    if not src.is_dir():
+        raise ExportError(f"{src} is not a folder: give a local diffusers StableDiffusionPipeline folder")
+    if not index_path.is_file():
+        raise ExportError(
+            f"{src} is not a diffusers pipeline folder (no model_index.json): give the folder that "
+            "StableDiffusionPipeline.save_pretrained() wrote"
+        )
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{index_path} is not valid JSON ({exc})") from exc
+    missing = [p for p in REQUIRED_SOURCE_PARTS if p not in index or not (src / p).is_dir()]
+    if missing:
+        raise ExportError(
+            f"{src} lacks {', '.join(missing)}: a StableDiffusionPipeline folder needs "
+            f"{', '.join(REQUIRED_SOURCE_PARTS)} (class found: {index.get('_class_name')})"
+        )
+    return index
+
+
+def export_pipeline(
+    src: Path,
+    out: Path,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    validate: bool = True,
+    report: Callable[[str], None] = logger.info,
+) -> ExportReport:
+    src, out = Path(src), Path(out)
+    index = check_source(src)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
+    started = time.perf_counter()
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        result = ExportReport(out=out, seconds=0.0)
+        manifest = _build(src, tmp, index, opset, validate, result, report)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        _replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def _build(src, tmp, index, opset, validate, result, report) -> dict:
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from latentrt.export.tokenizer import export_tokenizer
+
+    models = {
+        "text_encoder": lambda: CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32),
+        "unet": lambda: UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32),
+        "vae": lambda: AutoencoderKL.from_pretrained(src / "vae", torch_dtype=torch.float32),
+    }
+    loaded: dict[str, torch.nn.Module] = {}
+    components = {}
+    for spec in COMPONENTS:
+        if spec.source not in loaded:
+            loaded.clear()  # one source model in memory at a time (the VAE serves two components)
+            loaded[spec.source] = models[spec.source]().eval()
+        module = spec.wrap(loaded[spec.source]).eval()
+        t0 = time.perf_counter()
+        files = _export_component(spec, module, tmp / spec.name, opset)
+        seconds = time.perf_counter() - t0
+        shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
+        entry = _manifest_entry(spec, tmp / spec.name, files, opset)
+        entry["export_seconds"] = round(seconds, 2)
+        if validate:
+            comparisons = validate_component(spec, module, tmp / spec.name / "model.onnx")
+            result.comparisons[spec.name] = comparisons
+            entry["validation"] = [c.as_dict() for c in comparisons]
+            for c in comparisons:
+                report(f"  {c}")
+        size = sum(f["bytes"] for f in entry["files"].values())
+        result.sizes[spec.name] = size
+        report(f"{spec.name}: exported in {seconds:.1f} s, {size / 1e6:.1f} MB")
+        components[spec.name] = entry
+    loaded.clear()
+
+    export_tokenizer(src / "tokenizer", tmp / "tokenizer")
+    (tmp / "scheduler").mkdir()
+    shutil.copyfile(src / "scheduler" / "scheduler_config.json", tmp / "scheduler" / "scheduler_config.json")
+    _write_model_index(src, tmp, index)
+    return {
+        "format": "latentrt-onnx/1",
+        "exporter": _versions(),
+        "source": {"path": str(src.resolve()), "class_name": index.get("_class_name")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "opset": opset,
+        "precision": "fp32",
+        "components": components,
+    }
+
+
+@contextlib.contextmanager
+def _quiet_export():
+    """The TorchScript exporter warns about every traced Python branch; they are expected here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _export_component(spec: ComponentSpec, module, folder: Path, opset: int) -> list[str]:
+    """Trace to a scratch folder, then save as model.onnx (+ ONE model.onnx_data when > 2 GB)."""
+    import onnx
+    import torch
+
+    folder.mkdir(parents=True)
+    scratch = folder / ".scratch"
+    scratch.mkdir()
+    inputs = spec.sample_inputs(module.model, np.random.default_rng(0))
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(
+            module,
+            to_torch(inputs),
+            str(scratch / "model.onnx"),
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_axes=spec.dynamic_axes(),
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+    weights = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    target = folder / "model.onnx"
+    if weights > EXTERNAL_DATA_THRESHOLD:
+        onnx.save_model(
+            model,
+            str(target),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=EXTERNAL_DATA_NAME,
+            size_threshold=1024,
+        )
+        files = ["model.onnx", EXTERNAL_DATA_NAME]
+    else:
+        onnx.save_model(model, str(target))
+        files = ["model.onnx"]
+    del model
+    shutil.rmtree(scratch)
+    return files
+
+
+def _tensor_bytes(tensor) -> int:
+    import onnx
+
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return next((int(e.value) for e in tensor.external_data if e.key == "length"), 0)
+    return len(tensor.raw_data) if tensor.raw_data else 0
+
+
+def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int) -> dict:
+    return {
+        "file": "model.onnx",
+        "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in files else None,
+        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)} for name in files},
+        "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.outputs],
+        "opset": opset,
+        "precision": "fp32",
+    }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_model_index(src: Path, tmp: Path, index: dict) -> None:
+    """The layout optimum's and diffusers' ONNX pipelines read (components as [library, class])."""
+    model_index = {
+        "_class_name": "ORTStableDiffusionPipeline",
+        "_diffusers_version": index.get("_diffusers_version"),
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "feature_extractor": [None, None],
+        "scheduler": ["diffusers", index["scheduler"][1]],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "text_encoder": ["optimum", "ORTModelTextEncoder"],
+        "unet": ["optimum", "ORTModelUnet"],
+        "vae_decoder": ["optimum", "ORTModelVaeDecoder"],
+        "vae_encoder": ["optimum", "ORTModelVaeEncoder"],
+    }
+    (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import onnx
+    import torch
+    import transformers
+
+    return {
+        "latentrt": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "onnx": onnx.__version__,
+    }
