@@ -1,0 +1,100 @@
+"""Training noise schedules: betas and their cumulative products, as pure NumPy functions.
+
+Everything here is computed the way diffusers computes it (float32 tables), so that a scheduler built from the
+same ``scheduler_config.json`` walks through exactly the same noise levels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def _linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
+    """``torch.linspace(start, end, steps, dtype=torch.float32)``, to the bit.
+
+    torch's CPU kernel fills the first half forwards from ``start`` and the second half backwards from ``end``,
+    with a float32 step and one fused multiply-add (one rounding) per element; float64 emulates that exactly.
+    """
+    if steps == 1:
+        return np.array([start], dtype=np.float32)
+    start32, end32 = np.float32(start), np.float32(end)
+    step = np.float64((end32 - start32) / np.float32(steps - 1))
+    idx = np.arange(steps)
+    out = np.where(
+        idx < steps // 2,
+        np.float64(start32) + step * idx,
+        np.float64(end32) - step * (steps - 1 - idx),
+    )
+    return out.astype(np.float32)
+
+
+def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999) -> NDArray[np.float32]:
+    """The cosine schedule of Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models" (2021), eq. 17.
+
+    ``alpha_bar(t) = cos((t + 0.008) / 1.008 * pi / 2) ** 2`` discretised into betas, each capped at ``max_beta``.
+    """
+
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    betas = [
+        min(1 - alpha_bar((i + 1) / num_diffusion_timesteps) / alpha_bar(i / num_diffusion_timesteps), max_beta)
+        for i in range(num_diffusion_timesteps)
+    ]
+    return np.asarray(betas, dtype=np.float32)
+
+
+def rescale_zero_terminal_snr(betas: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Shift and scale ``sqrt(alpha_bar)`` so that the last timestep has zero signal-to-noise ratio.
+
+    Algorithm 1 of Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2023).
+    """
+    sqrt_ab = np.sqrt(alphas_cumprod(betas))
+    first, last = sqrt_ab[0].copy(), sqrt_ab[-1].copy()
+    sqrt_ab = (sqrt_ab - last) * (first / (first - last))
+    alphas_bar = sqrt_ab**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return (1 - alphas).astype(np.float32)
+
+
+def make_betas(
+    num_train_timesteps: int,
+    beta_start: float,
+    beta_end: float,
+    beta_schedule: str,
+    trained_betas: Sequence[float] | None = None,
+    rescale_betas_zero_snr: bool = False,
+) -> NDArray[np.float32]:
+    """The per-step noise variances ``beta_t`` of the forward process, shape ``(num_train_timesteps,)``.
+
+    ``linear`` is Ho et al., "Denoising Diffusion Probabilistic Models" (2020); ``scaled_linear`` (linear in
+    ``sqrt(beta)``) is the Stable Diffusion schedule (Rombach et al., "High-Resolution Image Synthesis with Latent
+    Diffusion Models", 2022); ``squaredcos_cap_v2`` is :func:`betas_for_alpha_bar`.
+    """
+    if trained_betas is not None:
+        betas = np.asarray(trained_betas, dtype=np.float32)
+    elif beta_schedule == "linear":
+        betas = _linspace_f32(beta_start, beta_end, num_train_timesteps)
+    elif beta_schedule == "scaled_linear":
+        betas = _linspace_f32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+        betas = betas_for_alpha_bar(num_train_timesteps)
+    else:
+        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {beta_schedule!r}")
+    if rescale_betas_zero_snr:
+        betas = rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def alphas_cumprod(betas: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``alpha_bar_t = prod_{s<=t} (1 - beta_s)`` (Ho et al. 2020, eq. 4), shape ``(T,)`` float32.
+
+    Accumulated in float64 and rounded per element, as torch's CPU ``cumprod`` does for float32.
+    """
+    return np.cumprod((1.0 - betas).astype(np.float64)).astype(np.float32)

@@ -1,0 +1,124 @@
+"""Euler and Euler ancestral: the first-order samplers of Karras et al., "Elucidating the Design Space of
+Diffusion-Based Generative Models" (2022, Algorithm 1 without churn) and Ho et al. 2020's ancestral sampling in
+sigma space (Crowson's k-diffusion ``sample_euler_ancestral``), as diffusers' ``EulerDiscreteScheduler`` and
+``EulerAncestralDiscreteScheduler`` run them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .base import ScheduleConfig, SigmaScheduler
+from .sigmas import ancestral_step, denoised_from_model_output, discrete_noise_levels, to_d
+from .timesteps import spaced_timesteps
+
+
+@dataclass(frozen=True)
+class SigmaConfig(ScheduleConfig):
+    """Keys of the k-diffusion family: how the ``n`` noise levels are spaced."""
+
+    timestep_spacing: str = "linspace"
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self._bool("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+        self._unsupported("use_beta_sigmas", False, "beta-distributed sigmas need scipy; use_karras_sigmas is close")
+        if self.use_karras_sigmas and self.use_exponential_sigmas:
+            raise ValueError(
+                "scheduler_config.json: use_karras_sigmas and use_exponential_sigmas are both true; set only one"
+            )
+
+    @property
+    def sigma_spacing(self) -> str:
+        if self.use_karras_sigmas:
+            return "karras"
+        if self.use_exponential_sigmas:
+            return "exponential"
+        return "interp"
+
+
+def sigma_space_timesteps(config: ScheduleConfig, n: int) -> NDArray[np.float32]:
+    """The k-diffusion family's timesteps: float32, ``linspace`` not rounded (diffusers' behaviour)."""
+    c = config
+    return spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset).astype(np.float32)
+
+
+def zero_snr_alphas_cumprod(alphas_cumprod: NDArray[np.float32]) -> NDArray[np.float32]:
+    """With a zero-terminal-SNR schedule, the last ``alpha_bar`` is set to ``2**-24`` so sigma stays finite
+    (diffusers' Euler schedulers; Lin et al. 2023 sample at that step with v-prediction)."""
+    out = alphas_cumprod.copy()
+    out[-1] = 2**-24
+    return out
+
+
+@dataclass(frozen=True)
+class EulerConfig(SigmaConfig):
+    scheduler: ClassVar[str] = "euler"
+
+    interpolation_type: str = "linear"
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    timestep_type: str = "discrete"
+    rescale_betas_zero_snr: bool = False
+    final_sigmas_type: str = "zero"
+
+    def validate(self) -> None:
+        super().validate()
+        self._unsupported(
+            "interpolation_type", "linear",
+            "diffusers' log_linear gives n + 2 noise levels in ascending order, which latentrt does not copy",
+        )
+        self._number("sigma_min", optional=True)
+        self._number("sigma_max", optional=True)
+        self._one_of("timestep_type", ("discrete", "continuous"))
+        self._bool("rescale_betas_zero_snr")
+        self._one_of("final_sigmas_type", ("zero", "sigma_min"))
+
+
+class EulerScheduler(SigmaScheduler):
+    """Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x)) / sigma``; one UNet call per step.
+
+    Behaviours of diffusers reproduced on purpose: ``linspace`` timesteps are fractional float32 (not rounded);
+    ``init_noise_sigma`` is ``sigma_max`` for ``linspace``/``trailing`` but ``sqrt(sigma_max^2 + 1)`` for
+    ``leading``; ``timestep_type='continuous'`` with v-prediction hands ``0.25 * log(sigma)`` to the UNet.
+    """
+
+    name = "euler"
+    diffusers_class = "EulerDiscreteScheduler"
+    config_class = EulerConfig
+    config: EulerConfig
+
+    def __init__(self, config: Any, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        if self.config.rescale_betas_zero_snr:
+            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
+
+    def _make_timesteps(self, n: int) -> NDArray[np.float32]:
+        c = self.config
+        timesteps, sigmas = discrete_noise_levels(
+            self.alphas_cumprod, sigma_space_timesteps(c, n), n, c.sigma_spacing, c.sigma_min, c.sigma_max
+        )
+        if c.final_sigmas_type == "sigma_min":
+            sigma_last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
+        else:
+            sigma_last = 0.0
+        self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)  # (n + 1,)
+        if c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
+            return (0.25 * np.log(self.sigmas[:-1])).astype(np.float32)
+        return np.asarray(timesteps).astype(np.float32)
+
+    def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:
+        i = self._index(t)
+        sample = sample.astype(np.float32, copy=False)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        denoised = denoised_from_model_output(self.config.prediction_type, model_output, sample, sigma)
+        prev = sample + to_d(sample, sigma, denoised) * (sigma_next - sigma)
+        self._step_index = i + 1
+        return prev.astype(model_output.dtype, copy=False)

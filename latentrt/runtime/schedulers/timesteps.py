@@ -1,0 +1,30 @@
+"""Which of the training timesteps an n-step sampler visits: pure NumPy functions."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+
+
+def spaced_timesteps(spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int = 0) -> NDArray[np.float64]:
+    """The timesteps of an ``num_steps`` sampler, descending, shape ``(num_steps,)`` (float64, not yet rounded).
+
+    The three spacings of Table 2 in Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed"
+    (2023), as diffusers computes them:
+
+    - ``leading``: ``0, r, 2r, ...`` with ``r = T // n``, plus ``steps_offset`` (Stable Diffusion's, with 1);
+      never reaches the last training step (the off-by-one the paper criticises, kept on purpose).
+    - ``trailing``: ``round(T, T - T/n, ...) - 1``: starts at the last training step.
+    - ``linspace``: ``linspace(0, T - 1, n)``; callers that need integers round it themselves.
+    """
+    if spacing == "leading":
+        ratio = num_train_timesteps // num_steps
+        return (np.arange(0, num_steps) * ratio).round()[::-1].astype(np.float64) + steps_offset
+    if spacing == "trailing":
+        ratio = num_train_timesteps / num_steps
+        return np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.float64) - 1
+    if spacing == "linspace":
+        return np.linspace(0, num_train_timesteps - 1, num_steps)[::-1].copy()
+    raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")

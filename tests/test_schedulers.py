@@ -1,0 +1,361 @@
+"""The NumPy schedulers against diffusers' torch schedulers, step for step (diffusers is the reference here only).
+
+The UNet is replaced by a fixed analytic stand-in, evaluated in NumPy on both sides, so both loops see the same
+model; noise for the stochastic samplers is drawn from the same NumPy generator on both sides.
+Relative error = max |ours - diffusers| / max |diffusers| over the final latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+from latentrt.runtime.schedulers import available_schedulers, create_scheduler  # noqa: E402
+
+TOL = 1e-5
+SHAPE = (1, 4, 8, 8)
+STEPS = (1, 4, 20, 50)
+
+# Stable Diffusion 1.5's scheduler_config.json (runwayml/stable-diffusion-v1-5), as shipped
+SD15 = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": "0.6.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "num_train_timesteps": 1000,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+    "clip_sample": False,
+}
+# Stable Diffusion 2.1 (768, v-prediction)'s scheduler_config.json (stabilityai/stable-diffusion-2-1), as shipped
+SD21 = {
+    "_class_name": "DDIMScheduler",
+    "_diffusers_version": "0.8.0",
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "v_prediction",
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "trained_betas": None,
+}
+CONFIGS = {"sd15": SD15, "sd21-v": SD21}
+
+# short name -> (diffusers class, from_config overrides that the name implies)
+REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpm++2m-sde-karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+    ),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+STOCHASTIC = {"ddpm", "euler-a", "dpm++2m-sde-karras", "lcm"}
+# diffusers module whose randn_tensor draws the stochastic samplers' noise
+NOISE_MODULES = {
+    "DDPMScheduler": "diffusers.schedulers.scheduling_ddpm",
+    "EulerAncestralDiscreteScheduler": "diffusers.schedulers.scheduling_euler_ancestral_discrete",
+    "DPMSolverMultistepScheduler": "diffusers.schedulers.scheduling_dpmsolver_multistep",
+    "LCMScheduler": "diffusers.schedulers.scheduling_lcm",
+}
+
+IMPLEMENTED = available_schedulers()
+DETERMINISTIC = [n for n in IMPLEMENTED if n not in STOCHASTIC]
+STOCHASTIC_IMPLEMENTED = [n for n in IMPLEMENTED if n in STOCHASTIC]
+
+_REPORT: dict[str, float] = {}  # "name/config/steps" -> relative error; dumped if LATENTRT_SCHEDULER_REPORT is set
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _dump_report():
+    yield
+    path = os.environ.get("LATENTRT_SCHEDULER_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(_REPORT, f, indent=1, sort_keys=True)
+
+
+def fake_unet(x: np.ndarray, t: float) -> np.ndarray:
+    """The stand-in for the UNet: ``0.2 * x * cos(t / 300) + 0.05``, float32 in, float32 out."""
+    return (x * np.float32(0.2 * np.cos(float(t) / 300.0)) + np.float32(0.05)).astype(np.float32)
+
+
+def start_latents(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(SHAPE, dtype=np.float32)
+
+
+def reference_scheduler(name: str, config: dict[str, Any]):
+    cls_name, overrides = REFERENCE[name]
+    return getattr(diffusers, cls_name).from_config(config, **overrides)
+
+
+def run_ours(sched, steps: int, x0: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+    sched.set_timesteps(steps)
+    x = x0 * sched.init_noise_sigma
+    for t in sched.timesteps:
+        eps = fake_unet(sched.scale_model_input(x, t), t)
+        x = sched.step(eps, t, x, rng)
+    return x
+
+
+def run_diffusers(sched, steps: int, x0: np.ndarray, noise_rng: np.random.Generator | None = None) -> np.ndarray:
+    """diffusers' loop; with ``noise_rng``, the scheduler's ``randn_tensor`` draws float32 noise from it instead."""
+    mp = pytest.MonkeyPatch()
+    if noise_rng is not None:
+        module = NOISE_MODULES[type(sched).__name__]
+
+        def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+            return torch.from_numpy(noise_rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype)
+
+        mp.setattr(f"{module}.randn_tensor", randn_tensor)
+    try:
+        sched.set_timesteps(steps)
+        x = torch.from_numpy(x0.copy()) * sched.init_noise_sigma
+        for t in sched.timesteps:
+            x_in = sched.scale_model_input(x, t)
+            eps = torch.from_numpy(fake_unet(x_in.numpy(), float(t)))
+            x = sched.step(eps, t, x).prev_sample
+    finally:
+        mp.undo()
+    return x.numpy()
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(ours.astype(np.float64) - ref).max() / np.abs(ref).max())
+
+
+# --- parity with diffusers ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_matches_diffusers(name: str, config_name: str) -> None:
+    config = CONFIGS[config_name]
+    ours = create_scheduler(name, config)
+    ref = reference_scheduler(name, config)
+    x0 = start_latents()
+    for steps in STEPS + ((3, 7) if name == "heun" else ()):
+        out = run_ours(ours, steps, x0)
+        expected = run_diffusers(ref, steps, x0)
+        ts_ref = ref.timesteps.numpy()
+        assert ours.timesteps.dtype == ts_ref.dtype, (steps, ours.timesteps.dtype, ts_ref.dtype)
+        np.testing.assert_array_equal(ours.timesteps, ts_ref, err_msg=f"{name} {steps} steps")
+        assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
+        assert out.dtype == np.float32 and out.shape == SHAPE
+        err = rel_err(out, expected)
+        _REPORT[f"{name}/{config_name}/{steps}"] = err
+        assert err < TOL, f"{name} {config_name} {steps} steps: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("config_name", list(CONFIGS))
+@pytest.mark.parametrize("name", STOCHASTIC_IMPLEMENTED)
+def test_stochastic_matches_diffusers_with_same_noise(name: str, config_name: str) -> None:
+    config = CONFIGS[config_name]
+    ours = create_scheduler(name, config)
+    ref = reference_scheduler(name, config)
+    x0 = start_latents()
+    for steps in STEPS:
+        out = run_ours(ours, steps, x0, np.random.default_rng(1234))
+        expected = run_diffusers(ref, steps, x0, noise_rng=np.random.default_rng(1234))
+        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+        assert ours.timesteps.dtype == ref.timesteps.numpy().dtype
+        err = rel_err(out, expected)
+        _REPORT[f"{name}/{config_name}/{steps}"] = err
+        assert err < TOL, f"{name} {config_name} {steps} steps: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("name", STOCHASTIC_IMPLEMENTED)
+def test_stochastic_seed_reproducible(name: str) -> None:
+    sched = create_scheduler(name, SD15)
+    x0 = start_latents()
+    a = run_ours(sched, 8, x0, np.random.default_rng(7))
+    b = run_ours(sched, 8, x0, np.random.default_rng(7))
+    c = run_ours(sched, 8, x0, np.random.default_rng(8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC_IMPLEMENTED)
+def test_stochastic_needs_generator(name: str) -> None:
+    sched = create_scheduler(name, SD15)
+    sched.set_timesteps(4)
+    x = start_latents()
+    t = sched.timesteps[0]
+    with pytest.raises(ValueError, match="np.random.Generator"):
+        sched.step(fake_unet(x, t), t, x)
+
+
+# Configs that exercise the keys the schedulers honour, beyond the two Stable Diffusion ones.
+VARIANTS = {
+    "trailing-zsnr-v": {**SD21, "timestep_spacing": "trailing", "rescale_betas_zero_snr": True, "steps_offset": 0},
+    "linspace-cos-sample": {
+        "_class_name": "DDPMScheduler", "beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace",
+        "prediction_type": "sample", "clip_sample": True, "set_alpha_to_one": True,
+    },
+    "prk-alpha-one": {**SD15, "skip_prk_steps": False, "set_alpha_to_one": True},
+    "linear-trained-betas": {
+        "_class_name": "DDIMScheduler", "trained_betas": np.linspace(1e-4, 0.02, 1000).tolist(),
+        "clip_sample": False, "timestep_spacing": "leading", "steps_offset": 1, "thresholding": True,
+    },
+}
+
+
+def _supports(name: str, config: dict[str, Any]) -> bool:
+    """Whether diffusers' class for ``name`` takes this config at all (some refuse 'sample' or zero SNR)."""
+    try:
+        sched = reference_scheduler(name, config)
+        sched.set_timesteps(4)
+    except (ValueError, NotImplementedError):
+        return False
+    if config.get("prediction_type") == "sample" and name in ("pndm", "euler-a"):
+        return False
+    return True
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_config_variants_match_diffusers(name: str, variant: str) -> None:
+    config = VARIANTS[variant]
+    if not _supports(name, config):
+        with pytest.raises(ValueError):
+            run_ours(create_scheduler(name, config), 4, start_latents(), np.random.default_rng(0))
+        return
+    ours = create_scheduler(name, config)
+    ref = reference_scheduler(name, config)
+    x0 = start_latents()
+    for steps in (4, 25):
+        rng_a, rng_b = (np.random.default_rng(5), np.random.default_rng(5)) if name in STOCHASTIC else (None, None)
+        out = run_ours(ours, steps, x0, rng_a)
+        expected = run_diffusers(ref, steps, x0, noise_rng=rng_b)
+        np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
+        if np.isfinite(expected).all():
+            err = rel_err(out, expected)
+            _REPORT[f"{name}/{variant}/{steps}"] = err
+            assert err < TOL, f"{name} {variant} {steps} steps: relative error {err:.2e}"
+
+
+# --- the config contract -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_config_declares_every_key_of_the_diffusers_class(name: str) -> None:
+    """Each key diffusers' class reads is declared with diffusers' default: honoured or rejected, never ignored."""
+    cls_name, _ = REFERENCE[name]
+    params = inspect.signature(getattr(diffusers, cls_name).__init__).parameters
+    theirs = {k: p.default for k, p in params.items() if k != "self"}
+    ours = {f.name: f.default for f in dataclasses.fields(create_scheduler(name, SD15).config_class)}
+    assert set(ours) == set(theirs)
+    for key, default in theirs.items():
+        assert ours[key] == default, key
+
+
+def test_folder_scheduler_resolved_from_class_name() -> None:
+    assert create_scheduler(None, SD15).name == "pndm"
+    assert create_scheduler(None, SD21).name == "ddim"
+    assert create_scheduler(None, {**SD15, "_class_name": "EulerDiscreteScheduler"}).name == "euler"
+
+
+def test_class_names_are_aliases_case_insensitive() -> None:
+    assert create_scheduler("eulerdiscretescheduler", SD15).name == "euler"
+    assert create_scheduler("PNDMScheduler", SD21).name == "pndm"
+
+
+def test_foreign_keys_are_ignored_private_keys_too() -> None:
+    sched = create_scheduler("euler", {**SD15, "skip_prk_steps": True, "_diffusers_version": "9.9", "foo": 1})
+    sched.set_timesteps(4)
+
+
+def test_unknown_name_lists_available() -> None:
+    with pytest.raises(ValueError, match="available: .*euler"):
+        create_scheduler("k_euler_magic", SD15)
+
+
+def test_unknown_folder_class_is_an_error() -> None:
+    with pytest.raises(ValueError, match="KarrasVeScheduler"):
+        create_scheduler(None, {**SD15, "_class_name": "KarrasVeScheduler"})
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("beta_schedule", "cubic"),
+        ("prediction_type", "x0"),
+        ("timestep_spacing", "random"),
+        ("steps_offset", -1),
+        ("num_train_timesteps", 0),
+        ("trained_betas", [0.1, 0.2]),
+    ],
+)
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_bad_config_value_is_a_clear_error(name: str, key: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=key):
+        create_scheduler(name, {**SD15, key: value})
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_step_before_set_timesteps_raises(name: str) -> None:
+    sched = create_scheduler(name, SD15)
+    x = start_latents()
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sched.step(x, 999, x, np.random.default_rng(0))
+    with pytest.raises(RuntimeError, match="set_timesteps"):
+        sched.timesteps  # noqa: B018
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_bad_step_counts(name: str) -> None:
+    sched = create_scheduler(name, SD15)
+    for n in (0, -3):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            sched.set_timesteps(n)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_dtype_kept_and_float16_runs(name: str) -> None:
+    sched = create_scheduler(name, SD15)
+    out = run_ours(sched, 5, start_latents().astype(np.float16), np.random.default_rng(0))
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
+def test_add_noise_matches_diffusers(name: str) -> None:
+    ours, ref = create_scheduler(name, SD15), reference_scheduler(name, SD15)
+    ours.set_timesteps(10)
+    ref.set_timesteps(10)
+    x0, noise = start_latents(1), start_latents(2)
+    t = ours.timesteps[3]
+    expected = ref.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), ref.timesteps[3:4]).numpy()
+    np.testing.assert_allclose(ours.add_noise(x0, noise, t), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_runtime_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import latentrt.runtime.schedulers as s; "
+        "s.create_scheduler('euler', {}).set_timesteps(3); "
+        "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
+        "sys.exit(f'imported {bad}' if bad else 0)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
