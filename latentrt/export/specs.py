@@ -101,7 +101,16 @@ def _text_inputs(model: nn.Module, rng: np.random.Generator) -> dict[str, np.nda
 
 
 def _latent_hw(unet_config) -> tuple[int, int]:
-    side = min(int(unet_config.sample_size), 32)  # keep validation cheap on CPU
+    """A latent size NOT divisible by the UNet's total downsampling, kept small for CPU validation.
+
+    diffusers' UNet takes a Python branch on that divisibility and, when it does not divide, passes
+    explicit sizes to its upsamplers. Tracing through that branch makes the exported graph take any
+    multiple of the VAE factor (e.g. 520 px for SD 1.5), not only multiples of 64.
+    """
+    factor = 2 ** (len(unet_config.block_out_channels) - 1)
+    side = min(int(unet_config.sample_size), 32)
+    if factor > 1 and side % factor == 0:
+        side += factor // 2
     return side, side
 
 

@@ -64,6 +64,24 @@ def write_tokenizer(folder: Path, pad_token: str, max_length: int = 77) -> int:
     return len(vocab)
 
 
+def _amplify_conditioning(unet) -> None:
+    """Make a random UNet depend strongly on its prompt and timestep, as a trained one does.
+
+    At random init the cross-attention and time-embedding paths barely move the output (about 2% and
+    4% of its spread), so a parity test on such a model would not notice a wrong guidance scale or a
+    wrong timestep. Scaled up, both move the output by about its own size, and the noise prediction
+    has roughly unit variance like a trained epsilon predictor.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if name.endswith("attn2.to_out.0"):
+                module.weight.mul_(10.0)
+        unet.time_embedding.linear_2.weight.mul_(8.0)
+        unet.conv_out.weight.mul_(2.5)
+
+
 def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0):
     """Build and save a tiny StableDiffusionPipeline; return it (torch, random weights)."""
     import torch
@@ -107,6 +125,7 @@ def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0):
         upcast_attention=sd2,
         norm_num_groups=16,
     )
+    _amplify_conditioning(unet)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -41,6 +41,7 @@ class ScheduleConfig:
 
     scheduler: ClassVar[str] = "?"
     prediction_types: ClassVar[tuple[str, ...]] = PREDICTION_TYPES
+    beta_schedules: ClassVar[tuple[str, ...]] = BETA_SCHEDULES
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
@@ -102,7 +103,7 @@ class ScheduleConfig:
         self._int("num_train_timesteps", 1)
         self._number("beta_start")
         self._number("beta_end")
-        self._one_of("beta_schedule", BETA_SCHEDULES)
+        self._one_of("beta_schedule", self.beta_schedules)
         if self.trained_betas is not None and len(self.trained_betas) != self.num_train_timesteps:
             raise _fail(
                 "trained_betas", f"{len(self.trained_betas)} values",

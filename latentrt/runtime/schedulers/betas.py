@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what every scheduler accepts
 
 
 def _linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
@@ -34,15 +34,33 @@ def _linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
     return out.astype(np.float32)
 
 
-def betas_for_alpha_bar(num_diffusion_timesteps: int, max_beta: float = 0.999) -> NDArray[np.float32]:
-    """The cosine schedule of Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models" (2021), eq. 17.
+def _alpha_bar_cosine(t: float) -> float:
+    return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
 
-    ``alpha_bar(t) = cos((t + 0.008) / 1.008 * pi / 2) ** 2`` discretised into betas, each capped at ``max_beta``.
+
+def _alpha_bar_exp(t: float) -> float:
+    return math.exp(t * -12.0)
+
+
+def _alpha_bar_laplace(t: float) -> float:
+    lmb = -0.5 * math.copysign(1, 0.5 - t) * math.log(1 - 2 * math.fabs(0.5 - t) + 1e-6)
+    snr = math.exp(lmb)
+    return math.sqrt(snr / (1 + snr))
+
+
+_ALPHA_BARS = {"cosine": _alpha_bar_cosine, "exp": _alpha_bar_exp, "laplace": _alpha_bar_laplace}
+
+
+def betas_for_alpha_bar(
+    num_diffusion_timesteps: int, max_beta: float = 0.999, alpha_transform_type: str = "cosine"
+) -> NDArray[np.float32]:
+    """Betas that discretise a continuous ``alpha_bar(t)``, each capped at ``max_beta``.
+
+    ``cosine`` is Nichol & Dhariwal, "Improved Denoising Diffusion Probabilistic Models" (2021), eq. 17:
+    ``alpha_bar(t) = cos((t + 0.008) / 1.008 * pi / 2) ** 2``; ``exp`` (``exp(-12 t)``) and ``laplace`` (a
+    Laplace-distributed log-SNR) are diffusers' variants of the same construction.
     """
-
-    def alpha_bar(t: float) -> float:
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
+    alpha_bar = _ALPHA_BARS[alpha_transform_type]
     betas = [
         min(1 - alpha_bar((i + 1) / num_diffusion_timesteps) / alpha_bar(i / num_diffusion_timesteps), max_beta)
         for i in range(num_diffusion_timesteps)
@@ -75,7 +93,9 @@ def make_betas(
 
     ``linear`` is Ho et al., "Denoising Diffusion Probabilistic Models" (2020); ``scaled_linear`` (linear in
     ``sqrt(beta)``) is the Stable Diffusion schedule (Rombach et al., "High-Resolution Image Synthesis with Latent
-    Diffusion Models", 2022); ``squaredcos_cap_v2`` is :func:`betas_for_alpha_bar`.
+    Diffusion Models", 2022); ``squaredcos_cap_v2`` is :func:`betas_for_alpha_bar` (and ``exp``/``laplace``, its
+    variants); ``sigmoid`` is a sigmoid over [-6, 6] (Jabri et al., "Scalable Adaptive Computation for Iterative
+    Generation", 2022). Which of them a scheduler accepts is its diffusers class's choice.
     """
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float32)
@@ -85,8 +105,14 @@ def make_betas(
         betas = _linspace_f32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
     elif beta_schedule == "squaredcos_cap_v2":
         betas = betas_for_alpha_bar(num_train_timesteps)
+    elif beta_schedule in ("exp", "laplace"):
+        betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type=beta_schedule)
+    elif beta_schedule == "sigmoid":
+        x = _linspace_f32(-6, 6, num_train_timesteps)
+        sig = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)
+        betas = (sig * np.float32(beta_end - beta_start) + np.float32(beta_start)).astype(np.float32)
     else:
-        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)}, got {beta_schedule!r}")
+        raise ValueError(f"unknown beta_schedule {beta_schedule!r}")
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
     return betas

@@ -122,3 +122,51 @@ class EulerScheduler(SigmaScheduler):
         prev = sample + to_d(sample, sigma, denoised) * (sigma_next - sigma)
         self._step_index = i + 1
         return prev.astype(model_output.dtype, copy=False)
+
+
+@dataclass(frozen=True)
+class EulerAncestralConfig(ScheduleConfig):
+    scheduler: ClassVar[str] = "euler-a"
+    prediction_types: ClassVar[tuple[str, ...]] = ("epsilon", "v_prediction")  # diffusers: 'sample' not implemented
+
+    timestep_spacing: str = "linspace"
+    rescale_betas_zero_snr: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self._bool("rescale_betas_zero_snr")
+
+
+class EulerAncestralScheduler(SigmaScheduler):
+    """Euler ancestral ("Euler a"): an Euler step down to ``sigma_down``, then fresh noise of ``sigma_up``
+    (:func:`.sigmas.ancestral_step`), every step including the last (where ``sigma_up`` is 0)."""
+
+    name = "euler-a"
+    diffusers_class = "EulerAncestralDiscreteScheduler"
+    config_class = EulerAncestralConfig
+    config: EulerAncestralConfig
+    stochastic = True
+
+    def __init__(self, config: Any, **overrides: Any) -> None:
+        super().__init__(config, **overrides)
+        if self.config.rescale_betas_zero_snr:
+            self.alphas_cumprod = zero_snr_alphas_cumprod(self.alphas_cumprod)
+
+    def _make_timesteps(self, n: int) -> NDArray[np.float32]:
+        timesteps, sigmas = discrete_noise_levels(self.alphas_cumprod, sigma_space_timesteps(self.config, n), n)
+        self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)  # (n + 1,)
+        return np.asarray(timesteps).astype(np.float32)
+
+    def _step(
+        self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: np.random.Generator | None
+    ) -> NDArray[Any]:
+        i = self._index(t)
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        sample = sample.astype(np.float32, copy=False)
+        denoised = denoised_from_model_output(self.config.prediction_type, model_output, sample, sigma)
+        sigma_up, sigma_down = ancestral_step(sigma, sigma_next)
+        prev = sample + to_d(sample, sigma, denoised) * (sigma_down - sigma)
+        if rng is not None:  # step() has checked rng
+            prev = prev + self._noise(rng, model_output) * sigma_up
+        self._step_index = i + 1
+        return prev.astype(model_output.dtype, copy=False)

@@ -1,0 +1,146 @@
+"""The `latentrt` command: generate, export, info, demo-model (bench arrives with the benchmarks)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stable Diffusion on ONNX Runtime, torch-free.")
+logger = logging.getLogger("latentrt")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("latentrt").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: Optional[Path] = typer.Option(None, "-m", "--model", help="ONNX model folder (default: the shipped model)."),
+    output: Path = typer.Option(Path("image.png"), "-o", "--output", help="PNG path; with -n > 1, _1, _2... are added."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale; <= 1 disables it."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Sampler name (see `latentrt info`); default: the model's."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: a random one, written in the PNG)."),
+    height: Optional[int] = typer.Option(None, "--height"),
+    width: Optional[int] = typer.Option(None, "--width"),
+    num_images: int = typer.Option(1, "-n", "--num-images"),
+    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda, tensorrt, rocm, directml, coreml, openvino."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all cores)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Generate images from a prompt."""
+    from latentrt.runtime.images import save_png
+    from latentrt.runtime.pipeline import Pipeline
+
+    _setup_logging(verbose)
+    outputs = [output] if num_images == 1 else [output.with_name(f"{output.stem}_{i + 1}{output.suffix}") for i in range(num_images)]
+    existing = [str(p) for p in outputs if p.exists()]
+    if existing and not force:
+        _fail(f"{', '.join(existing)} already exists: choose another --output or pass --force to overwrite")
+    try:
+        pipe = Pipeline.from_folder(model, provider=provider, threads=threads) if model else Pipeline.default(provider=provider, threads=threads)
+        with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
+
+            def progress(done: int, total: int) -> None:
+                bar.length = total
+                bar.update(1)
+
+            result = pipe(
+                prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
+                seed=seed, height=height, width=width, num_images=num_images, progress=progress,
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    for image, params, path in zip(result.images, result.parameters, outputs):
+        save_png(image, path, params, force=force)
+        typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g})")
+    t = result.timings
+    typer.echo(f"text encoder {t['text_encoder']:.2f} s, denoise {t['denoise']:.2f} s ({t['unet_step'] * 1000:.0f} ms/step), VAE decode {t['vae_decode']:.2f} s")
+
+
+@app.command()
+def export(
+    src: Path = typer.Argument(..., help="Local diffusers StableDiffusionPipeline folder."),
+    out: Path = typer.Argument(..., help="ONNX model folder to write."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
+    _setup_logging(verbose)
+    try:
+        from latentrt.export.exporter import ExportError, export_pipeline
+        from latentrt.export.validate import ValidationError
+    except ImportError as exc:
+        _fail(f"the exporter needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
+    try:
+        report = export_pipeline(src, out, opset=opset, force=force, report=typer.echo)
+    except (ExportError, FileExistsError, ValidationError) as exc:
+        _fail(str(exc))
+    total = sum(report.sizes.values())
+    typer.echo(f"wrote {out} ({total / 1e6:.1f} MB) in {report.seconds:.1f} s")
+
+
+@app.command()
+def info(
+    model: Optional[Path] = typer.Argument(None, help="ONNX model folder (default: the shipped model)."),
+    verify: bool = typer.Option(False, "--verify", help="Check every file's sha256 against the manifest."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show a model folder: components, inputs and outputs, precision, and what this machine offers."""
+    from latentrt.runtime.info import describe
+
+    try:
+        if model is None:
+            from latentrt.models import default_model_path
+
+            model = default_model_path()
+        description = describe(model, verify=verify)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(description, indent=2))
+        return
+    from latentrt.runtime.info import render
+
+    typer.echo(render(description))
+
+
+@app.command("demo-model")
+def demo_model(
+    out: Path = typer.Argument(..., help="ONNX model folder to write."),
+    family: str = typer.Option("sd1", "--family", help="sd1 or sd2 shapes."),
+    force: bool = typer.Option(False, "--force"),
+) -> None:
+    """Build a tiny Stable Diffusion model with random weights and export it (needs the export extra)."""
+    import tempfile
+
+    try:
+        from latentrt.export.exporter import export_pipeline
+        from latentrt.export.tiny import build_tiny_pipeline
+    except ImportError as exc:
+        _fail(f"demo-model needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
+    if out.exists() and not force:
+        _fail(f"{out} already exists: choose another OUT or pass --force to replace it")
+    with tempfile.TemporaryDirectory() as tmp:
+        build_tiny_pipeline(Path(tmp) / "diffusers", family=family)
+        export_pipeline(Path(tmp) / "diffusers", out, force=force, report=typer.echo)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:  # pragma: no cover
+    app()

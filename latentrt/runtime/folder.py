@@ -1,0 +1,188 @@
+"""ModelFolder: reads and checks an ONNX model folder (latentrt's, optimum's or diffusers' legacy one).
+
+The folder is the contract between export and runtime. Configs are read from the folder's own JSON
+into frozen dataclasses; nothing about the architecture is assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+OPTIONAL_COMPONENTS = ("vae_encoder",)
+REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
+
+
+class ModelFolderError(ValueError):
+    """The folder is not a usable ONNX model folder; the message says what is wrong and the fix."""
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    in_channels: int
+    sample_size: int
+    cross_attention_dim: int
+    num_upsamplers: int  # the UNet halves the latent this many times
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> "UNetConfig":
+        return cls(
+            in_channels=int(cfg.get("in_channels", 4)),
+            sample_size=_side(cfg.get("sample_size", 64)),
+            cross_attention_dim=_side(cfg.get("cross_attention_dim", 768)),
+            num_upsamplers=max(len(cfg.get("block_out_channels", [0])) - 1, 0),
+        )
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    latent_channels: int
+    scaling_factor: float
+    shift_factor: float | None
+    scale_factor: int  # pixels per latent along each side: 2 ** (number of VAE blocks - 1)
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> "VaeConfig":
+        if "scaling_factor" not in cfg:
+            raise ModelFolderError(f"the VAE config has no scaling_factor; {REEXPORT_HINT}")
+        blocks = cfg.get("block_out_channels") or [0, 0, 0, 0]
+        return cls(
+            latent_channels=int(cfg.get("latent_channels", 4)),
+            scaling_factor=float(cfg["scaling_factor"]),
+            shift_factor=None if cfg.get("shift_factor") is None else float(cfg["shift_factor"]),
+            scale_factor=2 ** (len(blocks) - 1),
+        )
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    max_position_embeddings: int
+    hidden_size: int
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> "TextEncoderConfig":
+        return cls(
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 77)),
+            hidden_size=int(cfg.get("hidden_size", cfg.get("projection_dim", 768))),
+        )
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Generation defaults a folder may declare in its manifest (the shipped model does)."""
+
+    steps: int = 50
+    guidance_scale: float = 7.5
+    scheduler: str | None = None  # None: the folder's scheduler_config.json
+
+    @classmethod
+    def from_dict(cls, cfg: dict[str, Any]) -> "Defaults":
+        return cls(
+            steps=int(cfg.get("steps", cls.steps)),
+            guidance_scale=float(cfg.get("guidance_scale", cls.guidance_scale)),
+            scheduler=cfg.get("scheduler"),
+        )
+
+
+@dataclass(frozen=True)
+class ComponentFiles:
+    name: str
+    model: Path
+    config: dict[str, Any]
+    manifest: dict[str, Any] | None  # the manifest's entry, if the folder has a manifest
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    path: Path
+    model_index: dict[str, Any]
+    manifest: dict[str, Any] | None
+    components: dict[str, ComponentFiles]
+    scheduler_config: dict[str, Any]
+    unet: UNetConfig
+    vae: VaeConfig
+    text_encoder: TextEncoderConfig
+    defaults: Defaults = field(default_factory=Defaults)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this (the VAE's downsampling factor)."""
+        return self.vae.scale_factor
+
+    @classmethod
+    def open(cls, path: str | Path) -> "ModelFolder":
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelFolderError(f"{path} is not a folder: give the folder that `latentrt export` wrote")
+        looks_like_model = (path / "model_index.json").is_file() or (path / "unet").is_dir()
+        if not looks_like_model:
+            raise ModelFolderError(
+                f"{path} is not an ONNX model folder (no model_index.json, no unet/): "
+                f"give a folder written by `latentrt export` or optimum-cli, or {REEXPORT_HINT}"
+            )
+        model_index = _read_json(path / "model_index.json") if (path / "model_index.json").is_file() else {}
+        manifest = _read_json(path / "manifest.json") if (path / "manifest.json").is_file() else None
+        components = {}
+        for name in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS:
+            model = path / name / "model.onnx"
+            if not model.is_file():
+                if name in REQUIRED_COMPONENTS:
+                    raise ModelFolderError(f"{path} lacks {name}/model.onnx; {REEXPORT_HINT}")
+                continue
+            config_path = path / name / "config.json"
+            config = _read_json(config_path) if config_path.is_file() else {}
+            entry = (manifest or {}).get("components", {}).get(name)
+            if entry is not None:
+                _check_sizes(path / name, entry)
+            components[name] = ComponentFiles(name, model, config, entry)
+        for part, required in (("tokenizer", "tokenizer.json"), ("scheduler", "scheduler_config.json")):
+            if not (path / part / required).is_file():
+                raise ModelFolderError(f"{path} lacks {part}/{required}; {REEXPORT_HINT}")
+        if not components["vae_decoder"].config:
+            raise ModelFolderError(f"{path} lacks vae_decoder/config.json (it holds scaling_factor); {REEXPORT_HINT}")
+        return cls(
+            path=path,
+            model_index=model_index,
+            manifest=manifest,
+            components=components,
+            scheduler_config=_read_json(path / "scheduler" / "scheduler_config.json"),
+            unet=UNetConfig.from_dict(components["unet"].config),
+            vae=VaeConfig.from_dict(components["vae_decoder"].config),
+            text_encoder=TextEncoderConfig.from_dict(components["text_encoder"].config),
+            defaults=Defaults.from_dict((manifest or {}).get("defaults", {})),
+        )
+
+
+def _side(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"cannot read {path}: {exc}; {REEXPORT_HINT}") from exc
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path} must hold a JSON object; {REEXPORT_HINT}")
+    return data
+
+
+def _check_sizes(folder: Path, entry: dict[str, Any]) -> None:
+    """Cheap truncation check against the manifest (the sha256 check is `latentrt info --verify`)."""
+    for name, meta in entry.get("files", {}).items():
+        file = folder / name
+        if not file.is_file():
+            raise ModelFolderError(f"{file} is missing (the manifest lists it); {REEXPORT_HINT}")
+        size = file.stat().st_size
+        if size != meta.get("bytes", size):
+            raise ModelFolderError(
+                f"{file} is {size} bytes but the manifest says {meta['bytes']}: the file is truncated or "
+                f"corrupted; {REEXPORT_HINT}"
+            )

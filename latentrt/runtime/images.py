@@ -1,0 +1,68 @@
+"""NumPy <-> PIL, and PNG files with the generation parameters (AUTOMATIC1111's `parameters` chunk)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, PngImagePlugin
+
+
+@dataclass(frozen=True)
+class GenerationParameters:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    guidance_scale: float
+    seed: int | None  # None when the caller gave the latents
+    width: int
+    height: int
+    model: str
+
+    def a1111(self) -> str:
+        """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
+        settings = [
+            f"Steps: {self.steps}",
+            f"Sampler: {self.sampler}",
+            f"CFG scale: {self.guidance_scale:g}",
+            f"Seed: {self.seed if self.seed is not None else -1}",
+            f"Size: {self.width}x{self.height}",
+            f"Model: {self.model}",
+        ]
+        return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
+
+
+def decoded_to_uint8(decoded: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """VAE output (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, exactly as diffusers' postprocess."""
+    if not np.all(np.isfinite(decoded)):
+        raise FloatingPointError(
+            "the VAE decoder produced NaN or inf values: the model or its export is broken "
+            "(for fp16 exports, use the fp32 VAE); no image was written"
+        )
+    images = np.clip(decoded / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)  # (B, H, W, 3)
+    return (images * 255).round().astype(np.uint8)
+
+
+def to_pil(images: NDArray[np.uint8]) -> list[Image.Image]:
+    return [Image.fromarray(image) for image in images]
+
+
+def save_png(image: Image.Image, path: Path, parameters: GenerationParameters, force: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not force:
+        raise FileExistsError(f"{path} already exists: choose another --output or pass --force to overwrite it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters.a1111())
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", pnginfo=info)
+    tmp.replace(path)
+    return path
+
+
+def read_parameters(path: Path) -> str | None:
+    with Image.open(path) as image:
+        return image.text.get("parameters") if hasattr(image, "text") else None

@@ -1,0 +1,86 @@
+"""`latentrt info`: what a model folder holds and what this machine can run it with."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError
+from latentrt.runtime.schedulers import available_schedulers
+from latentrt.runtime.session import OnnxModel, available_providers
+
+
+def describe(path: Path, verify: bool = False) -> dict[str, Any]:
+    folder = ModelFolder.open(path)
+    manifest = folder.manifest or {}
+    components = {}
+    for name, files in folder.components.items():
+        entry = files.manifest
+        if entry is None:  # optimum's or diffusers' folder: read the graph's declared IO
+            model = OnnxModel(name, files.model, ["CPUExecutionProvider"])
+            io = {
+                "inputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.inputs.values()],
+                "outputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.outputs.values()],
+            }
+            sizes = {p.name: p.stat().st_size for p in files.model.parent.glob("model.onnx*")}
+            precision = "unknown (no manifest)"
+        else:
+            io = {"inputs": entry["inputs"], "outputs": entry["outputs"]}
+            sizes = {k: v["bytes"] for k, v in entry["files"].items()}
+            precision = entry.get("precision", "?")
+            if verify:
+                _verify(files.model.parent, entry)
+        components[name] = {**io, "bytes": sizes, "precision": precision}
+    return {
+        "path": str(folder.path),
+        "format": manifest.get("format", "optimum/diffusers (no manifest)"),
+        "source": manifest.get("source"),
+        "exporter": manifest.get("exporter"),
+        "opset": manifest.get("opset"),
+        "native_size": folder.unet.sample_size * folder.vae.scale_factor,
+        "size_multiple": folder.size_multiple,
+        "scheduler": folder.scheduler_config.get("_class_name"),
+        "prediction_type": folder.scheduler_config.get("prediction_type", "epsilon"),
+        "defaults": manifest.get("defaults"),
+        "components": components,
+        "verified": verify and folder.manifest is not None,
+        "schedulers": available_schedulers(),
+        "providers_available": available_providers(),
+        "onnxruntime": ort.__version__,
+    }
+
+
+def _verify(folder: Path, entry: dict[str, Any]) -> None:
+    for name, meta in entry["files"].items():
+        digest = hashlib.sha256()
+        with open(folder / name, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != meta["sha256"]:
+            raise ModelFolderError(f"{folder / name} does not match the manifest's sha256: it is corrupted; {REEXPORT_HINT}")
+
+
+def render(d: dict[str, Any]) -> str:
+    lines = [f"model folder  {d['path']}", f"format        {d['format']}"]
+    if d["source"]:
+        lines.append(f"exported from {d['source'].get('path')} ({d['source'].get('class_name')}), opset {d['opset']}")
+    lines.append(f"native size   {d['native_size']}x{d['native_size']} (height/width multiples of {d['size_multiple']})")
+    lines.append(f"scheduler     {d['scheduler']}, prediction {d['prediction_type']}")
+    if d["defaults"]:
+        lines.append(f"defaults      {d['defaults']}")
+    lines.append("components")
+    for name, c in d["components"].items():
+        mb = sum(c["bytes"].values()) / 1e6
+        lines.append(f"  {name:<13} {mb:8.1f} MB  {c['precision']}  files: {', '.join(c['bytes'])}")
+        for kind in ("inputs", "outputs"):
+            for t in c[kind]:
+                axes = ", ".join(str(a) for a in t["axes"])
+                lines.append(f"      {kind[:-1]:<6} {t['name']:<24} {t['dtype']:<8} ({axes})")
+    if d["verified"]:
+        lines.append("sha256        all files match the manifest")
+    lines.append(f"schedulers    {', '.join(d['schedulers'])}")
+    lines.append(f"providers     {', '.join(d['providers_available'])} (onnxruntime {d['onnxruntime']})")
+    return "\n".join(lines)

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny Stable Diffusion pipelines built from configs, exported once per session."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """{"sd1": (diffusers folder, onnx folder), "sd2": (...)} with random weights."""
+    from latentrt.export.exporter import export_pipeline
+    from latentrt.export.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("tiny")
+    models = {}
+    for family in ("sd1", "sd2"):
+        src, out = root / f"{family}-diffusers", root / f"{family}-onnx"
+        build_tiny_pipeline(src, family=family, seed=0)
+        export_pipeline(src, out, report=logging.getLogger("test-export").info)
+        models[family] = (src, out)
+    return models
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tiny_models) -> tuple[Path, Path]:
+    return tiny_models["sd1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(tiny_models) -> tuple[Path, Path]:
+    return tiny_models["sd2"]
