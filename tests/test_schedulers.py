@@ -248,7 +248,13 @@ def test_config_variants_match_diffusers(name: str, variant: str) -> None:
     for steps in (4, 25):
         rng_a, rng_b = (np.random.default_rng(5), np.random.default_rng(5)) if name in STOCHASTIC else (None, None)
         out = run_ours(ours, steps, x0, rng_a)
-        expected = run_diffusers(ref, steps, x0, noise_rng=rng_b)
+        try:
+            expected = run_diffusers(ref, steps, x0, noise_rng=rng_b)
+        except IndexError:
+            # diffusers' second-match rule on a repeated first (rounded Karras) timestep skips a step and runs off
+            # the end of its sigmas; latentrt starts at position 0 instead (documented in IndexedScheduler)
+            assert ours.timesteps[0] == ours.timesteps[1] and np.isfinite(out).all()
+            continue
         np.testing.assert_array_equal(ours.timesteps, ref.timesteps.numpy())
         if np.isfinite(expected).all():
             err = rel_err(out, expected)
@@ -266,7 +272,7 @@ def test_config_declares_every_key_of_the_diffusers_class(name: str) -> None:
     ours = {f.name: f.default for f in dataclasses.fields(create_scheduler(name, SD15).config_class)}
     assert set(ours) == set(theirs)
     for key, default in theirs.items():
-        assert ours[key] == default, key
+        assert ours[key] == (tuple(default) if isinstance(default, list) else default), key
 
 
 def test_folder_scheduler_resolved_from_class_name() -> None:

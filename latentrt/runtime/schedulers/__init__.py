@@ -11,12 +11,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any
 
 from .base import Scheduler, ScheduleConfig
 from .ddim import DDIMScheduler
-from .euler import EulerScheduler
+from .ddpm import DDPMScheduler
+from .dpmsolver import DPMSolverConfig, DPMSolverScheduler, dpm_name
+from .euler import EulerAncestralScheduler, EulerScheduler
+from .heun import HeunScheduler
+from .lcm import LCMScheduler
+from .lms import LMSScheduler
 from .pndm import PNDMScheduler
+from .unipc import UniPCScheduler
 
 __all__ = ["Scheduler", "ScheduleConfig", "available_schedulers", "create_scheduler"]
 
@@ -29,17 +35,37 @@ class _Entry:
         self.overrides = dict(overrides or {})
 
 
+_DPM_2M = {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_exponential_sigmas": False, "use_lu_lambdas": False}
+
 _NAMES: dict[str, _Entry] = {
     "ddim": _Entry(DDIMScheduler),
+    "ddpm": _Entry(DDPMScheduler),
     "pndm": _Entry(PNDMScheduler),
+    "lms": _Entry(LMSScheduler),
     "euler": _Entry(EulerScheduler),
+    "euler-a": _Entry(EulerAncestralScheduler),
+    "heun": _Entry(HeunScheduler),
+    "dpm++2m": _Entry(DPMSolverScheduler, {**_DPM_2M, "use_karras_sigmas": False}),
+    "dpm++2m-karras": _Entry(DPMSolverScheduler, {**_DPM_2M, "use_karras_sigmas": True}),
+    "dpm++2m-sde-karras": _Entry(
+        DPMSolverScheduler, {**_DPM_2M, "algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+    ),
+    "unipc": _Entry(UniPCScheduler),
+    "lcm": _Entry(LCMScheduler),
 }
 
 # diffusers class name (lower case) -> short name, or a function of the config for classes behind several names
-_CLASS_ALIASES: dict[str, str | Callable[[Mapping[str, Any]], str]] = {
+_CLASS_ALIASES: dict[str, str] = {
     "ddimscheduler": "ddim",
+    "ddpmscheduler": "ddpm",
     "pndmscheduler": "pndm",
+    "lmsdiscretescheduler": "lms",
     "eulerdiscretescheduler": "euler",
+    "eulerancestraldiscretescheduler": "euler-a",
+    "heundiscretescheduler": "heun",
+    "dpmsolvermultistepscheduler": "dpm++2m",  # the config as it is: named by dpm_name()
+    "unipcmultistepscheduler": "unipc",
+    "lcmscheduler": "lcm",
 }
 
 
@@ -59,8 +85,7 @@ def _resolve(name: str, config: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
             f"unknown scheduler {name!r}; available: {', '.join(available_schedulers())} "
             "(or their diffusers class names)"
         )
-    # a class name runs the config as it is, with no overrides
-    return (alias(config) if callable(alias) else alias), {}
+    return alias, {}  # a class name runs the config as it is, with no overrides
 
 
 def create_scheduler(name: str | None, config: Mapping[str, Any]) -> Scheduler:
@@ -82,5 +107,8 @@ def create_scheduler(name: str | None, config: Mapping[str, Any]) -> Scheduler:
         name = class_name
     short, overrides = _resolve(name, config)
     scheduler = _NAMES[short].cls(config, **overrides)
-    scheduler.name = short
+    if not isinstance(scheduler.config, DPMSolverConfig):
+        scheduler.name = short
+    else:  # one class behind several names: named by what the config runs (dpm++2m-karras, dpm++3m-sde, ...)
+        scheduler.name = dpm_name(scheduler.config)
     return scheduler

@@ -63,6 +63,7 @@ class ScheduleConfig:
         kwargs.update(overrides)
         if kwargs.get("trained_betas") is not None:
             kwargs["trained_betas"] = tuple(float(b) for b in kwargs["trained_betas"])
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}  # frozen: lists as tuples
         return cls(**kwargs)
 
     def __post_init__(self) -> None:
@@ -241,9 +242,11 @@ class Scheduler:
 class IndexedScheduler(Scheduler):
     """A scheduler that walks an array (sigmas, solver history) by position, like diffusers' ``step_index``.
 
-    The position is found from the first timestep it is called with (the second match where a timestep appears
-    twice, as diffusers does, so that a run started mid-schedule lands on the right entry), then advanced by one
-    per ``step``.
+    The position is found from the first timestep it is called with, then advanced by one per ``step``. A run
+    that starts at ``timesteps[0]`` starts at position 0; a run started mid-schedule lands on the second match
+    where a timestep appears twice, as in diffusers. (diffusers applies the second-match rule to the first entry
+    too, which makes it skip a step and then fail with an IndexError when rounded Karras timesteps start with a
+    repeated value; latentrt does not copy that.)
     """
 
     def _reset(self) -> None:
@@ -251,11 +254,17 @@ class IndexedScheduler(Scheduler):
 
     def _index(self, t: Any) -> int:
         if self._step_index is None:
-            matches = np.flatnonzero(self.timesteps == _scalar(t))
-            if len(matches) == 0:
-                raise ValueError(f"{self.name} scheduler: timestep {t!r} is not one of scheduler.timesteps")
-            self._step_index = int(matches[1] if len(matches) > 1 else matches[0])
+            self._step_index = self._lookup(t)
         return self._step_index
+
+    def _lookup(self, t: Any) -> int:
+        value = _scalar(t)
+        if value == self.timesteps[0]:
+            return 0
+        matches = np.flatnonzero(self.timesteps == value)
+        if len(matches) == 0:
+            raise ValueError(f"{self.name} scheduler: timestep {t!r} is not one of scheduler.timesteps")
+        return int(matches[1] if len(matches) > 1 else matches[0])
 
 
 class SigmaScheduler(IndexedScheduler):
@@ -288,9 +297,6 @@ class SigmaScheduler(IndexedScheduler):
     def add_noise(
         self, original: NDArray[np.floating], noise: NDArray[np.floating], t: Any
     ) -> NDArray[np.floating]:
-        """``x_0 + sigma_t * noise`` at a timestep of ``timesteps`` (the second match where it appears twice)."""
-        matches = np.flatnonzero(self.timesteps == _scalar(t))
-        if len(matches) == 0:
-            raise ValueError(f"{self.name} scheduler: timestep {t!r} is not one of scheduler.timesteps")
-        sigma = self.sigmas.astype(original.dtype)[matches[1] if len(matches) > 1 else matches[0]]
+        """``x_0 + sigma_t * noise`` at a timestep of ``timesteps``."""
+        sigma = self.sigmas.astype(original.dtype)[self._lookup(t)]
         return (original + noise * sigma).astype(original.dtype, copy=False)

@@ -28,3 +28,24 @@ def spaced_timesteps(spacing: str, num_train_timesteps: int, num_steps: int, ste
     if spacing == "linspace":
         return np.linspace(0, num_train_timesteps - 1, num_steps)[::-1].copy()
     raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
+
+
+def multistep_timesteps(
+    spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int = 0, last_timestep: int | None = None
+) -> NDArray[np.int64]:
+    """The timesteps of diffusers' multistep solvers (DPM-Solver, UniPC), int64, descending, ``(num_steps,)``.
+
+    These space ``num_steps + 1`` points and drop the one at 0 (``linspace``, ``leading``), unlike
+    :func:`spaced_timesteps`; ``last_timestep`` (default ``T``) is where the schedule is cut for
+    ``lambda_min_clipped``.
+    """
+    last = num_train_timesteps if last_timestep is None else last_timestep
+    if spacing == "linspace":
+        return np.linspace(0, last - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    if spacing == "leading":
+        ratio = last // (num_steps + 1)
+        return (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + steps_offset
+    if spacing == "trailing":
+        ratio = num_train_timesteps / num_steps
+        return np.arange(last, 0, -ratio).round().astype(np.int64) - 1
+    raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
