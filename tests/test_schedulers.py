@@ -109,7 +109,10 @@ def start_latents(seed: int = 0) -> np.ndarray:
 
 
 def reference_scheduler(name: str, config: dict[str, Any]):
-    cls_name, overrides = REFERENCE[name]
+    """diffusers' scheduler for a short name, or for a diffusers class name (then with no overrides)."""
+    cls_name, overrides = REFERENCE[name] if name in REFERENCE else (name, {})
+    if cls_name == "LMSDiscreteScheduler":
+        pytest.importorskip("scipy", reason="diffusers' LMSDiscreteScheduler (the reference) needs scipy")
     return getattr(diffusers, cls_name).from_config(config, **overrides)
 
 
@@ -262,6 +265,64 @@ def test_config_variants_match_diffusers(name: str, variant: str) -> None:
             assert err < TOL, f"{name} {variant} {steps} steps: relative error {err:.2e}"
 
 
+# Every other key the schedulers honour, one at a time on top of SD 1.5's config (built by diffusers class name,
+# so that the short names' overrides do not hide them).
+KNOBS: list[tuple[str, dict[str, Any]]] = [
+    ("DDIMScheduler", {"timestep_spacing": "trailing"}),  # t - T // n off the schedule, as diffusers
+    ("DDIMScheduler", {"set_alpha_to_one": True, "clip_sample": True, "clip_sample_range": 0.5}),
+    ("DDPMScheduler", {"variance_type": "fixed_large"}),
+    ("DDPMScheduler", {"variance_type": "fixed_small_log", "beta_schedule": "sigmoid"}),
+    ("DDPMScheduler", {"beta_schedule": "laplace", "timestep_spacing": "trailing"}),
+    ("PNDMScheduler", {"timestep_spacing": "linspace"}),
+    ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("LMSDiscreteScheduler", {"use_exponential_sigmas": True, "timestep_spacing": "leading"}),
+    ("EulerDiscreteScheduler", {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 10.0}),
+    ("EulerDiscreteScheduler", {"use_exponential_sigmas": True, "final_sigmas_type": "sigma_min"}),
+    ("EulerDiscreteScheduler", {"timestep_type": "continuous", "prediction_type": "v_prediction"}),
+    ("EulerDiscreteScheduler", {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"}),
+    ("EulerAncestralDiscreteScheduler", {"timestep_spacing": "leading"}),
+    ("HeunDiscreteScheduler", {"use_karras_sigmas": True}),
+    ("HeunDiscreteScheduler", {"beta_schedule": "exp", "clip_sample": True, "prediction_type": "sample"}),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3}),
+    ("DPMSolverMultistepScheduler", {"solver_order": 3, "algorithm_type": "sde-dpmsolver++"}),
+    ("DPMSolverMultistepScheduler", {"solver_type": "heun", "lower_order_final": False}),
+    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
+    ("DPMSolverMultistepScheduler", {"euler_at_final": True, "final_sigmas_type": "sigma_min"}),
+    ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1, "timestep_spacing": "leading"}),
+    ("DPMSolverMultistepScheduler", {"use_lu_lambdas": True}),
+    ("DPMSolverMultistepScheduler", {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}),
+    ("DPMSolverMultistepScheduler", {"thresholding": True, "prediction_type": "sample", "sample_max_value": 2.0}),
+    ("DPMSolverMultistepScheduler", {"solver_type": "bh2", "algorithm_type": "deis", "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", {"solver_order": 3}),
+    ("UniPCMultistepScheduler", {"solver_type": "bh1", "disable_corrector": [0, 2], "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", {"predict_x0": False, "solver_order": 3, "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "sigma_min": 0.05}),
+    ("UniPCMultistepScheduler", {"use_exponential_sigmas": True, "lower_order_final": False, "final_sigmas_type": "sigma_min"}),
+    ("UniPCMultistepScheduler", {"thresholding": True, "timestep_spacing": "leading", "solver_type": "midpoint"}),
+    ("LCMScheduler", {"original_inference_steps": 30, "timestep_scaling": 5.0}),
+    ("LCMScheduler", {"set_alpha_to_one": False, "prediction_type": "v_prediction", "clip_sample": True}),
+]
+
+
+@pytest.mark.parametrize("cls_name, overrides", KNOBS, ids=[f"{c}-{'-'.join(o)}" for c, o in KNOBS])
+def test_config_knobs_match_diffusers(cls_name: str, overrides: dict[str, Any]) -> None:
+    config = {**SD15, **overrides}
+    ours = create_scheduler(cls_name, config)
+    ref = reference_scheduler(cls_name, config)
+    x0 = start_latents()
+    for steps in (3, 25):
+        seeds = (np.random.default_rng(9), np.random.default_rng(9)) if ours.stochastic else (None, None)
+        out = run_ours(ours, steps, x0, seeds[0])
+        expected = run_diffusers(ref, steps, x0, noise_rng=seeds[1])
+        assert ours.timesteps.dtype == ref.timesteps.numpy().dtype
+        # exact, except Euler's 0.25 * log(sigma) timesteps, where torch's float32 log may differ in the last bit
+        np.testing.assert_allclose(ours.timesteps, ref.timesteps.numpy(), rtol=1e-6, atol=0)
+        assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
+        err = rel_err(out, expected)
+        _REPORT[f"{cls_name}/{'+'.join(overrides)}/{steps}"] = err
+        assert err < TOL, f"{cls_name} {overrides} {steps} steps: relative error {err:.2e}"
+
+
 # --- the config contract -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", IMPLEMENTED)
 def test_config_declares_every_key_of_the_diffusers_class(name: str) -> None:
@@ -289,6 +350,73 @@ def test_class_names_are_aliases_case_insensitive() -> None:
 def test_foreign_keys_are_ignored_private_keys_too() -> None:
     sched = create_scheduler("euler", {**SD15, "skip_prk_steps": True, "_diffusers_version": "9.9", "foo": 1})
     sched.set_timesteps(4)
+
+
+def test_dpm_names_follow_the_config() -> None:
+    dpm = {**SD15, "_class_name": "DPMSolverMultistepScheduler"}
+    assert create_scheduler(None, dpm).name == "dpm++2m"
+    assert create_scheduler(None, {**dpm, "use_karras_sigmas": True}).name == "dpm++2m-karras"
+    sde = {**dpm, "use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}
+    assert create_scheduler(None, sde).name == "dpm++2m-sde-karras"
+    assert create_scheduler(None, sde).stochastic
+    assert create_scheduler(None, {**dpm, "solver_order": 3}).name == "dpm++3m"
+    # a short name sets what it names, whatever the folder's config says
+    plain = create_scheduler("dpm++2m", {**sde, "solver_order": 3})
+    assert plain.name == "dpm++2m" and not plain.stochastic and plain.config.solver_order == 2
+
+
+def test_order_is_unet_calls_per_step() -> None:
+    orders = {name: create_scheduler(name, SD15).order for name in IMPLEMENTED}
+    assert orders["heun"] == 2 and all(o == 1 for n, o in orders.items() if n != "heun")
+    heun = create_scheduler("heun", SD15)
+    heun.set_timesteps(10)
+    assert len(heun.timesteps) == 19
+
+
+@pytest.mark.parametrize(
+    "name, key, value",
+    [
+        ("euler", "use_beta_sigmas", True),
+        ("euler", "interpolation_type", "log_linear"),
+        ("euler", "use_exponential_sigmas", True),  # together with karras below
+        ("ddpm", "variance_type", "learned_range"),
+        ("DPMSolverMultistepScheduler", "algorithm_type", "dpmsolver"),
+        ("DPMSolverMultistepScheduler", "variance_type", "learned"),
+        ("DPMSolverMultistepScheduler", "use_flow_sigmas", True),
+        ("DPMSolverMultistepScheduler", "solver_order", 4),
+        ("unipc", "solver_p", "DDIMScheduler"),
+        ("unipc", "shift_terminal", 0.5),
+        ("unipc", "use_dynamic_shifting", True),
+        ("unipc", "solver_type", "bh1"),  # NaN in diffusers with the final sigma 0
+        ("unipc", "predict_x0", False),
+        ("unipc", "lower_order_final", False),
+        ("DPMSolverMultistepScheduler", "algorithm_type", "deis"),  # diffusers too, with final sigma 0
+        ("pndm", "prediction_type", "sample"),
+        ("euler-a", "prediction_type", "sample"),
+        ("ddim", "clip_sample", "yes"),
+    ],
+)
+def test_values_that_cannot_be_honoured_are_rejected(name: str, key: str, value: Any) -> None:
+    config = {**SD15, key: value}
+    if key == "use_exponential_sigmas":
+        config["use_karras_sigmas"] = True
+    with pytest.raises(ValueError, match=key if key != "use_exponential_sigmas" else "use_karras_sigmas"):
+        create_scheduler(name, config)
+
+
+def test_too_many_steps() -> None:
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        create_scheduler("ddim", SD15).set_timesteps(1001)
+    with pytest.raises(ValueError, match="original_inference_steps"):
+        create_scheduler("lcm", SD15).set_timesteps(51)
+
+
+def test_timestep_not_in_schedule() -> None:
+    sched = create_scheduler("euler", SD15)
+    sched.set_timesteps(4)
+    x = start_latents()
+    with pytest.raises(ValueError, match="not one of scheduler.timesteps"):
+        sched.step(x, 123.5, x)
 
 
 def test_unknown_name_lists_available() -> None:

@@ -184,6 +184,11 @@ class DPMSolverConfig(MultistepConfig):
         super().validate()
         # diffusers' own renames, so that a UniPC or DEIS folder config works (register_to_config in __init__)
         if self.algorithm_type == "deis":
+            if self.final_sigmas_type == "zero":  # diffusers checks the name before renaming it
+                raise ValueError(
+                    "scheduler_config.json: algorithm_type 'deis' needs final_sigmas_type 'sigma_min' "
+                    "(as in diffusers); or set algorithm_type to 'dpmsolver++'"
+                )
             object.__setattr__(self, "algorithm_type", "dpmsolver++")
         if self.solver_type in ("logrho", "bh1", "bh2"):
             object.__setattr__(self, "solver_type", "midpoint")

@@ -111,7 +111,8 @@ class EulerScheduler(SigmaScheduler):
             sigma_last = 0.0
         self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)  # (n + 1,)
         if c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
-            return (0.25 * np.log(self.sigmas[:-1])).astype(np.float32)
+            # log rounded once to float32, then the exact * 0.25: torch's float32 log, up to its last-bit slips
+            return np.float32(0.25) * np.log(self.sigmas[:-1].astype(np.float64)).astype(np.float32)
         return np.asarray(timesteps).astype(np.float32)
 
     def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:

@@ -70,6 +70,15 @@ class UniPCConfig(MultistepConfig):
         self._number("sigma_min", optional=True)
         self._number("sigma_max", optional=True)
         self._unsupported("shift_terminal", None, "diffusers allows it only with use_flow_sigmas")
+        if self.final_sigmas_type == "zero":
+            # diffusers' last step to sigma 0 divides by h = inf: NaN/inf latents, which latentrt refuses to copy
+            for key, ok in (("solver_type", "bh2"), ("predict_x0", True), ("lower_order_final", True)):
+                if getattr(self, key) != ok:
+                    raise ValueError(
+                        f"scheduler_config.json: {key}={getattr(self, key)!r} with final_sigmas_type 'zero' makes "
+                        f"diffusers' UniPC return NaN/inf on its last step; set {key} to {ok!r} or "
+                        "final_sigmas_type to 'sigma_min'"
+                    )
 
 
 class UniPCScheduler(MultistepScheduler):
