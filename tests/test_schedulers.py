@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from latentrt.runtime.schedulers import available_schedulers, create_scheduler  # noqa: E402
+from latentrt.runtime.schedulers import available_schedulers, create_scheduler, model_timestep  # noqa: E402
 
 TOL = 1e-5
 SHAPE = (1, 4, 8, 8)
@@ -480,6 +480,21 @@ def test_add_noise_matches_diffusers(name: str) -> None:
     t = ours.timesteps[3]
     expected = ref.add_noise(torch.from_numpy(x0), torch.from_numpy(noise), ref.timesteps[3:4]).numpy()
     np.testing.assert_allclose(ours.add_noise(x0, noise, t), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_model_timestep_keeps_the_graph_dtype() -> None:
+    karras = create_scheduler("dpm++2m-karras", SD15)
+    karras.set_timesteps(4)
+    assert karras.timesteps.dtype == np.int64  # Karras sigmas, but rounded integer timesteps (diffusers)
+    for sched_name, dtype in (("euler", np.float32), ("ddim", np.int64), ("heun", np.float32), ("unipc", np.int64)):
+        sched = create_scheduler(sched_name, SD15)
+        sched.set_timesteps(7)
+        assert sched.timesteps.dtype == dtype, sched_name
+    frac = np.float32(657.6)
+    np.testing.assert_array_equal(model_timestep(frac, np.float32, (2,)), np.array([frac, frac], dtype=np.float32))
+    np.testing.assert_array_equal(model_timestep(frac, "int64", (2,)), np.array([658, 658], dtype=np.int64))
+    assert model_timestep(np.int64(981), np.float16).dtype == np.float16
+    assert model_timestep(np.int64(981), np.int32).shape == ()
 
 
 def test_runtime_does_not_import_torch() -> None:

@@ -1,11 +1,13 @@
 """NumPy schedulers that match diffusers' step for step, built from a folder's ``scheduler_config.json``.
 
->>> sched = create_scheduler("euler", config)      # or None: the folder's own (config["_class_name"])
->>> sched.set_timesteps(20)
->>> x = rng.standard_normal(shape, dtype=np.float32) * sched.init_noise_sigma
->>> for t in sched.timesteps:                        # one UNet call per entry
-...     eps = unet(sched.scale_model_input(x, t), t)
-...     x = sched.step(eps, t, x, rng)
+Usage (the loop is diffusers')::
+
+    sched = create_scheduler("euler", config)  # or None: the folder's own scheduler (config["_class_name"])
+    sched.set_timesteps(20)
+    x = rng.standard_normal(shape, dtype=np.float32) * np.float32(sched.init_noise_sigma)
+    for t in sched.timesteps:  # one UNet call per entry
+        eps = unet(sched.scale_model_input(x, t), model_timestep(t, graph_dtype, (batch,)))
+        x = sched.step(eps, t, x, rng)
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from .heun import HeunScheduler
 from .lcm import LCMScheduler
 from .lms import LMSScheduler
 from .pndm import PNDMScheduler
+from .timesteps import model_timestep
 from .unipc import UniPCScheduler
 
-__all__ = ["Scheduler", "ScheduleConfig", "available_schedulers", "create_scheduler"]
+__all__ = ["Scheduler", "ScheduleConfig", "available_schedulers", "create_scheduler", "model_timestep"]
 
 
 class _Entry:

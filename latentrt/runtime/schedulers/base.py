@@ -115,7 +115,7 @@ class ScheduleConfig:
         self._int("steps_offset", 0)
 
 
-def _scalar(t: Any) -> float:
+def as_scalar(t: Any) -> float:
     """A timestep as given by the caller (Python or NumPy scalar, 0-d or 1-element array) as a Python number."""
     arr = np.asarray(t)
     if arr.size != 1:
@@ -130,13 +130,13 @@ class Scheduler:
     ``x_in = scale_model_input(x, t)``, ``eps = unet(x_in, t)``, ``x = step(eps, t, x, rng)``.
     """
 
-    name: ClassVar[str]
+    name: str = ""
     """The short name (``euler``, ``dpm++2m-karras``): what the user types and what goes into PNG metadata."""
     diffusers_class: ClassVar[str]
     config_class: ClassVar[type[ScheduleConfig]] = ScheduleConfig
     order: ClassVar[int] = 1
     """UNet calls per step (informational; ``timesteps`` already holds one entry per UNet call)."""
-    stochastic: ClassVar[bool] = False
+    stochastic: bool = False
     """True when ``step`` draws noise from the ``rng`` it is given."""
     timestep_dtype: ClassVar[type] = np.int64
     """The dtype of ``timesteps``, as diffusers has it (int64 or float32)."""
@@ -207,7 +207,7 @@ class Scheduler:
         self, original: NDArray[np.floating], noise: NDArray[np.floating], t: Any
     ) -> NDArray[np.floating]:
         """Forward process ``q(x_t | x_0)`` (Ho et al. 2020, eq. 4): ``sqrt(a_t) x_0 + sqrt(1 - a_t) noise``."""
-        a = self.alphas_cumprod.astype(original.dtype)[int(_scalar(t))]
+        a = self.alphas_cumprod.astype(original.dtype)[int(as_scalar(t))]
         return (a**0.5 * original + (1 - a) ** 0.5 * noise).astype(original.dtype, copy=False)
 
     # --- for subclasses -----------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ class IndexedScheduler(Scheduler):
         return self._step_index
 
     def _lookup(self, t: Any) -> int:
-        value = _scalar(t)
+        value = as_scalar(t)
         if value == self.timesteps[0]:
             return 0
         matches = np.flatnonzero(self.timesteps == value)

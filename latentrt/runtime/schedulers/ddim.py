@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Scheduler, ScheduleConfig, _scalar
+from .base import Scheduler, ScheduleConfig, as_scalar
 from .prediction import dynamic_threshold, x0_and_eps
 from .timesteps import spaced_timesteps
 
@@ -84,7 +84,7 @@ class DDIMScheduler(Scheduler):
         return spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset).round().astype(np.int64)
 
     def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:
-        t = int(_scalar(t))
+        t = int(as_scalar(t))
         prev_t = t - self.config.num_train_timesteps // self.num_inference_steps  # type: ignore[operator]
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Scheduler, _scalar
+from .base import Scheduler, as_scalar
 from .betas import BETA_SCHEDULES
 from .ddim import DDPMFamilyConfig, clip_x0
 from .prediction import x0_and_eps
@@ -81,7 +81,7 @@ class DDPMScheduler(Scheduler):
     def _step(
         self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: np.random.Generator | None
     ) -> NDArray[Any]:
-        t = int(_scalar(t))
+        t = int(as_scalar(t))
         matches = np.flatnonzero(self.timesteps == t)  # diffusers looks t up on every call, first match
         if len(matches) == 0:
             raise ValueError(f"ddpm scheduler: timestep {t} is not one of scheduler.timesteps")

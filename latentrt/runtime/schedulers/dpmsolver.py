@@ -278,7 +278,7 @@ class DPMSolverScheduler(MultistepScheduler):
     def __init__(self, config: Any, **overrides: Any) -> None:
         super().__init__(config, **overrides)
         self.name = dpm_name(self.config)
-        self.stochastic = self.config.algorithm_type == "sde-dpmsolver++"  # type: ignore[misc]
+        self.stochastic = self.config.algorithm_type == "sde-dpmsolver++"
 
     def _make_timesteps(self, n: int) -> NDArray[np.int64]:
         c = self.config
@@ -313,6 +313,14 @@ class DPMSolverScheduler(MultistepScheduler):
         return timesteps
 
     def _step(
+        self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: np.random.Generator | None
+    ) -> NDArray[Any]:
+        # a step of zero length (final_sigmas_type 'sigma_min' after Karras sigmas) gives r0 = h_0 / 0 = inf
+        # whose inverse multiplies the history, as in diffusers: keep NumPy quiet about it
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._dpm_step(model_output, t, sample, rng)
+
+    def _dpm_step(
         self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: np.random.Generator | None
     ) -> NDArray[Any]:
         c = self.config

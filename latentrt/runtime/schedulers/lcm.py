@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import IndexedScheduler, _scalar
+from .base import IndexedScheduler, as_scalar
 from .ddim import DDPMFamilyConfig, clip_x0
 from .prediction import x0_and_eps
 
@@ -90,7 +90,7 @@ class LCMScheduler(IndexedScheduler):
         self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: np.random.Generator | None
     ) -> NDArray[Any]:
         i = self._index(t)
-        t = int(_scalar(t))
+        t = int(as_scalar(t))
         prev_t = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else t
         a_t = self.alphas_cumprod[t]
         a_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Scheduler, ScheduleConfig, _scalar
+from .base import Scheduler, ScheduleConfig, as_scalar
 from .timesteps import spaced_timesteps
 
 
@@ -95,7 +95,7 @@ class PNDMScheduler(Scheduler):
         self.cur_sample: NDArray[np.floating] | None = None
 
     def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:
-        t = int(_scalar(t))
+        t = int(as_scalar(t))
         if self.counter < len(self.prk_timesteps) and not self.config.skip_prk_steps:
             return self._step_prk(model_output, t, sample)
         return self._step_plms(model_output, t, sample)

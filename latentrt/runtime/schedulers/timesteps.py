@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -49,3 +51,17 @@ def multistep_timesteps(
         ratio = num_train_timesteps / num_steps
         return np.arange(last, 0, -ratio).round().astype(np.int64) - 1
     raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)}, got {spacing!r}")
+
+
+def model_timestep(t: float | np.number, dtype: np.dtype | type | str, shape: tuple[int, ...] = ()) -> NDArray[Any]:
+    """A timestep from ``scheduler.timesteps`` as the UNet graph's ``timestep`` input, ``shape`` filled with it.
+
+    A float graph gets the value as it is (Euler, Heun, LMS and Karras schedules have fractional timesteps);
+    an integer graph gets it rounded to the nearest integer (diffusers' legacy ONNX pipeline truncates, which
+    turns 999.9 into 999; the torch UNet would have seen 999.9).
+    """
+    dtype = np.dtype(dtype)
+    value = np.asarray(t).reshape(()).item()
+    if np.issubdtype(dtype, np.integer):
+        value = int(np.rint(value))
+    return np.full(shape, value, dtype=dtype)

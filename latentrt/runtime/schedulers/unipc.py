@@ -171,6 +171,12 @@ class UniPCScheduler(MultistepScheduler):
         return self._combine(x, i - 1, h_phi_1, b_h, res).astype(x.dtype, copy=False)
 
     def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:
+        # a step of zero length (final_sigmas_type 'sigma_min' after Karras sigmas) divides 0 by 0 in coefficients
+        # that end up multiplied by 0, as in diffusers: keep NumPy quiet about it
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._unipc_step(model_output, t, sample)
+
+    def _unipc_step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any]) -> NDArray[Any]:
         c = self.config
         i = self._index(t)
         converted = self._convert(model_output, sample, i)
