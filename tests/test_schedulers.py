@@ -474,6 +474,16 @@ def test_dtype_kept_and_float16_runs(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", IMPLEMENTED)
+def test_set_timesteps_resets_the_run(name: str) -> None:
+    """One scheduler object, two runs (different lengths in between): the second run equals a fresh one."""
+    sched = create_scheduler(name, SD21)
+    first = run_ours(sched, 6, start_latents(), np.random.default_rng(3))
+    run_ours(sched, 3, start_latents(4), np.random.default_rng(4))
+    again = run_ours(sched, 6, start_latents(), np.random.default_rng(3))
+    np.testing.assert_array_equal(first, again)
+
+
+@pytest.mark.parametrize("name", IMPLEMENTED)
 def test_add_noise_matches_diffusers(name: str) -> None:
     ours, ref = create_scheduler(name, SD15), reference_scheduler(name, SD15)
     ours.set_timesteps(10)

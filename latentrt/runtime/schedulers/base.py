@@ -200,7 +200,8 @@ class Scheduler:
         self._check_ready()
         if self.stochastic:
             self._check_rng(rng)
-        prev = self._step(np.asarray(model_output), t, np.asarray(sample), rng)
+        sample = np.asarray(sample)
+        prev = self._step(np.asarray(model_output), t, sample, rng)
         return prev.astype(sample.dtype, copy=False)
 
     def add_noise(

@@ -124,3 +124,17 @@ def alphas_cumprod(betas: NDArray[np.float32]) -> NDArray[np.float32]:
     Accumulated in float64 and rounded per element, as torch's CPU ``cumprod`` does for float32.
     """
     return np.cumprod((1.0 - betas).astype(np.float64)).astype(np.float32)
+
+
+def final_alpha_cumprod(alphas_cumprod: NDArray[np.float32], set_alpha_to_one: bool) -> np.float32:
+    """``alpha_bar`` used past the last training step (t < 0) by DDIM-style updates: 1 with ``set_alpha_to_one``
+    (a clean final sample, Song et al. 2021), else ``alpha_bar_0`` (Stable Diffusion's configs set it false)."""
+    return np.float32(1.0) if set_alpha_to_one else alphas_cumprod[0]
+
+
+def zero_snr_alphas_cumprod(alphas_cumprod: NDArray[np.float32]) -> NDArray[np.float32]:
+    """With a zero-terminal-SNR schedule, the last ``alpha_bar`` is set to ``2**-24`` so sigma stays finite
+    (diffusers' Euler schedulers; Lin et al. 2023 sample at that step with v-prediction)."""
+    out = alphas_cumprod.copy()
+    out[-1] = 2**-24
+    return out

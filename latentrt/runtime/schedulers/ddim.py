@@ -11,6 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import Scheduler, ScheduleConfig, as_scalar
+from .betas import final_alpha_cumprod
 from .prediction import dynamic_threshold, x0_and_eps
 from .timesteps import spaced_timesteps
 
@@ -77,7 +78,7 @@ class DDIMScheduler(Scheduler):
 
     def __init__(self, config: Any, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        self.final_alpha_cumprod = np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = final_alpha_cumprod(self.alphas_cumprod, self.config.set_alpha_to_one)
 
     def _make_timesteps(self, n: int) -> NDArray[np.int64]:
         c = self.config

@@ -14,13 +14,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import IndexedScheduler, ScheduleConfig
-from .euler import zero_snr_alphas_cumprod
+from .betas import zero_snr_alphas_cumprod
 from .prediction import dynamic_threshold
 from .sigmas import exponential_sigmas, karras_sigmas, sigma_to_t, sigmas_from_alphas_cumprod
 from .timesteps import multistep_timesteps
-
-Float = np.float32
-
 
 def vp_alpha_sigma(sigma: np.floating) -> tuple[np.floating, np.floating]:
     """``(alpha_t, sigma_t)`` of the VP process at VE noise level ``sigma`` (Karras et al. 2022, Table 1)."""

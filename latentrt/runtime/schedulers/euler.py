@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import ScheduleConfig, SigmaScheduler
+from .betas import zero_snr_alphas_cumprod
 from .sigmas import ancestral_step, denoised_from_model_output, discrete_noise_levels, to_d
 from .timesteps import spaced_timesteps
 
@@ -48,14 +49,6 @@ def sigma_space_timesteps(config: ScheduleConfig, n: int) -> NDArray[np.float32]
     """The k-diffusion family's timesteps: float32, ``linspace`` not rounded (diffusers' behaviour)."""
     c = config
     return spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset).astype(np.float32)
-
-
-def zero_snr_alphas_cumprod(alphas_cumprod: NDArray[np.float32]) -> NDArray[np.float32]:
-    """With a zero-terminal-SNR schedule, the last ``alpha_bar`` is set to ``2**-24`` so sigma stays finite
-    (diffusers' Euler schedulers; Lin et al. 2023 sample at that step with v-prediction)."""
-    out = alphas_cumprod.copy()
-    out[-1] = 2**-24
-    return out
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import IndexedScheduler, as_scalar
+from .betas import final_alpha_cumprod
 from .ddim import DDPMFamilyConfig, clip_x0
 from .prediction import x0_and_eps
 
@@ -73,7 +74,7 @@ class LCMScheduler(IndexedScheduler):
 
     def __init__(self, config: Any, **overrides: Any) -> None:
         super().__init__(config, **overrides)
-        self.final_alpha_cumprod = np.float32(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+        self.final_alpha_cumprod = final_alpha_cumprod(self.alphas_cumprod, self.config.set_alpha_to_one)
 
     def _make_timesteps(self, n: int) -> NDArray[np.int64]:
         c = self.config
