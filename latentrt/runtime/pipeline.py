@@ -19,6 +19,7 @@ from PIL import Image
 from latentrt.runtime.folder import ModelFolder
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
+from latentrt.runtime.schedulers.timesteps import model_timestep
 from latentrt.runtime.session import OnnxModel, resolve_providers
 from latentrt.runtime.tokenizer import ClipTokenizer
 
@@ -184,12 +185,9 @@ class Pipeline:
         return hidden.astype(np.float32, copy=False)  # (N, L, D)
 
     def _unet(self, sample: NDArray[np.float32], t, embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
-        info = self.unet.inputs["timestep"]
-        if info.rank == 0:
-            timestep = np.array(t, dtype=info.dtype)
-        else:
-            count = info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]
-            timestep = np.full((count,), t, dtype=info.dtype)
+        info = self.unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
+        shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
+        timestep = model_timestep(t, info.dtype, shape)
         out = self.unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
         return next(iter(out.values()))
 
