@@ -1,0 +1,538 @@
+"""optimum as a peer: export, generate and bench, run INSIDE the optimum virtual environment.
+
+This script is never imported by latentrt. `env.run_worker([...])` runs it with the optimum venv's
+interpreter (see env.py), which has torch, diffusers < 0.36, transformers 4.x and optimum-onnx.
+
+    worker.py export SRC OUT [--opset N] [--validate] [--tokenizer-json]
+    worker.py generate FOLDER --prompt P [--negative N] --latents L.npy --steps S --guidance G
+                       [--scheduler {pndm,ddim,euler}] [--threads T] --out OUT.npy
+    worker.py bench FOLDER [--prompt P] [--negative N] [--steps S] [--guidance G] [--height H]
+                    [--width W] [--scheduler ...] [--runs N] [--warmup W] [--threads T]
+                    [--seed S | --latents L.npy] [--out-image OUT.npy] [--json PATH]
+    worker.py inspect FOLDER     (JSON: every graph's inputs/outputs, dtypes, shapes, opset)
+    worker.py versions           (JSON: library versions)
+
+Everything is local: HF_HUB_OFFLINE=1 is set before any Hugging Face import, so nothing is fetched.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+SCHEDULERS = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+}
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("optimum", "optimum-onnx", "onnxruntime", "onnx", "torch", "diffusers", "transformers",
+                 "huggingface-hub", "tokenizers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+def _needs_slow_tokenizer_files(tok_dir: Path) -> bool:
+    """True for a tokenizer folder saved by transformers 5: tokenizer.json only, no vocab.json/merges.txt.
+
+    transformers 4.x (this venv) loads `CLIPTokenizer` as the slow Python tokenizer, which reads
+    vocab.json and merges.txt and fails on such a folder ("expected str ... not NoneType").
+    """
+    return (tok_dir / "tokenizer.json").is_file() and not (
+        (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()
+    )
+
+
+def _write_slow_tokenizer_files(tokenizer_json: Path, out_dir: Path) -> None:
+    """vocab.json and merges.txt from a BPE tokenizer.json (the files a slow CLIPTokenizer reads)."""
+    model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+    if model.get("type") != "BPE":
+        raise SystemExit(f"{tokenizer_json}: expected a BPE tokenizer, got {model.get('type')!r}")
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (out_dir / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+
+
+def _text_encoder_needs_prefix(te_dir: Path) -> bool:
+    """True when a CLIPTextModel was saved by transformers 5 (keys `embeddings.*`, `encoder.*`, ...).
+
+    transformers 4.x expects `text_model.embeddings.*`: it would load nothing, warn, and export a
+    text encoder with freshly initialized random weights. Checkpoints saved by transformers 4
+    (every published SD folder) already have the prefix.
+    """
+    path = te_dir / "model.safetensors"
+    if not path.is_file() or not (te_dir / "config.json").is_file():
+        return False
+    if json.loads((te_dir / "config.json").read_text()).get("architectures") != ["CLIPTextModel"]:
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        keys = list(f.keys())
+    return bool(keys) and not any(k.startswith("text_model.") for k in keys)
+
+
+def _shim_source(src: Path, scratch: Path) -> Path:
+    """`src` itself, or a view of it (symlinks) that transformers 4 reads as transformers 5 meant.
+
+    Two differences between a folder saved with transformers 5 and what this venv's transformers 4
+    reads: tokenizer/ without vocab.json + merges.txt, and text_encoder/ weights without the
+    `text_model.` prefix. The view adds the tokenizer files and a re-keyed copy of the weights.
+    """
+    fix_tok = _needs_slow_tokenizer_files(src / "tokenizer")
+    fix_te = _text_encoder_needs_prefix(src / "text_encoder")
+    if not (fix_tok or fix_te):
+        return src
+    view = scratch / "src"
+    view.mkdir(parents=True)
+    for entry in src.iterdir():
+        if (entry.name == "tokenizer" and fix_tok) or (entry.name == "text_encoder" and fix_te):
+            (view / entry.name).mkdir()
+            for sub in entry.iterdir():
+                if not (fix_te and sub.name == "model.safetensors" and entry.name == "text_encoder"):
+                    (view / entry.name / sub.name).symlink_to(sub.resolve())
+        else:
+            (view / entry.name).symlink_to(entry.resolve())
+    if fix_tok:
+        _write_slow_tokenizer_files(src / "tokenizer" / "tokenizer.json", view / "tokenizer")
+        print("note: tokenizer/ has tokenizer.json only; wrote vocab.json + merges.txt for transformers 4",
+              file=sys.stderr)
+    if fix_te:
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(str(src / "text_encoder" / "model.safetensors"))
+        save_file({"text_model." + k: v for k, v in tensors.items()},
+                  str(view / "text_encoder" / "model.safetensors"), metadata={"format": "pt"})
+        print("note: text_encoder/ weights saved by transformers 5 (no `text_model.` prefix); "
+              "re-keyed them for transformers 4", file=sys.stderr)
+    return view
+
+
+# ----------------------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from optimum.exporters.onnx import main_export
+
+    src, out = Path(args.src).resolve(), Path(args.out).resolve()
+    if not (src / "model_index.json").is_file():
+        raise SystemExit(f"{src} is not a diffusers folder: model_index.json is missing")
+    if out.exists():
+        raise SystemExit(f"{out} already exists: remove it or choose another output folder")
+    # Export into a sibling temp folder, then rename: a failed export leaves no half folder behind.
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    scratch = Path(tempfile.mkdtemp(prefix="optimum-export-"))
+    try:
+        main_export(
+            model_name_or_path=str(_shim_source(src, scratch)),
+            output=tmp,
+            task="text-to-image",
+            opset=args.opset,
+            device="cpu",
+            dtype="fp32",
+            library_name="diffusers",
+            local_files_only=True,
+            do_validation=args.validate,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if args.tokenizer_json:
+        # optimum writes the slow tokenizer's files only (vocab.json, merges.txt, configs); add the
+        # tokenizer.json that the `tokenizers` library loads (not part of optimum's own output)
+        from transformers import CLIPTokenizerFast
+
+        CLIPTokenizerFast.from_pretrained(str(tmp / "tokenizer")).backend_tokenizer.save(
+            str(tmp / "tokenizer" / "tokenizer.json")
+        )
+    # model_index.json records where the export read from: the real source, not the temporary view
+    index = tmp / "model_index.json"
+    meta = json.loads(index.read_text())
+    meta["_name_or_path"] = str(src)
+    index.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    tmp.rename(out)
+    print(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 3), "versions": _versions()}))
+
+
+# ------------------------------------------------------------------------------------- pipelines
+
+
+def _session_options(threads: int | None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    return so
+
+
+def _set_torch_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def load_pipeline(folder: str | Path, scheduler: str | None = None, threads: int | None = None):
+    """ORTStableDiffusionPipeline on CPUExecutionProvider, with the scheduler swapped if asked."""
+    import diffusers
+    from optimum.onnxruntime import ORTStableDiffusionPipeline
+
+    extra = {}
+    if _needs_slow_tokenizer_files(Path(folder) / "tokenizer"):
+        # tokenizer.json only (transformers 5 or latentrt): the fast tokenizer reads it directly
+        from transformers import CLIPTokenizerFast
+
+        tokenizer = CLIPTokenizerFast.from_pretrained(str(Path(folder) / "tokenizer"))
+        if tokenizer.model_max_length > 100_000:  # no tokenizer_config.json: transformers' 1e30 default
+            te_config = json.loads((Path(folder) / "text_encoder" / "config.json").read_text())
+            tokenizer.model_max_length = te_config["max_position_embeddings"]
+        extra["tokenizer"] = tokenizer
+    pipe = ORTStableDiffusionPipeline.from_pretrained(
+        str(folder),
+        provider="CPUExecutionProvider",
+        session_options=_session_options(threads),
+        export=False,
+        **extra,
+    )
+    if scheduler:
+        if scheduler not in SCHEDULERS:
+            raise SystemExit(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+        cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _vae_scale(pipe) -> int:
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
+def _run(pipe, prompt, negative, latents_np, steps, guidance):
+    """One text-to-image call with fixed initial latents; returns float32 (N, H, W, 3) in [0, 1]."""
+    import numpy as np
+    import torch
+
+    latents = torch.from_numpy(np.ascontiguousarray(latents_np, dtype=np.float32))  # (N, C, h, w)
+    n, _, h, w = latents.shape
+    scale = _vae_scale(pipe)
+    out = pipe(
+        prompt=prompt,
+        negative_prompt=negative or None,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=h * scale,
+        width=w * scale,
+        num_images_per_prompt=n,
+        latents=latents,
+        output_type="np",
+    )
+    return np.asarray(out.images, dtype=np.float32)  # (N, H, W, 3)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    _set_torch_threads(args.threads)
+    pipe = load_pipeline(args.folder, args.scheduler, args.threads)
+    latents = np.load(args.latents)
+    if latents.ndim != 4:
+        raise SystemExit(f"--latents must be (N, C, H/8, W/8), got shape {latents.shape}")
+    images = _run(pipe, args.prompt, args.negative, latents, args.steps, args.guidance)
+    np.save(args.out, images)
+    print(json.dumps({
+        "out": str(args.out),
+        "shape": list(images.shape),
+        "scheduler": type(pipe.scheduler).__name__,
+        "min": float(images.min()),
+        "max": float(images.max()),
+    }))
+
+
+# ----------------------------------------------------------------------------------------- bench
+
+
+def _summary(samples: list[float]) -> dict:
+    return {
+        "median": statistics.median(samples),
+        "min": min(samples),
+        "max": max(samples),
+        "runs": samples,
+    }
+
+
+def _timed(fn, warmup: int, runs: int) -> tuple[list[float], object]:
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    samples = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = fn()
+        samples.append(time.perf_counter() - t0)
+    return samples, result
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import gc
+
+    import numpy as np
+    import torch
+
+    _set_torch_threads(args.threads)
+    folder = Path(args.folder)
+    metrics: dict[str, dict] = {}
+
+    # load: a fresh pipeline each time (sessions built, weights read; file cache warm after warm-up)
+    pipe = None
+
+    def load():
+        nonlocal pipe
+        pipe = None
+        gc.collect()
+        pipe = load_pipeline(folder, args.scheduler, args.threads)
+        return pipe
+
+    samples, _ = _timed(load, args.warmup, max(args.load_runs, 1))
+    metrics["load"] = _summary(samples)
+
+    scale = _vae_scale(pipe)
+    cfg = args.guidance > 1.0
+    if args.latents:  # its shape sets batch, height and width
+        latents = np.load(args.latents).astype(np.float32)
+        if latents.ndim != 4:
+            raise SystemExit(f"--latents must be (N, C, H/8, W/8), got shape {latents.shape}")
+        args.height, args.width = latents.shape[2] * scale, latents.shape[3] * scale
+    else:
+        if args.height % scale or args.width % scale:
+            raise SystemExit(f"height and width must be multiples of {scale}, got {args.height}x{args.width}")
+        rng = np.random.default_rng(args.seed)
+        c = pipe.unet.config.in_channels
+        latents = rng.standard_normal((args.batch, c, args.height // scale, args.width // scale), dtype=np.float32)
+    batch = latents.shape[0]
+
+    # text encoder: tokenize + encode the prompt (and the negative prompt with CFG), as the pipeline does
+    def encode():
+        return pipe.encode_prompt(args.prompt, "cpu", batch, cfg, args.negative or None)
+
+    samples, (cond, uncond) = _timed(encode, args.warmup, args.runs)
+    metrics["text_encoder"] = _summary(samples)
+
+    # one UNet call: the batch the denoising loop sends (2N with CFG), through optimum's wrapper
+    emb = torch.cat([uncond, cond]) if cfg else cond
+    sample = torch.from_numpy(np.concatenate([latents, latents]) if cfg else latents)
+    pipe.scheduler.set_timesteps(args.steps)
+    t = pipe.scheduler.timesteps[0]
+
+    def unet():
+        return pipe.unet(sample, t, encoder_hidden_states=emb, return_dict=False)[0]
+
+    samples, _ = _timed(unet, args.warmup, args.runs)
+    metrics["unet_step"] = _summary(samples)
+
+    # VAE decode of the batch's latents
+    lat = torch.from_numpy(latents) / pipe.vae.config.scaling_factor
+
+    def decode():
+        return pipe.vae.decode(lat, return_dict=False)[0]
+
+    samples, _ = _timed(decode, args.warmup, args.runs)
+    metrics["vae_decode"] = _summary(samples)
+
+    # end to end: prompt -> float image array (output_type="np"), same initial latents every run
+    def e2e():
+        return _run(pipe, args.prompt, args.negative, latents, args.steps, args.guidance)
+
+    samples, images = _timed(e2e, args.warmup, args.runs)
+    metrics["end_to_end"] = _summary(samples)
+    if args.out_image:
+        np.save(args.out_image, images)
+
+    import onnxruntime as ort
+
+    report = {
+        "system": "optimum",
+        "folder": str(folder.resolve()),
+        "settings": {
+            "prompt": args.prompt,
+            "negative": args.negative,
+            "steps": args.steps,
+            "guidance": args.guidance,
+            "height": args.height,
+            "width": args.width,
+            "batch": batch,
+            "scheduler": type(pipe.scheduler).__name__,
+            "threads": args.threads,
+            "torch_threads": torch.get_num_threads(),
+            "warmup": args.warmup,
+            "runs": args.runs,
+            "providers": pipe.unet.session.get_providers(),
+            "ort_available_providers": ort.get_available_providers(),
+        },
+        "metrics": metrics,
+        "medians": {k: v["median"] for k, v in metrics.items()},
+        "peak_rss_mb": _peak_rss_mb(),
+        "image_shape": list(images.shape),
+        "notes": {
+            "load": "ORTStableDiffusionPipeline.from_pretrained (sessions + tokenizer + scheduler)",
+            "text_encoder": "pipe.encode_prompt: tokenize + text encoder (twice with CFG)",
+            "unet_step": "one pipe.unet call on the CFG batch via optimum's wrapper (torch<->numpy, casts)",
+            "vae_decode": "pipe.vae.decode on the batch's latents",
+            "end_to_end": "pipe(...) with fixed latents, output_type='np' (no PIL)",
+            "peak_rss_mb": "ru_maxrss of this whole process (load + all runs)",
+        },
+        "versions": _versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+    }
+    text = json.dumps(report, indent=1)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+
+
+# --------------------------------------------------------------------------------------- inspect
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    import onnx
+
+    folder = Path(args.folder)
+    report = {}
+    for name in COMPONENTS:
+        path = folder / name / "model.onnx"
+        if not path.is_file():
+            continue
+        model = onnx.load(str(path), load_external_data=False)
+
+        def describe(values):
+            out = []
+            for v in values:
+                t = v.type.tensor_type
+                dims = [d.dim_param if d.dim_param else (d.dim_value if d.HasField("dim_value") else None)
+                        for d in t.shape.dim]
+                out.append({"name": v.name, "dtype": onnx.TensorProto.DataType.Name(t.elem_type).lower(),
+                            "shape": dims})
+            return out
+
+        external = sorted({e.value for init in model.graph.initializer for e in init.external_data
+                           if e.key == "location"})
+        report[name] = {
+            "inputs": describe(model.graph.input),
+            "outputs": describe(model.graph.output),
+            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
+            "ir_version": model.ir_version,
+            "producer": f"{model.producer_name} {model.producer_version}",
+            "external_data": external,
+            "files": sorted(p.name for p in (folder / name).iterdir()),
+        }
+    report["_folder"] = sorted(p.name for p in folder.iterdir())
+    print(json.dumps(report, indent=1))
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    print(json.dumps(_versions()))
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worker.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    e = sub.add_parser("export", help="optimum's ONNX export of a local diffusers folder (fp32, CPU)")
+    e.add_argument("src")
+    e.add_argument("out")
+    e.add_argument("--opset", type=int, default=None, help="default: optimum's default for the task")
+    e.add_argument("--validate", action="store_true", help="run optimum's ONNX-vs-PyTorch validation")
+    e.add_argument("--tokenizer-json", action="store_true",
+                   help="also write tokenizer/tokenizer.json (optimum itself writes vocab.json + merges.txt only)")
+    e.set_defaults(fn=cmd_export)
+
+    def common(s, latents_required: bool):
+        s.add_argument("folder")
+        s.add_argument("--prompt", default="a photograph of an astronaut riding a horse", required=False)
+        s.add_argument("--negative", default="")
+        s.add_argument("--steps", type=int, default=20)
+        s.add_argument("--guidance", type=float, default=7.5)
+        s.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=None,
+                       help="default: the folder's scheduler (model_index.json)")
+        s.add_argument("--threads", type=int, default=None, help="ORT intra-op and torch threads")
+        s.add_argument("--latents", required=latents_required, help=".npy float32 (N, C, H/8, W/8)")
+
+    g = sub.add_parser("generate", help="ORTStableDiffusionPipeline text-to-image with given latents")
+    common(g, latents_required=True)
+    g.add_argument("--out", required=True, help=".npy float32 (N, H, W, 3) in [0, 1]")
+    g.set_defaults(fn=cmd_generate)
+
+    b = sub.add_parser("bench", help="time load, text encoder, one UNet call, VAE decode, end to end")
+    common(b, latents_required=False)
+    b.add_argument("--height", type=int, default=512)
+    b.add_argument("--width", type=int, default=512)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--runs", type=int, default=5)
+    b.add_argument("--warmup", type=int, default=1)
+    b.add_argument("--load-runs", type=int, default=None, help="default: --runs")
+    b.add_argument("--out-image", help="save the last end-to-end image array (.npy)")
+    b.add_argument("--json", help="also write the report here")
+    b.set_defaults(fn=cmd_bench)
+
+    i = sub.add_parser("inspect", help="graph inputs/outputs of each component (JSON)")
+    i.add_argument("folder")
+    i.set_defaults(fn=cmd_inspect)
+
+    v = sub.add_parser("versions", help="library versions (JSON)")
+    v.set_defaults(fn=cmd_versions)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "load_runs", 0) is None:
+        args.load_runs = args.runs
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
