@@ -273,6 +273,7 @@ KNOBS: list[tuple[str, dict[str, Any]]] = [
     ("DDPMScheduler", {"variance_type": "fixed_large"}),
     ("DDPMScheduler", {"variance_type": "fixed_small_log", "beta_schedule": "sigmoid"}),
     ("DDPMScheduler", {"beta_schedule": "laplace", "timestep_spacing": "trailing"}),
+    ("DDPMScheduler", {"variance_type": None}),  # what a DPM-Solver folder's config carries
     ("PNDMScheduler", {"timestep_spacing": "linspace"}),
     ("LMSDiscreteScheduler", {"use_karras_sigmas": True}),
     ("LMSDiscreteScheduler", {"use_exponential_sigmas": True, "timestep_spacing": "leading"}),
@@ -289,7 +290,7 @@ KNOBS: list[tuple[str, dict[str, Any]]] = [
     ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}),
     ("DPMSolverMultistepScheduler", {"euler_at_final": True, "final_sigmas_type": "sigma_min"}),
     ("DPMSolverMultistepScheduler", {"lambda_min_clipped": -5.1, "timestep_spacing": "leading"}),
-    ("DPMSolverMultistepScheduler", {"use_lu_lambdas": True}),
+    ("DPMSolverMultistepScheduler", {"use_lu_lambdas": True, "variance_type": "fixed_small"}),  # DDPM folder
     ("DPMSolverMultistepScheduler", {"use_exponential_sigmas": True, "timestep_spacing": "trailing"}),
     ("DPMSolverMultistepScheduler", {"thresholding": True, "prediction_type": "sample", "sample_max_value": 2.0}),
     ("DPMSolverMultistepScheduler", {"solver_type": "bh2", "algorithm_type": "deis", "final_sigmas_type": "sigma_min"}),
@@ -321,6 +322,24 @@ def test_config_knobs_match_diffusers(cls_name: str, overrides: dict[str, Any]) 
         err = rel_err(out, expected)
         _REPORT[f"{cls_name}/{'+'.join(overrides)}/{steps}"] = err
         assert err < TOL, f"{cls_name} {overrides} {steps} steps: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("folder_class", sorted({c for c, _ in REFERENCE.values()}))
+def test_every_name_from_every_folder_class(folder_class: str) -> None:
+    """A folder saved with any scheduler class (its full config, every key written), run with every name: keys
+    that several classes share with different meanings (``solver_type``, ``variance_type``...) behave as in
+    diffusers' ``from_config``."""
+    if folder_class == "LMSDiscreteScheduler":
+        pytest.importorskip("scipy", reason="diffusers' LMSDiscreteScheduler (the reference) needs scipy")
+    sd = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
+    config = json.loads(getattr(diffusers, folder_class)(**sd).to_json_string())
+    for name in IMPLEMENTED:
+        ours = create_scheduler(name, config)
+        seeds = (np.random.default_rng(2), np.random.default_rng(2)) if ours.stochastic else (None, None)
+        out = run_ours(ours, 5, start_latents(), seeds[0])
+        expected = run_diffusers(reference_scheduler(name, config), 5, start_latents(), noise_rng=seeds[1])
+        err = rel_err(out, expected)
+        assert err < TOL, f"{name} from a {folder_class} folder: relative error {err:.2e}"
 
 
 # --- the config contract -----------------------------------------------------------------------------------

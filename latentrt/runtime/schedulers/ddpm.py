@@ -31,12 +31,12 @@ def ddpm_posterior_mean(
     return x0_coeff * x0 + sample_coeff * sample
 
 
-def ddpm_std(variance_type: str, alpha_prod_t: np.floating, alpha_prod_t_prev: np.floating) -> np.floating:
+def ddpm_std(variance_type: str | None, alpha_prod_t: np.floating, alpha_prod_t_prev: np.floating) -> np.floating:
     """Standard deviation of the step's fresh noise: ``fixed_small`` is the posterior variance
     ``beta~_t = (1 - a_prev) / (1 - a_t) * beta_t`` (Ho et al. 2020, section 3.2), ``fixed_large`` is ``beta_t``."""
     current_beta_t = 1 - alpha_prod_t / alpha_prod_t_prev
     variance = max((1 - alpha_prod_t_prev) / (1 - alpha_prod_t) * current_beta_t, np.float32(1e-20))
-    if variance_type == "fixed_small":
+    if variance_type in ("fixed_small", None):  # diffusers' None falls through to the fixed_small value
         return variance**0.5
     if variance_type == "fixed_small_log":
         return np.exp(0.5 * np.log(variance))
@@ -48,7 +48,7 @@ class DDPMConfig(DDPMFamilyConfig):
     scheduler: ClassVar[str] = "ddpm"
     beta_schedules: ClassVar[tuple[str, ...]] = BETA_SCHEDULES + ("laplace", "sigmoid")
 
-    variance_type: str = "fixed_small"
+    variance_type: str | None = "fixed_small"
 
     def validate(self) -> None:
         super().validate()
@@ -57,7 +57,7 @@ class DDPMConfig(DDPMFamilyConfig):
                 "variance_type", "fixed_small",
                 "learned variances need a UNet with 2x output channels, and diffusers' fixed_large_log is broken",
             )
-        self._one_of("variance_type", VARIANCE_TYPES)
+        self._one_of("variance_type", VARIANCE_TYPES + (None,))  # None (a DPM-Solver folder's): fixed_small
 
 
 class DDPMScheduler(Scheduler):

@@ -154,7 +154,7 @@ class MultistepConfig(ScheduleConfig):
         self._unsupported("use_beta_sigmas", False, "beta-distributed sigmas need scipy; use_karras_sigmas is close")
         self._unsupported("use_flow_sigmas", False, "flow-matching models are not Stable Diffusion 1/2 models")
         self._unsupported("use_dynamic_shifting", False, "dynamic shifting is for flow-matching models")
-        self._one_of("time_shift_type", ("exponential",))
+        # time_shift_type is read by diffusers only with use_dynamic_shifting (rejected above)
         if self.use_karras_sigmas and self.use_exponential_sigmas:
             raise ValueError(
                 "scheduler_config.json: use_karras_sigmas and use_exponential_sigmas are both true; set only one"
@@ -200,7 +200,9 @@ class DPMSolverConfig(MultistepConfig):
         self._one_of("solver_type", ("midpoint", "heun"))
         self._bool("euler_at_final", "use_lu_lambdas")
         self._number("lambda_min_clipped")
-        self._unsupported("variance_type", None, "learned variances need a UNet with 2x output channels")
+        # diffusers only acts on the learned types (it drops channels); a DDPM folder's "fixed_small" is a no-op
+        if self.variance_type in ("learned", "learned_range"):
+            self._unsupported("variance_type", None, "learned variances need a UNet with 2x output channels")
         if self.use_lu_lambdas and (self.use_karras_sigmas or self.use_exponential_sigmas):
             raise ValueError("scheduler_config.json: use_lu_lambdas cannot be combined with other sigma spacings")
 
