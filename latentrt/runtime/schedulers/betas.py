@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")  # what every scheduler accepts
 
 
-def _linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
+def linspace_f32(start: float, end: float, steps: int) -> NDArray[np.float32]:
     """``torch.linspace(start, end, steps, dtype=torch.float32)``, to the bit.
 
     torch's CPU kernel fills the first half forwards from ``start`` and the second half backwards from ``end``,
@@ -100,15 +100,15 @@ def make_betas(
     if trained_betas is not None:
         betas = np.asarray(trained_betas, dtype=np.float32)
     elif beta_schedule == "linear":
-        betas = _linspace_f32(beta_start, beta_end, num_train_timesteps)
+        betas = linspace_f32(beta_start, beta_end, num_train_timesteps)
     elif beta_schedule == "scaled_linear":
-        betas = _linspace_f32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
+        betas = linspace_f32(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
     elif beta_schedule == "squaredcos_cap_v2":
         betas = betas_for_alpha_bar(num_train_timesteps)
     elif beta_schedule in ("exp", "laplace"):
         betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type=beta_schedule)
     elif beta_schedule == "sigmoid":
-        x = _linspace_f32(-6, 6, num_train_timesteps)
+        x = linspace_f32(-6, 6, num_train_timesteps)
         sig = (1 / (1 + np.exp(-x.astype(np.float64)))).astype(np.float32)
         betas = (sig * np.float32(beta_end - beta_start) + np.float32(beta_start)).astype(np.float32)
     else:

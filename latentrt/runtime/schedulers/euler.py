@@ -64,10 +64,7 @@ class EulerConfig(SigmaConfig):
 
     def validate(self) -> None:
         super().validate()
-        self._unsupported(
-            "interpolation_type", "linear",
-            "diffusers' log_linear gives n + 2 noise levels in ascending order, which latentrt does not copy",
-        )
+        self._one_of("interpolation_type", ("linear", "log_linear"))
         self._number("sigma_min", optional=True)
         self._number("sigma_max", optional=True)
         self._one_of("timestep_type", ("discrete", "continuous"))
@@ -96,13 +93,14 @@ class EulerScheduler(SigmaScheduler):
     def _make_timesteps(self, n: int) -> NDArray[np.float32]:
         c = self.config
         timesteps, sigmas = discrete_noise_levels(
-            self.alphas_cumprod, sigma_space_timesteps(c, n), n, c.sigma_spacing, c.sigma_min, c.sigma_max
+            self.alphas_cumprod, sigma_space_timesteps(c, n), n, c.sigma_spacing, c.sigma_min, c.sigma_max,
+            c.interpolation_type,
         )
         if c.final_sigmas_type == "sigma_min":
             sigma_last = float(((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5)
         else:
             sigma_last = 0.0
-        self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)  # (n + 1,)
+        self.sigmas = np.concatenate([sigmas, [sigma_last]]).astype(np.float32)  # (n + 1,); n + 2 with log_linear
         if c.timestep_type == "continuous" and c.prediction_type == "v_prediction":
             # log rounded once to float32, then the exact * 0.25: torch's float32 log, up to its last-bit slips
             return np.float32(0.25) * np.log(self.sigmas[:-1].astype(np.float64)).astype(np.float32)

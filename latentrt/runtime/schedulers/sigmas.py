@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from .betas import linspace_f32
+
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: NDArray[np.float32]) -> NDArray[np.float32]:
     """``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)`` per training step, shape ``(T,)`` float32 (EDM, Table 1)."""
@@ -90,16 +92,24 @@ def discrete_noise_levels(
     spacing: str = "interp",
     sigma_min: float | None = None,
     sigma_max: float | None = None,
-) -> tuple[NDArray[np.floating], NDArray[np.float64]]:
+    interpolation: str = "linear",
+) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
     """``(timesteps, sigmas)`` of an ``num_steps`` sampler (no final zero), as diffusers' discrete schedulers build them.
 
     ``interp``: the training sigma at each timestep (linear interpolation for fractional ones). ``karras`` /
     ``exponential``: ``num_steps`` levels between the first and last of those (or ``sigma_min``/``sigma_max``),
     spaced as in :func:`karras_sigmas` / :func:`exponential_sigmas`, with their fractional timesteps from
     :func:`sigma_to_t`.
+
+    ``interpolation="log_linear"`` is diffusers' Euler option, kept as diffusers has it: ``n + 1`` levels evenly
+    spaced in ``log sigma`` over the whole training range, whatever ``timesteps`` says (so with a final zero the
+    run stops at ``sigma_min`` and never uses the zero).
     """
     train = sigmas_from_alphas_cumprod(alphas_cumprod)  # (T,) float32
-    sigmas = np.interp(timesteps, np.arange(0, len(train)), train)  # (n,) float64
+    if interpolation == "log_linear":
+        sigmas = np.exp(linspace_f32(np.log(train[-1]).item(), np.log(train[0]).item(), num_steps + 1))  # (n+1,)
+    else:
+        sigmas = np.interp(timesteps, np.arange(0, len(train)), train)  # (n,) float64
     if spacing == "interp":
         return timesteps, sigmas
     lo = sigma_min if sigma_min is not None else sigmas[-1].item()
