@@ -306,7 +306,10 @@ KNOBS: list[tuple[str, dict[str, Any]]] = [
     ("UniPCMultistepScheduler", {"solver_type": "bh1", "disable_corrector": [0, 2], "final_sigmas_type": "sigma_min"}),
     ("UniPCMultistepScheduler", {"predict_x0": False, "solver_order": 3, "final_sigmas_type": "sigma_min"}),
     ("UniPCMultistepScheduler", {"use_karras_sigmas": True, "final_sigmas_type": "sigma_min", "sigma_min": 0.05}),
-    ("UniPCMultistepScheduler", {"use_exponential_sigmas": True, "lower_order_final": False, "final_sigmas_type": "sigma_min"}),
+    (
+        "UniPCMultistepScheduler",
+        {"use_exponential_sigmas": True, "lower_order_final": False, "final_sigmas_type": "sigma_min"},
+    ),
     ("UniPCMultistepScheduler", {"thresholding": True, "timestep_spacing": "leading", "solver_type": "midpoint"}),
     ("LCMScheduler", {"original_inference_steps": 30, "timestep_scaling": 5.0}),
     ("LCMScheduler", {"set_alpha_to_one": False, "prediction_type": "v_prediction", "clip_sample": True}),

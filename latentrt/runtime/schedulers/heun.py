@@ -64,7 +64,8 @@ class HeunScheduler(SigmaScheduler):
     def _step(self, model_output: NDArray[Any], t: Any, sample: NDArray[Any], rng: Any) -> NDArray[Any]:
         i = self._index(t)
         first_order = self._dt is None
-        sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first_order else (self.sigmas[i - 1], self.sigmas[i])
+        j = i if first_order else i - 1  # the corrector re-evaluates the step the predictor took
+        sigma, sigma_next = self.sigmas[j], self.sigmas[j + 1]
         sigma_in = sigma if first_order else sigma_next
         prediction = self.config.prediction_type
         denoised = denoised_from_model_output(prediction, model_output, sample, sigma_in)

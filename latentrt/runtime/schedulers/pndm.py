@@ -55,8 +55,8 @@ class PNDMScheduler(Scheduler):
 
     Behaviours of diffusers reproduced on purpose:
 
-    - PLMS warm-up: the first timestep is visited twice (``timesteps`` has ``n + 1`` entries). The first call
-      makes a plain step, the second repeats it from the same start with the mean of the two noise predictions
+    - PLMS warm-up: the first timestep is visited twice (``timesteps`` has ``n + 1`` entries for n > 1). The first
+      call makes a plain step, the second repeats it from the same start with the mean of the two noise predictions
       (a second-order Heun-like start), then Adams-Bashforth of order 2, 3 and 4 follows.
     - The step always goes from ``t`` to ``t - T // n``, whatever the spacing; below 0 it uses
       ``final_alpha_cumprod`` (``alpha_bar_0`` unless ``set_alpha_to_one``).

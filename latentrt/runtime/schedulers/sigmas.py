@@ -94,7 +94,8 @@ def discrete_noise_levels(
     sigma_max: float | None = None,
     interpolation: str = "linear",
 ) -> tuple[NDArray[np.floating], NDArray[np.floating]]:
-    """``(timesteps, sigmas)`` of an ``num_steps`` sampler (no final zero), as diffusers' discrete schedulers build them.
+    """``(timesteps, sigmas)`` of a ``num_steps`` sampler (no final zero), as diffusers' discrete schedulers build
+    them.
 
     ``interp``: the training sigma at each timestep (linear interpolation for fractional ones). ``karras`` /
     ``exponential``: ``num_steps`` levels between the first and last of those (or ``sigma_min``/``sigma_max``),

@@ -10,7 +10,9 @@ from numpy.typing import NDArray
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
-def spaced_timesteps(spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int = 0) -> NDArray[np.float64]:
+def spaced_timesteps(
+    spacing: str, num_train_timesteps: int, num_steps: int, steps_offset: int = 0
+) -> NDArray[np.float64]:
     """The timesteps of an ``num_steps`` sampler, descending, shape ``(num_steps,)`` (float64, not yet rounded).
 
     The three spacings of Table 2 in Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed"

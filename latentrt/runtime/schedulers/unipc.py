@@ -64,7 +64,8 @@ class UniPCConfig(MultistepConfig):
         self._bool("predict_x0")
         if not all(isinstance(i, int) and not isinstance(i, bool) for i in self.disable_corrector):
             raise ValueError(
-                f"scheduler_config.json: disable_corrector must be a list of step indices, got {self.disable_corrector!r}"
+                "scheduler_config.json: disable_corrector must be a list of step indices, "
+                f"got {self.disable_corrector!r}"
             )
         self._unsupported("solver_p", None, "a second scheduler object as predictor cannot come from a JSON config")
         self._number("sigma_min", optional=True)
