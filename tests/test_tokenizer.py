@@ -444,10 +444,20 @@ def test_empty_batch_and_bad_input(folders) -> None:
         ClipTokenizer.from_folder(out, max_length=2)
 
 
-def test_folder_without_tokenizer_json_says_reexport(folders) -> None:
-    _, src, _ = folders
-    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json is missing.*vocab\.json.*latentrt export"):
-        ClipTokenizer.from_folder(src)
+def test_folder_with_only_vocab_and_merges(folders, tmp_path) -> None:
+    """optimum's folders carry no tokenizer.json: the runtime builds CLIP's BPE from vocab.json + merges.txt."""
+    style, src, _ = folders
+    tok = ClipTokenizer.from_folder(src)
+    assert tok.pad_token_id == (49407 if style == "sd1" else 0)
+    ids = tok.encode(ALL_STRINGS)
+    expected = reference_ids(src, ALL_STRINGS)
+    mismatched = [s for s, a, b in zip(ALL_STRINGS, ids, expected) if not np.array_equal(a, b)]
+    assert not mismatched, f"{len(mismatched)} strings differ from transformers: {mismatched[:5]!r}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json is missing.*vocab\.json \+ merges\.txt.*latentrt export"):
+        ClipTokenizer.from_folder(empty)
 
 
 def test_bad_folders(tmp_path: Path, folders) -> None:

@@ -142,9 +142,12 @@ class ModelFolder:
             if entry is not None:
                 _check_sizes(path / name, entry)
             components[name] = ComponentFiles(name, model, config, entry)
-        for part, required in (("tokenizer", "tokenizer.json"), ("scheduler", "scheduler_config.json")):
-            if not (path / part / required).is_file():
-                raise ModelFolderError(f"{path} lacks {part}/{required}; {REEXPORT_HINT}")
+        tokenizer = path / "tokenizer"
+        has_slow_files = (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
+        if not (tokenizer / "tokenizer.json").is_file() and not has_slow_files:
+            raise ModelFolderError(f"{path} lacks tokenizer/tokenizer.json (or vocab.json + merges.txt); {REEXPORT_HINT}")
+        if not (path / "scheduler" / "scheduler_config.json").is_file():
+            raise ModelFolderError(f"{path} lacks scheduler/scheduler_config.json; {REEXPORT_HINT}")
         if not components["vae_decoder"].config:
             raise ModelFolderError(f"{path} lacks vae_decoder/config.json (it holds scaling_factor); {REEXPORT_HINT}")
         return cls(

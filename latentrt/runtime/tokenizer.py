@@ -25,6 +25,8 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
+from latentrt.runtime.clip_bpe import build_clip_bpe
+
 logger = logging.getLogger(__name__)
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -121,19 +123,6 @@ class ClipTokenizer:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"tokenizer folder {folder} does not exist; {_REEXPORT_HINT}")
-        tokenizer_path = folder / TOKENIZER_FILE
-        if not tokenizer_path.is_file():
-            present = sorted(p.name for p in folder.iterdir())
-            legacy = " (it holds only the slow tokenizer's vocab.json/merges.txt)" if "vocab.json" in present else ""
-            raise FileNotFoundError(
-                f"{tokenizer_path} is missing{legacy}: the runtime needs the `tokenizers` serialization; "
-                f"{_REEXPORT_HINT}. Files found: {', '.join(present) or 'none'}"
-            )
-        try:
-            tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-            raise ValueError(f"cannot load {tokenizer_path}: {exc}; {_REEXPORT_HINT}") from exc
-
         config: dict[str, Any] = {}
         if (folder / TOKENIZER_CONFIG_FILE).is_file():
             config = _read_json(folder / TOKENIZER_CONFIG_FILE)
@@ -141,7 +130,39 @@ class ClipTokenizer:
         if "added_tokens_decoder" not in config and (folder / SPECIAL_TOKENS_MAP_FILE).is_file():
             special = _read_json(folder / SPECIAL_TOKENS_MAP_FILE)
 
-        pad_token = _token_content(special.get("pad_token")) or _token_content(config.get("pad_token"))
+        def token(key: str, default: str) -> str:
+            return _token_content(special.get(key)) or _token_content(config.get(key)) or default
+
+        tokenizer_path = folder / TOKENIZER_FILE
+        if tokenizer_path.is_file():
+            try:
+                tokenizer = Tokenizer.from_file(str(tokenizer_path))
+            except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+                raise ValueError(f"cannot load {tokenizer_path}: {exc}; {_REEXPORT_HINT}") from exc
+        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            # optimum's folders (and the SD repositories) carry only the slow tokenizer's files
+            keys = (("bos_token", "<|startoftext|>"), ("eos_token", DEFAULT_PAD_TOKEN),
+                    ("unk_token", DEFAULT_PAD_TOKEN), ("pad_token", DEFAULT_PAD_TOKEN))
+            specials = {k: token(k, d) for k, d in keys}
+            # transformers matches a special token case-insensitively only when every entry naming it
+            # is an AddedToken dict with "normalized": true (a plain string counts as not normalized)
+            normalized = {
+                text: all(isinstance(v, dict) and v.get("normalized", False)
+                          for v in (special.get(k, config.get(k)) for k, _ in keys) if _token_content(v) == text)
+                for text in specials.values()
+            }
+            try:
+                tokenizer = build_clip_bpe(folder / "vocab.json", folder / "merges.txt", specials, normalized)
+            except Exception as exc:
+                raise ValueError(f"cannot build the CLIP tokenizer from {folder}/vocab.json and merges.txt: {exc}; {_REEXPORT_HINT}") from exc
+        else:
+            present = sorted(p.name for p in folder.iterdir())
+            raise FileNotFoundError(
+                f"{tokenizer_path} is missing (and there is no vocab.json + merges.txt to build it from); "
+                f"{_REEXPORT_HINT}. Files found: {', '.join(present) or 'none'}"
+            )
+
+        pad_token = token("pad_token", "") or None
         if max_length is None:
             folder_max = config.get("model_max_length")
             if isinstance(folder_max, (int, float)) and not isinstance(folder_max, bool) and 0 < folder_max:
