@@ -142,5 +142,52 @@ def demo_model(
     typer.echo(f"wrote {out}")
 
 
+@app.command()
+def bench(
+    src: Path = typer.Argument(..., help="Local diffusers StableDiffusionPipeline folder (exported once into the cache)."),
+    steps: int = typer.Option(20, "--steps"),
+    height: Optional[int] = typer.Option(None, "--height", help="Default: the model's native size."),
+    width: Optional[int] = typer.Option(None, "--width"),
+    runs: int = typer.Option(5, "--runs", help="Timed runs per system (after a warm-up), systems interleaved."),
+    guidance: float = typer.Option(7.5, "--guidance"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Default: the folder's own."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every system (default: all cores)."),
+    systems: str = typer.Option("latentrt,diffusers", "--systems", help="Comma-separated: latentrt, diffusers, optimum."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
+    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Exports cache (default: ~/.cache/latentrt/bench)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt"),
+    negative: Optional[str] = typer.Option(None, "--negative"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initial latents every system gets."),
+    title: Optional[str] = typer.Option(None, "--title", help="Heading of the markdown and the plot."),
+    note: Optional[str] = typer.Option(None, "--note", help="Conditions to record with the results."),
+) -> None:
+    """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings."""
+    import shlex
+
+    import latentrt
+
+    root = Path(latentrt.__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "harness.py").is_file():
+        _fail("latentrt bench needs a source checkout of latentrt (benchmarks/ is not installed with the package)")
+    sys.path.insert(0, str(root))
+    from benchmarks.harness import DEFAULT_NEGATIVE, DEFAULT_PROMPT, BenchConfig, BenchError, render_markdown, run_bench, write_outputs
+
+    config = BenchConfig(
+        src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
+        threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
+        prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
+        seed=seed, note=note, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+        progress=lambda message: typer.echo(message, err=True),
+    )
+    try:
+        report = run_bench(config)
+    except (BenchError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    write_outputs(report, json_path, markdown, plot, title)
+    typer.echo(render_markdown(report, title))
+
+
 def main() -> None:  # pragma: no cover
     app()

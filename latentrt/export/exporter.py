@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from latentrt import __version__
+from latentrt.export.flops import component_flops
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
 
@@ -133,6 +134,7 @@ def _build(src, tmp, index, opset, validate, result, report) -> dict:
         shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
         entry = _manifest_entry(spec, tmp / spec.name, files, opset)
         entry["export_seconds"] = round(seconds, 2)
+        entry.update(component_flops(spec.name, loaded[spec.source]))  # {"flops": ...} for unet, vae_decoder
         if validate:
             comparisons = validate_component(spec, module, tmp / spec.name / "model.onnx")
             result.comparisons[spec.name] = comparisons

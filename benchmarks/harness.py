@@ -1,0 +1,695 @@
+"""latentrt against the PyTorch reference (diffusers) and optimum, side by side, on this machine.
+
+    latentrt bench SRC [--steps N --height H --width W --runs R --guidance G --scheduler S --threads T
+                        --systems latentrt,diffusers,optimum --json PATH --markdown PATH --plot PATH]
+    python -m benchmarks.harness SRC ...          (the same, without the CLI)
+
+Method (issue 5):
+- SRC is a diffusers folder. latentrt's export of it (and optimum's, for the optimum rows) is made once
+  into a cache keyed by SRC's resolved path and its files' latest mtime, then reused.
+- Every system gets the same prompt, negative prompt, initial latents (drawn here from --seed and saved
+  to latents.npy), scheduler, steps, guidance, size and thread count (ORT intra-op threads, inter-op 1;
+  torch.set_num_threads; OMP/MKL variables).
+- Each system runs in a process of its own, a fresh one per run (benchmarks/systems/*_worker.py): it
+  imports its libraries, loads the pipeline (timed: `load`), warms each component up once, then times one
+  text-encoder call (`text_encoder`: tokenize + encode the prompt and, with CFG, the negative prompt),
+  one UNet call on the CFG batch (`unet_step`), one VAE decode (`vae_decode`) and one whole generation
+  to uint8 images (`end_to_end`), and reports its peak RSS (ru_maxrss). Only the diffusers and optimum
+  workers import torch; the latentrt worker's report lists the heavy modules it imported (none).
+- A warm-up round (load only: fills the OS file cache) is discarded; then R runs, systems interleaved
+  A/B within each run and the order rotated from run to run. Medians are quoted with min–max.
+- The roof: ONNX Runtime's fp32 GEMM throughput (benchmarks/roof.py), one sample per run, interleaved
+  with the systems. The UNet's FLOPs come from the export's manifest (counted once at export time by
+  latentrt/export/flops.py) or are counted here at the benchmark's size; achieved GFLOP/s = FLOPs of one
+  UNet call / its median time.
+- Image agreement: PSNR and max abs difference of each system's uint8 image against diffusers'.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("latentrt", "diffusers", "optimum")
+REFERENCE = "diffusers"
+METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
+METRIC_LABELS = {
+    "load": "load",
+    "text_encoder": "text encoder",
+    "unet_step": "UNet call",
+    "vae_decode": "VAE decode",
+    "end_to_end": "end to end",
+    "peak_rss_mb": "peak RSS",
+}
+WORKERS = {name: ROOT / "benchmarks" / "systems" / f"{name}_worker.py" for name in SYSTEMS}
+ROOF = ROOT / "benchmarks" / "roof.py"
+WORKER_TIMEOUT_S = 3600
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
+DEFAULT_NEGATIVE = "blurry, low quality"
+# The figures issue 5 asks for on W2 (reported, never asserted)
+TARGETS = {
+    "unet_speedup_vs_diffusers": 2.5,
+    "end_to_end_speedup_vs_diffusers": 2.0,
+    "peak_rss_ratio_vs_diffusers": 0.6,  # at most
+    "fraction_of_gemm_roof": 0.8,
+}
+PSNR_CAP_DB = 100.0
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class BenchError(RuntimeError):
+    """A system failed or the settings cannot be benchmarked; the message says which and why."""
+
+
+@dataclass
+class BenchConfig:
+    src: Path
+    steps: int = 20
+    height: int | None = None  # default: the model's native size
+    width: int | None = None
+    runs: int = 5
+    guidance: float = 7.5
+    scheduler: str | None = None  # default: the folder's own (a latentrt short name)
+    threads: int | None = None  # default: every core
+    systems: tuple[str, ...] = ("latentrt", "diffusers")
+    prompt: str = DEFAULT_PROMPT
+    negative: str = DEFAULT_NEGATIVE
+    seed: int = 0
+    batch: int = 1
+    cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
+    warmup_round: bool = True
+    optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
+    command: str | None = None  # the exact command line, recorded in the report
+    note: str | None = None  # conditions worth recording (machine load, ...)
+    progress: Callable[[str], None] = field(default=lambda message: None, repr=False)
+
+
+# ------------------------------------------------------------------------------------------ cache
+
+
+def cache_root(cache: Path | None) -> Path:
+    if cache is not None:
+        return Path(cache).expanduser()
+    base = os.environ.get("LATENTRT_CACHE") or Path.home() / ".cache" / "latentrt"
+    return Path(base).expanduser() / "bench"
+
+
+def source_key(src: Path) -> str:
+    """SRC's resolved path + its files' latest mtime (+ latentrt's version): a new key when the model changes."""
+    from latentrt import __version__
+
+    src = Path(src).resolve()
+    latest = max((p.stat().st_mtime_ns for p in src.rglob("*") if p.is_file()), default=0)
+    digest = hashlib.sha256(f"{src}\n{latest}\n{__version__}".encode()).hexdigest()[:16]
+    return f"{src.name}-{digest}"
+
+
+def _run_logged(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None, timeout: float = WORKER_TIMEOUT_S) -> None:
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {shlex.join(map(str, cmd))}\n")
+        fh.flush()
+        proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout,
+                              cwd=ROOT, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{shlex.join(map(str, cmd[:4]))}... failed (exit {proc.returncode}); its output:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+_EXPORT = (
+    "import sys; from latentrt.export.exporter import export_pipeline; "
+    "r = export_pipeline(sys.argv[1], sys.argv[2], report=print); print(f'exported in {r.seconds:.1f} s')"
+)
+
+
+def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
+    """latentrt's export (and optimum's) of SRC under `folder`, made once; the paths each system reads."""
+    folders: dict[str, Path] = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    if {"latentrt", "optimum"} & set(cfg.systems):
+        out = folder / "latentrt"
+        if not (out / "manifest.json").is_file():
+            cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
+            shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
+            # in a process of its own: the harness itself never imports torch
+            _run_logged([sys.executable, "-c", _EXPORT, cfg.src, out], folder / "export.log")
+        folders["latentrt"] = out
+    if "optimum" in cfg.systems:
+        if cfg.optimum_folder == "latentrt":
+            folders["optimum"] = folders["latentrt"]
+        else:
+            out = folder / "optimum"
+            if not (out / "model_index.json").is_file():
+                from benchmarks.peers.optimum.env import run_worker
+
+                cfg.progress(f"exporting {cfg.src} with optimum into {out} (once; cached)")
+                shutil.rmtree(out, ignore_errors=True)
+                proc = run_worker(["export", Path(cfg.src).resolve(), out], timeout=WORKER_TIMEOUT_S)
+                (folder / "export-optimum.log").write_text(proc.stdout + proc.stderr)
+            folders["optimum"] = out
+    return folders
+
+
+# ---------------------------------------------------------------------------------------- settings
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
+    """Size, scheduler and thread count made explicit, checked before anything runs."""
+    from latentrt.runtime.schedulers import create_scheduler
+
+    src = Path(cfg.src)
+    if not (src / "model_index.json").is_file():
+        raise BenchError(f"{src} is not a diffusers folder (no model_index.json): give a local StableDiffusionPipeline folder")
+    unknown = [s for s in cfg.systems if s not in SYSTEMS]
+    if unknown or not cfg.systems:
+        raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
+        if value < 1:
+            raise BenchError(f"--{name} must be at least 1, got {value}")
+    unet = _read_json(src / "unet" / "config.json")
+    vae = _read_json(src / "vae" / "config.json")
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    native = int(unet["sample_size"]) * factor
+    height, width = cfg.height or native, cfg.width or native
+    for name, value in (("height", height), ("width", width)):
+        if value % factor:
+            raise BenchError(f"--{name} must be a multiple of {factor} for this model, got {value}")
+    scheduler_config = _read_json(src / "scheduler" / "scheduler_config.json")
+    scheduler = create_scheduler(cfg.scheduler, scheduler_config).name  # None -> the folder's own
+    from benchmarks.systems.protocol import DIFFUSERS_SCHEDULERS
+
+    if scheduler not in DIFFUSERS_SCHEDULERS:
+        raise BenchError(f"scheduler {scheduler!r} has no diffusers counterpart to compare with: use one of {', '.join(DIFFUSERS_SCHEDULERS)}")
+    return {
+        "prompt": cfg.prompt,
+        "negative": cfg.negative,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "cfg": cfg.guidance > 1.0,
+        "scheduler": scheduler,
+        "height": height,
+        "width": width,
+        "batch": cfg.batch,
+        "latent_shape": [cfg.batch, int(unet["in_channels"]), height // factor, width // factor],
+        "unet_batch": cfg.batch * (2 if cfg.guidance > 1.0 else 1),
+        "seed": cfg.seed,
+        "threads": cfg.threads or os.cpu_count() or 1,
+        "runs": cfg.runs,
+        "warmup": "a discarded load-only round; in every run, one call of each component before timing",
+        "systems": list(cfg.systems),
+        "dtype": "float32",
+        "device": "cpu",
+        "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
+    }
+
+
+def unet_flops(settings: dict, src: Path, latentrt_folder: Path | None, log: Path) -> dict[str, Any]:
+    """FLOPs of one UNet call and one VAE decode at the benchmark's shapes (manifest formula, else counted)."""
+    from latentrt.export.flops import flops_at
+
+    b, _, h, w = settings["latent_shape"]
+    manifest = _read_json(latentrt_folder / "manifest.json") if latentrt_folder and (latentrt_folder / "manifest.json").is_file() else {}
+    entries = {name: manifest.get("components", {}).get(name, {}).get("flops") for name in ("unet", "vae_decoder")}
+    exact = h % settings["downsampling"] == 0 and w % settings["downsampling"] == 0
+    if all(entries.values()) and exact:
+        return {
+            "unet": flops_at(entries["unet"], settings["unet_batch"], h, w),
+            "vae_decoder": flops_at(entries["vae_decoder"], b, h, w),
+            "source": "manifest (counted at export time: " + entries["unet"]["method"] + ")",
+        }
+    out = log.parent / "flops.json"
+    cmd = [sys.executable, "-c",
+           "import sys; from latentrt.export.flops import main; main(sys.argv[1:])",
+           src, "--height", settings["height"], "--width", settings["width"],
+           "--batch", settings["unet_batch"], "--vae-batch", b]
+    with open(out, "w") as fh:
+        proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.DEVNULL, cwd=ROOT, timeout=900, check=False)
+    if proc.returncode != 0:
+        return {"unet": None, "vae_decoder": None, "source": "could not be counted"}
+    counted = _read_json(out)
+    return {"unet": counted["unet"], "vae_decoder": counted["vae_decoder"], "source": "counted for this run: " + counted["method"]}
+
+
+# ----------------------------------------------------------------------------------- machine, versions
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": platform.processor() or None,
+        "logical_cores": os.cpu_count(),
+        "physical_cores": None,
+        "memory_gb": None,
+        "cpu_flags": [],
+    }
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        for line in text.splitlines():
+            if line.startswith("model name"):
+                info["cpu_model"] = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["physical_cores"] = psutil.cpu_count(logical=False)
+        info["memory_gb"] = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return info
+
+
+def harness_versions() -> dict[str, str | None]:
+    from benchmarks.systems.protocol import versions
+
+    return versions("latentrt", "numpy", "onnxruntime", "onnx")
+
+
+# -------------------------------------------------------------------------------------------- runs
+
+
+def _thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for name in THREAD_VARIABLES:
+        env[name] = str(threads)
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env["HF_HUB_OFFLINE"] = "1"
+    env["TRANSFORMERS_OFFLINE"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _interpreter(system: str) -> tuple[str, dict[str, str]]:
+    if system == "optimum":
+        from benchmarks.peers.optimum.env import ensure_env, venv_python
+
+        venv = ensure_env()
+        base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
+        base["PYTHONNOUSERSITE"] = "1"
+        return str(venv_python(venv)), base
+    return sys.executable, dict(os.environ)
+
+
+def run_worker(system: str, worker_cfg: dict, workdir: Path, tag: str) -> dict:
+    python, base_env = _interpreter(system)
+    cfg_path = workdir / f"{system}-{tag}.config.json"
+    out_path = workdir / f"{system}-{tag}.json"
+    cfg_path.write_text(json.dumps(worker_cfg, indent=1, default=str))
+    out_path.unlink(missing_ok=True)
+    log = workdir / f"{system}.log"
+    env = _thread_env(worker_cfg["threads"], base_env)
+    try:
+        _run_logged([python, WORKERS[system], cfg_path, out_path], log, env=env)
+    except BenchError as exc:
+        report = _read_json(out_path) if out_path.is_file() else {}
+        raise BenchError(f"{system} ({tag}) failed: {report.get('error') or exc}") from None
+    report = _read_json(out_path)
+    if not report.get("ok"):
+        raise BenchError(f"{system} ({tag}) failed: {report.get('error')}")
+    return report
+
+
+def run_roof(model: Path, threads: int, workdir: Path, tag: str) -> dict:
+    out = workdir / f"roof-{tag}.json"
+    _run_logged([sys.executable, ROOF, "measure", model, "--threads", threads, "--out", out], workdir / "roof.log",
+                env=_thread_env(threads))
+    return _read_json(out)
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+
+
+def run_bench(cfg: BenchConfig) -> dict[str, Any]:
+    import numpy as np
+
+    from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+    from benchmarks.roof import build_gemm_model
+
+    started = time.time()
+    settings = resolve_settings(cfg)
+    src = Path(cfg.src).resolve()
+    key_dir = cache_root(cfg.cache) / source_key(src)
+    folders = ensure_exports(cfg, key_dir)
+    workdir = key_dir / "runs" / time.strftime("%Y%m%dT%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(cfg.seed)
+    latents = rng.standard_normal(settings["latent_shape"], dtype=np.float32)
+    np.save(workdir / "latents.npy", latents)
+    roof_model = build_gemm_model(workdir / "gemm.onnx")
+    flops = unet_flops(settings, src, folders.get("latentrt"), workdir / "flops.log")
+
+    worker_cfg = {
+        **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads")},
+        "source": str(src),
+        "folders": {k: str(v) for k, v in folders.items()},
+        "latents": str(workdir / "latents.npy"),
+        "warmup": 1,
+    }
+    load_before = os.getloadavg()
+    if cfg.warmup_round:
+        for system in cfg.systems:
+            cfg.progress(f"warm-up round: {system} (load only)")
+            run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")
+    reports: dict[str, list[dict]] = {s: [] for s in cfg.systems}
+    roofs: list[dict] = []
+    participants = list(cfg.systems) + ["roof"]
+    for r in range(cfg.runs):
+        order = participants[r % len(participants):] + participants[: r % len(participants)]  # rotate A/B order
+        for system in order:
+            if system == "roof":
+                roofs.append(run_roof(roof_model, settings["threads"], workdir, f"run{r}"))
+                cfg.progress(f"run {r + 1}/{cfg.runs}: GEMM roof {roofs[-1]['gflops']:.0f} GFLOP/s")
+                continue
+            image = workdir / f"{system}-run{r}.npy"
+            report = run_worker(system, {**worker_cfg, "image_out": str(image), "run": r}, workdir, f"run{r}")
+            report["image"] = str(image)
+            reports[system].append(report)
+            cfg.progress(
+                f"run {r + 1}/{cfg.runs}: {system:<9} load {report['load']:.2f} s, UNet {report['unet_step']:.3f} s, "
+                f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
+            )
+    load_after = os.getloadavg()
+
+    systems: dict[str, dict[str, Any]] = {}
+    for system, runs in reports.items():
+        stats = {m: _summary([run[m] for run in runs]) for m in METRICS}
+        rss = _summary([run["peak_rss_mb"] for run in runs])
+        systems[system] = {
+            **{m: stats[m]["median"] for m in METRICS},
+            "peak_rss_mb": rss["max"],
+            "min": {**{m: stats[m]["min"] for m in METRICS}, "peak_rss_mb": rss["min"]},
+            "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
+            "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
+            "import_s": statistics.median(run["import_s"] for run in runs),
+            "modules_imported": runs[-1]["modules"],
+            "info": runs[-1]["info"],
+        }
+        if flops.get("unet"):
+            systems[system]["unet_gflops"] = flops["unet"] / stats["unet_step"]["median"] / 1e9
+        if flops.get("vae_decoder"):
+            systems[system]["vae_decode_gflops"] = flops["vae_decoder"] / stats["vae_decode"]["median"] / 1e9
+
+    # image agreement against the reference (the last run's images; each system is deterministic)
+    agreement: dict[str, dict[str, float]] = {}
+    images = {s: np.load(reports[s][-1]["image"]) for s in cfg.systems}
+    for system in cfg.systems:
+        runs_equal = all(np.array_equal(np.load(run["image"]), images[system]) for run in reports[system])
+        systems[system]["deterministic_across_runs"] = bool(runs_equal)
+        if REFERENCE in images and system != REFERENCE:
+            ref = images[REFERENCE]
+            psnr = image_psnr(images[system], ref)
+            agreement[system] = {
+                "psnr_db": min(psnr, PSNR_CAP_DB),  # identical images: inf, written as the cap
+                "max_abs_diff": int(np.abs(images[system].astype(np.int16) - ref.astype(np.int16)).max()),
+                "image_min_psnr_db": IMAGE_MIN_PSNR_DB,
+            }
+    for system, image in images.items():
+        _save_png(image[0], workdir / f"{system}.png")
+
+    gemm = _summary([r["gflops"] for r in roofs])
+    roof = {
+        "gemm": {"m": roofs[0]["m"], "k": roofs[0]["k"], "n": roofs[0]["n"], "threads": settings["threads"],
+                 "gflops": gemm["median"], "gflops_min": gemm["min"], "gflops_max": gemm["max"],
+                 "gflops_best_call": max(r["gflops_best"] for r in roofs), "runs": gemm["runs"]},
+        "unet_flops_per_call": flops.get("unet"),
+        "vae_decoder_flops_per_call": flops.get("vae_decoder"),
+        "flops_source": flops.get("source"),
+    }
+    if "latentrt" in systems and flops.get("unet"):
+        roof["latentrt_unet_gflops"] = systems["latentrt"]["unet_gflops"]
+        roof["fraction_of_roof"] = systems["latentrt"]["unet_gflops"] / gemm["median"]
+    for system in systems:
+        if flops.get("unet"):
+            systems[system]["fraction_of_roof"] = systems[system]["unet_gflops"] / gemm["median"]
+
+    ratios = _ratios(systems)
+    report = {
+        "schema": "latentrt-bench/1",
+        "systems": systems,
+        "psnr_vs_reference_db": agreement.get("latentrt", {}).get("psnr_db"),
+        "max_abs_diff": agreement.get("latentrt", {}).get("max_abs_diff"),
+        "agreement_vs_reference": agreement,
+        "reference": REFERENCE,
+        "ratios": ratios,
+        "roof": roof,
+        "targets": _targets(ratios, roof),
+        "settings": settings,
+        "source": str(src),
+        "folders": {k: str(v) for k, v in folders.items()},
+        "machine": {**machine_info(), "threads": settings["threads"], "load_average_before": load_before,
+                    "load_average_after": load_after},
+        "versions": {"harness": harness_versions(), **{s: v["info"].get("versions") for s, v in systems.items()}},
+        "command": cfg.command,
+        "note": cfg.note,
+        "workdir": str(workdir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "wall_s": time.time() - started,
+    }
+    (workdir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+    return json.loads(json.dumps(report, default=_json_default))  # plain JSON types only
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value == float("inf"):
+        return "inf"
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _save_png(image, path: Path) -> None:
+    try:
+        from PIL import Image
+
+        Image.fromarray(image).save(path)
+    except Exception:  # the PNG is a convenience for a human looking at the workdir
+        pass
+
+
+def _ratios(systems: dict[str, dict]) -> dict[str, Any]:
+    """`speedup`: other system's median time / latentrt's (> 1: latentrt is faster); `rss`: latentrt / other."""
+    if "latentrt" not in systems:
+        return {}
+    ours = systems["latentrt"]
+    out = {}
+    for other, theirs in systems.items():
+        if other == "latentrt":
+            continue
+        out[other] = {
+            "speedup": {m: theirs[m] / ours[m] for m in METRICS if ours[m] > 0},
+            "peak_rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
+        }
+    return out
+
+
+def _targets(ratios: dict, roof: dict) -> dict[str, Any]:
+    ref = ratios.get(REFERENCE)
+    out: dict[str, Any] = {}
+    if ref:
+        pairs = (
+            ("unet_speedup_vs_diffusers", ref["speedup"].get("unet_step"), True),
+            ("end_to_end_speedup_vs_diffusers", ref["speedup"].get("end_to_end"), True),
+            ("peak_rss_ratio_vs_diffusers", ref["peak_rss_ratio"], False),
+        )
+        for name, value, at_least in pairs:
+            goal = TARGETS[name]
+            out[name] = {"goal": goal, "measured": value, "met": value is not None and (value >= goal if at_least else value <= goal)}
+    if roof.get("fraction_of_roof") is not None:
+        value = roof["fraction_of_roof"]
+        out["fraction_of_gemm_roof"] = {"goal": TARGETS["fraction_of_gemm_roof"], "measured": value,
+                                        "met": value >= TARGETS["fraction_of_gemm_roof"]}
+    if "optimum" in ratios:
+        slower = [m for m, v in ratios["optimum"]["speedup"].items() if v < 1.0]
+        out["faster_than_optimum_on_every_component"] = {"met": not slower, "slower_on": slower}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _fmt_s(value: float) -> str:
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    if value >= 0.01:
+        return f"{value:.3f}"
+    return f"{value * 1000:.2f} ms"
+
+
+def _cell(system: dict, metric: str) -> str:
+    med, lo, hi = system[metric], system["min"][metric], system["max"][metric]
+    if metric == "peak_rss_mb":
+        return f"{med:,.0f} MB ({lo:,.0f}–{hi:,.0f})"
+    unit = "" if _fmt_s(med).endswith("ms") else " s"
+    return f"{_fmt_s(med)}{unit} ({_fmt_s(lo)}–{_fmt_s(hi)})"
+
+
+def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
+    s, systems = report["settings"], report["systems"]
+    m = report["machine"]
+    lines = []
+    if title:
+        lines += [f"# {title}", ""]
+    lines += [
+        f"{s['height']}x{s['width']}, batch {s['batch']}, {s['steps']} steps of {s['scheduler']}, guidance {s['guidance']:g}"
+        f"{' (CFG: UNet batch ' + str(s['unet_batch']) + ')' if s['cfg'] else ''}, fp32 on CPU, {s['threads']} threads; "
+        f"{s['runs']} runs, median (min–max).",
+        "",
+        "| system | " + " | ".join(METRIC_LABELS[k] for k in (*METRICS, "peak_rss_mb")) + " |",
+        "| --- | " + " | ".join("---:" for _ in (*METRICS, "peak_rss_mb")) + " |",
+    ]
+    for name, system in systems.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(system, k) for k in (*METRICS, "peak_rss_mb")) + " |")
+    for other, ratio in report["ratios"].items():
+        cells = [f"{ratio['speedup'][k]:.2f}x" for k in METRICS] + [f"{ratio['peak_rss_ratio']:.2f}"]
+        lines.append(f"| {other} / latentrt (time), latentrt / {other} (RSS) | " + " | ".join(cells) + " |")
+    lines.append("")
+    roof = report["roof"]
+    if roof.get("unet_flops_per_call"):
+        g = roof["gemm"]
+        lines += [
+            f"**Roof.** ONNX Runtime fp32 GEMM ({g['m']}x{g['k']} @ {g['k']}x{g['n']}, {g['threads']} threads, measured in "
+            f"every run): {g['gflops']:.0f} GFLOP/s ({g['gflops_min']:.0f}–{g['gflops_max']:.0f}). One UNet call = "
+            f"{roof['unet_flops_per_call'] / 1e9:.1f} GFLOP ({roof['flops_source']}).",
+            "",
+            "| system | UNet GFLOP/s | fraction of the GEMM roof | VAE decode GFLOP/s |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for name, system in systems.items():
+            vae = f"{system['vae_decode_gflops']:.0f}" if system.get("vae_decode_gflops") else "–"
+            lines.append(f"| {name} | {system['unet_gflops']:.0f} | {system['fraction_of_roof']:.0%} | {vae} |")
+        lines.append("")
+    if report["agreement_vs_reference"]:
+        lines.append("**Image agreement** with diffusers (uint8, same latents): " + "; ".join(
+            f"{name}: PSNR {a['psnr_db']:.1f} dB, max abs diff {a['max_abs_diff']}"
+            for name, a in report["agreement_vs_reference"].items()
+        ) + f" (parity threshold {next(iter(report['agreement_vs_reference'].values()))['image_min_psnr_db']:g} dB).")
+        lines.append("")
+    if report["targets"]:
+        lines.append("**Issue 5 figures** (reported, not asserted):")
+        lines.append("")
+        for name, t in report["targets"].items():
+            if "goal" in t:
+                comparison = "≤" if name.startswith("peak_rss") else "≥"
+                value = f"{t['measured']:.0%}" if name == "fraction_of_gemm_roof" else f"{t['measured']:.2f}"
+                goal = f"{t['goal']:.0%}" if name == "fraction_of_gemm_roof" else f"{t['goal']:g}"
+                lines.append(f"- {name.replace('_', ' ')}: {value} (goal {comparison} {goal}) — {'met' if t['met'] else 'missed'}")
+            else:
+                lines.append(f"- faster than optimum on every component: {'yes' if t['met'] else 'no, slower on ' + ', '.join(t['slower_on'])}")
+        lines.append("")
+    lines += [
+        f"**Machine.** {m['cpu_model']}, {m['logical_cores']} logical cores"
+        + (f" ({m['physical_cores']} physical)" if m.get("physical_cores") else "")
+        + f", {m['memory_gb']} GB; {m['platform']}. Load average before/after: "
+        f"{', '.join(f'{x:.1f}' for x in m['load_average_before'])} / {', '.join(f'{x:.1f}' for x in m['load_average_after'])}.",
+        "",
+        "**Versions.** " + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in (vers or {}).items() if v) for name, vers in report["versions"].items()
+        ),
+        "",
+        f"**Command.** `{report['command']}`",
+        "",
+    ]
+    if report.get("note"):
+        lines += [f"**Conditions.** {report['note']}", ""]
+    lines += [
+        "Each system runs in a fresh process per run (load timed from a cold process, warm OS file cache), one "
+        "warm-up call of each component, then one timed call each and one timed generation; systems interleaved, "
+        "order rotated each run. `text encoder` = tokenize + encode prompt and negative prompt; `UNet call` = one "
+        f"call on the CFG batch; peak RSS = ru_maxrss of the system's process. Prompt: \"{s['prompt']}\", negative: "
+        f"\"{s['negative']}\", seed {s['seed']} (initial latents shared as .npy).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", type=Path)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--guidance", type=float, default=7.5)
+    p.add_argument("--scheduler", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--systems", default="latentrt,diffusers")
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--markdown", type=Path, default=None)
+    p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--title", default=None)
+    p.add_argument("--note", default=None)
+    args = p.parse_args(argv)
+    cfg = BenchConfig(
+        src=args.src, steps=args.steps, height=args.height, width=args.width, runs=args.runs, guidance=args.guidance,
+        scheduler=args.scheduler, threads=args.threads, systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
+        cache=args.cache, note=args.note, command="python -m benchmarks.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
+        progress=lambda message: print(message, file=sys.stderr, flush=True),
+    )
+    report = run_bench(cfg)
+    write_outputs(report, args.json, args.markdown, args.plot, args.title)
+    print(render_markdown(report, args.title))
+
+
+def write_outputs(report: dict, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None,
+                  title: str | None = None) -> None:
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
+    if plot_path:
+        from benchmarks.plot import plot
+
+        plot(report, Path(plot_path), title)
+    if markdown_path:
+        text = render_markdown(report, title)
+        if plot_path:
+            rel = os.path.relpath(Path(plot_path).resolve(), Path(markdown_path).resolve().parent)
+            text += f"\n![time per component and peak memory]({rel})\n"
+        Path(markdown_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown_path).write_text(text)
+
+
+if __name__ == "__main__":
+    main()

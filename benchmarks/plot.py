@@ -1,0 +1,71 @@
+"""PNG of a benchmark report: time per component per system (median, min–max bars) and peak memory.
+
+    python -m benchmarks.plot REPORT.json OUT.png [--title T]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PANELS = (
+    ("load", "load (s)"),
+    ("text_encoder", "text encoder (s)"),
+    ("unet_step", "one UNet call (s)"),
+    ("vae_decode", "VAE decode (s)"),
+    ("end_to_end", "end to end (s)"),
+    ("peak_rss_mb", "peak RSS (MB)"),
+)
+COLORS = {"latentrt": "#1b9e77", "diffusers": "#d95f02", "optimum": "#7570b3"}
+
+
+def plot(report: dict, out: Path, title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = report["systems"]
+    names = list(systems)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.6 * len(PANELS), 3.6))
+    for ax, (metric, label) in zip(axes, PANELS):
+        med = [systems[n][metric] for n in names]
+        lo = [systems[n][metric] - systems[n]["min"][metric] for n in names]
+        hi = [systems[n]["max"][metric] - systems[n][metric] for n in names]
+        bars = ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=3,
+                      color=[COLORS.get(n, "#999999") for n in names])
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="y", labelsize=8)
+        for bar, value in zip(bars, med):
+            text = f"{value:,.0f}" if metric == "peak_rss_mb" else (f"{value:.3g}")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+        ax.margins(y=0.15)
+    s, m = report["settings"], report["machine"]
+    heading = title or " vs ".join(names)
+    fig.suptitle(
+        f"{heading}\n{s['height']}x{s['width']}, {s['steps']} steps {s['scheduler']}, CFG {s['guidance']:g}, fp32, "
+        f"{s['threads']} threads, {m['cpu_model']}; median of {s['runs']} runs, bars min–max",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.split("\n\n")[0])
+    p.add_argument("report", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    print(plot(json.loads(args.report.read_text()), args.out, args.title))
+
+
+if __name__ == "__main__":
+    main()

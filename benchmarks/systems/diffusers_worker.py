@@ -1,0 +1,88 @@
+"""The PyTorch reference: diffusers' StableDiffusionPipeline, fp32 on CPU. The only worker importing torch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.systems.protocol import System, diffusers_scheduler, run, to_uint8, versions  # noqa: E402
+
+
+class DiffusersSystem(System):
+    name = "diffusers"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        import numpy as np
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        torch.set_num_threads(cfg["threads"])
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set
+            pass
+        self.np, self.torch, self.cls = np, torch, StableDiffusionPipeline
+
+    def load(self) -> None:
+        self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=self.torch.float32, safety_checker=None,
+                                             requires_safety_checker=False)
+        self.pipe.set_progress_bar_config(disable=True)
+
+    def prepare(self) -> None:
+        torch, cfg = self.torch, self.cfg
+        self.pipe.scheduler = diffusers_scheduler(cfg["scheduler"], self.pipe.scheduler.config)
+        self.latents = torch.from_numpy(self.np.load(cfg["latents"]))  # (B, 4, h, w)
+        self.cfg_on = cfg["guidance"] > 1.0
+        scheduler = self.pipe.scheduler
+        scheduler.set_timesteps(cfg["steps"])
+        self.t = scheduler.timesteps[0]
+        x = self.latents * scheduler.init_noise_sigma
+        x = torch.cat([x, x]) if self.cfg_on else x  # (2B, 4, h, w)
+        self.x_in = scheduler.scale_model_input(x, self.t)
+        self.embeddings = self._encode()
+
+    def _encode(self):
+        with self.torch.inference_mode():
+            cond, uncond = self.pipe.encode_prompt(self.cfg["prompt"], "cpu", self.latents.shape[0], self.cfg_on,
+                                                   self.cfg["negative"])
+        return self.torch.cat([uncond, cond]) if self.cfg_on else cond
+
+    def text_encoder(self) -> None:
+        self._encode()  # tokenize + text encoder (once per half with CFG, as the pipeline does)
+
+    def unet_step(self) -> None:
+        with self.torch.inference_mode():
+            self.pipe.unet(self.x_in, self.t, encoder_hidden_states=self.embeddings, return_dict=False)
+
+    def vae_decode(self) -> None:
+        with self.torch.inference_mode():
+            self.pipe.vae.decode(self.latents / self.pipe.vae.config.scaling_factor, return_dict=False)
+
+    def end_to_end(self):
+        cfg = self.cfg
+        _, _, h, w = self.latents.shape
+        with self.torch.inference_mode():
+            out = self.pipe(
+                cfg["prompt"], negative_prompt=cfg["negative"], num_inference_steps=cfg["steps"],
+                guidance_scale=cfg["guidance"], latents=self.latents.clone(), height=h * self.pipe.vae_scale_factor,
+                width=w * self.pipe.vae_scale_factor, output_type="np",
+            )
+        return to_uint8(out.images)
+
+    def info(self):
+        return {
+            "versions": versions("torch", "diffusers", "transformers", "numpy"),
+            "torch_threads": self.torch.get_num_threads(),
+            "torch_interop_threads": self.torch.get_num_interop_threads(),
+            "mkldnn": self.torch.backends.mkldnn.is_available(),
+            "scheduler": type(self.pipe.scheduler).__name__,
+        }
+
+
+if __name__ == "__main__":
+    run(DiffusersSystem)

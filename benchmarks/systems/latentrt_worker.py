@@ -1,0 +1,74 @@
+"""latentrt on ONNX Runtime (CPU): the system under test. Never imports torch (the report says so)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.systems.protocol import System, run, versions  # noqa: E402
+
+
+class LatentrtSystem(System):
+    name = "latentrt"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        import numpy as np
+
+        from latentrt import Pipeline
+
+        self.np = np
+        self.Pipeline = Pipeline
+
+    def load(self) -> None:
+        self.pipe = self.Pipeline.from_folder(self.cfg["folders"]["latentrt"], provider="cpu", threads=self.cfg["threads"])
+
+    def prepare(self) -> None:
+        from latentrt.runtime.schedulers import create_scheduler
+
+        np, cfg = self.np, self.cfg
+        self.latents = np.load(cfg["latents"])  # (B, 4, H/8, W/8)
+        self.cfg_on = cfg["guidance"] > 1.0
+        self.texts = [cfg["negative"], cfg["prompt"]] if self.cfg_on else [cfg["prompt"]]
+        scheduler = create_scheduler(cfg["scheduler"], self.pipe.folder.scheduler_config)
+        scheduler.set_timesteps(cfg["steps"])
+        self.t = scheduler.timesteps[0]
+        x = self.latents * np.float32(scheduler.init_noise_sigma)
+        x = np.concatenate([x, x]) if self.cfg_on else x  # (2B, 4, h, w): the batch the loop sends
+        self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
+        self.embeddings = self.pipe._encode(self.texts)
+
+    # the pipeline's own steps (pipeline.py), called one at a time
+    def text_encoder(self) -> None:
+        self.pipe._encode(self.texts)  # tokenize + one text-encoder call for both halves
+
+    def unet_step(self) -> None:
+        self.pipe._unet(self.x_in, self.t, self.embeddings)
+
+    def vae_decode(self) -> None:
+        self.pipe._decode(self.latents)
+
+    def end_to_end(self):
+        cfg = self.cfg
+        result = self.pipe(
+            cfg["prompt"], negative_prompt=cfg["negative"], steps=cfg["steps"], guidance_scale=cfg["guidance"],
+            scheduler=cfg["scheduler"], latents=self.latents,
+        )
+        self.timings = result.timings
+        return result.arrays  # uint8 (B, H, W, 3)
+
+    def info(self):
+        return {
+            "versions": versions("latentrt", "onnxruntime", "numpy", "tokenizers"),
+            "providers": self.pipe.unet.providers,
+            "intra_op_threads": self.cfg["threads"],
+            "pipeline_timings": getattr(self, "timings", None),
+        }
+
+
+if __name__ == "__main__":
+    run(LatentrtSystem)

@@ -1,0 +1,155 @@
+"""The worker side of the benchmark harness: one system, one run, one process.
+
+The harness (benchmarks/harness.py) starts a fresh process per system and per run, with a JSON
+config file; the process imports its libraries, loads the pipeline (timed), warms up each
+component once, times one text-encoder call, one UNet call, one VAE decode and one whole
+generation, saves the image, and writes a JSON report with its peak RSS (`ru_maxrss` of this
+process). A fresh process per run gives a cold-process load time each run and a clean peak-RSS
+figure, and keeps only one model in memory at a time on small machines.
+
+Standard library + NumPy only: this module also runs inside optimum's own virtual environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import traceback
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+COMPONENT_METRICS = ("text_encoder", "unet_step", "vae_decode")
+
+# latentrt's scheduler names -> (diffusers class, from_config overrides the name implies);
+# the same table tests/test_schedulers.py checks latentrt's schedulers against.
+DIFFUSERS_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "ddpm": ("DDPMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+}
+
+
+def diffusers_scheduler(name: str, config):
+    """The diffusers scheduler for a latentrt name, built from a pipeline's scheduler config."""
+    import diffusers
+
+    if name not in DIFFUSERS_SCHEDULERS:
+        raise SystemExit(f"scheduler {name!r} has no diffusers counterpart here: use one of {', '.join(DIFFUSERS_SCHEDULERS)}")
+    cls_name, overrides = DIFFUSERS_SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(config, **overrides)
+
+
+def to_uint8(images_0_1) -> Any:
+    """float (B, H, W, 3) in [0, 1] -> uint8, as diffusers' numpy_to_pil does."""
+    import numpy as np
+
+    return (np.asarray(images_0_1) * 255).round().astype(np.uint8)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def versions(*names: str) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+class System:
+    """What a worker implements. Each method is timed by `run`; `prepare` is not."""
+
+    name = "?"
+
+    def __init__(self, cfg: dict[str, Any]):
+        self.cfg = cfg
+
+    def load(self) -> None: ...
+
+    def prepare(self) -> None:
+        """Untimed set-up after load (scheduler, latents as the library wants them)."""
+
+    def text_encoder(self) -> None: ...
+
+    def unet_step(self) -> None: ...
+
+    def vae_decode(self) -> None: ...
+
+    def end_to_end(self):  # -> uint8 (B, H, W, 3)
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None = None) -> None:
+    """`worker.py CONFIG.json OUT.json`: one run of one system; OUT gets the report."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        raise SystemExit("usage: worker.py CONFIG.json OUT.json")
+    cfg = json.loads(Path(argv[0]).read_text())
+    out_path = Path(argv[1])
+    report: dict[str, Any] = {"ok": False, "pid": os.getpid()}
+    try:
+        t0 = time.perf_counter()
+        system = make_system(cfg)  # imports the system's libraries
+        report["import_s"] = time.perf_counter() - t0
+        report["load"], _ = _timed(system.load)
+        report["rss_after_load_mb"] = _current_rss_mb()
+        if not cfg.get("load_only"):
+            system.prepare()
+            for _ in range(int(cfg.get("warmup", 1))):  # same shapes as the measured calls and the generation
+                system.text_encoder()
+                system.unet_step()
+                system.vae_decode()
+            for metric in COMPONENT_METRICS:
+                report[metric], _ = _timed(getattr(system, metric))
+            report["end_to_end"], images = _timed(system.end_to_end)
+            import numpy as np
+
+            images = np.asarray(images)
+            if images.dtype != np.uint8 or images.ndim != 4:
+                raise RuntimeError(f"{system.name}: end_to_end must return uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
+            if cfg.get("image_out"):
+                np.save(cfg["image_out"], images)
+            report["image_shape"] = list(images.shape)
+        report["peak_rss_mb"] = peak_rss_mb()
+        report["info"] = system.info()
+        report["modules"] = sorted(m for m in ("torch", "diffusers", "transformers", "optimum") if m in sys.modules)
+        report["ok"] = True
+    except BaseException as exc:  # reported to the harness, which fails loudly with it
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        report["traceback"] = traceback.format_exc()
+        out_path.write_text(json.dumps(report, indent=1))
+        raise
+    out_path.write_text(json.dumps(report, indent=1))
+
+
+def _current_rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return None
