@@ -149,7 +149,10 @@ class ModelFolder:
         if not (path / "scheduler" / "scheduler_config.json").is_file():
             raise ModelFolderError(f"{path} lacks scheduler/scheduler_config.json; {REEXPORT_HINT}")
         if not components["vae_decoder"].config:
-            raise ModelFolderError(f"{path} lacks vae_decoder/config.json (it holds scaling_factor); {REEXPORT_HINT}")
+            raise ModelFolderError(
+                f"{path} lacks vae_decoder/config.json (it holds scaling_factor): {REEXPORT_HINT}, or, for a "
+                "folder from diffusers' legacy ONNX converter, copy the source model's vae/config.json there"
+            )
         return cls(
             path=path,
             model_index=model_index,
