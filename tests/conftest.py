@@ -32,3 +32,15 @@ def tiny_sd1(tiny_models) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def tiny_sd2(tiny_models) -> tuple[Path, Path]:
     return tiny_models["sd2"]
+
+
+@pytest.fixture(scope="session")
+def optimum_sd1(tiny_sd1, tmp_path_factory) -> tuple[Path, Path]:
+    """(diffusers folder, the ONNX folder optimum's own exporter wrote from it), in optimum's venv."""
+    from benchmarks.peers.optimum.env import ensure_env, run_worker
+
+    ensure_env()
+    src, _ = tiny_sd1
+    out = tmp_path_factory.mktemp("optimum") / "sd1-optimum"
+    run_worker(["export", str(src), str(out)], timeout=900)  # no tokenizer.json, scalar timestep
+    return src, out

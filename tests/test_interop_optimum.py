@@ -18,14 +18,8 @@ PROMPT, NEGATIVE = "a red circle at the top left on a white background", "blurry
 
 
 @pytest.fixture(scope="module")
-def optimum_folder(tiny_sd1, tmp_path_factory):
-    from benchmarks.peers.optimum.env import ensure_env, run_worker
-
-    ensure_env()
-    src, _ = tiny_sd1
-    out = tmp_path_factory.mktemp("optimum") / "sd1-optimum"
-    run_worker(["export", str(src), str(out)])  # optimum's own export: no tokenizer.json, scalar timestep
-    return out
+def optimum_folder(optimum_sd1):
+    return optimum_sd1[1]
 
 
 def optimum_images(folder, latents_path, out_path, scheduler, steps, guidance):

@@ -7,124 +7,16 @@ torch wheel, cached in $LATENTRT_CACHE/optimum-venv afterwards).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `benchmarks` is a folder of the repo, not an installed package
-    sys.path.insert(0, str(ROOT))
-
 pytestmark = pytest.mark.optimum
 
-SD_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "clip_sample": False,
-}
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP's reversible byte -> printable character map (its 256 values)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def write_tiny_tokenizer(folder: Path) -> int:
-    """A CLIP BPE vocabulary of single bytes (plain and word-final) and two merges; returns its size."""
-    chars = _bytes_to_unicode()
-    merges = ["a s", "t r</w>"]
-    tokens = chars + [c + "</w>" for c in chars] + ["as", "tr</w>", "<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return len(tokens)
-
-
-def build_tiny_sd(out: Path) -> None:
-    """Save a tiny StableDiffusionPipeline (random weights, configs only) to `out`."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    tok_dir = out.parent / "tiny-tokenizer-src"
-    vocab_size = write_tiny_tokenizer(tok_dir)
-    # from_pretrained, not CLIPTokenizer(vocab_file=...): transformers 5 names those arguments
-    # vocab/merges and silently ignores vocab_file/merges_file (a 2-token vocabulary)
-    tokenizer = CLIPTokenizer.from_pretrained(tok_dir, model_max_length=77)
-    assert len(tokenizer) == vocab_size
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=16,
-        sample_size=64,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=PNDMScheduler.from_config(SD_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out)
-
-
 @pytest.fixture(scope="module")
-def optimum_folder(tmp_path_factory):
-    from benchmarks.peers.optimum.env import run_worker
-
-    root = tmp_path_factory.mktemp("optimum-peer")
-    build_tiny_sd(root / "tiny-diffusers")
-    run_worker(["export", root / "tiny-diffusers", root / "tiny-onnx"], timeout=900)
-    return root / "tiny-onnx"
+def optimum_folder(optimum_sd1):
+    return optimum_sd1[1]
 
 
 def test_export_layout(optimum_folder):
@@ -153,29 +45,31 @@ def _torch_reference(src: Path, latents: np.ndarray, scheduler: str) -> np.ndarr
         pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     n, _, h, w = latents.shape
+    f = pipe.vae_scale_factor
     out = pipe(prompt="a tree", negative_prompt="blurry", num_inference_steps=3, guidance_scale=7.5,
-               height=2 * h, width=2 * w, latents=torch.from_numpy(latents), output_type="np")
+               height=f * h, width=f * w, latents=torch.from_numpy(latents), output_type="np")
     return np.asarray(out.images)
 
 
 @pytest.mark.parametrize("scheduler", ["pndm", "euler"])
-def test_generate_matches_pytorch(optimum_folder, tmp_path, scheduler):
+def test_generate_matches_pytorch(optimum_sd1, tmp_path, scheduler):
+    src, optimum_folder = optimum_sd1
     from benchmarks.peers.optimum.env import run_worker
 
-    latents = np.random.default_rng(0).standard_normal((1, 4, 16, 16), dtype=np.float32)  # (N, 4, H/2, W/2)
+    latents = np.random.default_rng(0).standard_normal((1, 4, 16, 16), dtype=np.float32)  # (N, 4, H/4, W/4)
     np.save(tmp_path / "latents.npy", latents)
     out = tmp_path / "image.npy"
     run_worker(["generate", optimum_folder, "--prompt", "a tree", "--negative", "blurry",
                 "--latents", tmp_path / "latents.npy", "--steps", "3", "--guidance", "7.5",
                 "--scheduler", scheduler, "--threads", "1", "--out", out], timeout=600)
     image = np.load(out)
-    assert image.shape == (1, 32, 32, 3)  # the tiny VAE (two blocks) upsamples 2x
+    assert image.shape == (1, 64, 64, 3)  # the tiny VAE (three blocks) upsamples 4x
     assert image.dtype == np.float32
     assert np.isfinite(image).all()
     assert 0.0 <= image.min() and image.max() <= 1.0
     # optimum's export and pipeline reproduce diffusers' PyTorch image from the same latents; this also
     # catches a source folder that transformers 4 misreads (random text encoder, see worker.py)
-    reference = _torch_reference(optimum_folder.parent / "tiny-diffusers", latents, scheduler)
+    reference = _torch_reference(src, latents, scheduler)
     assert np.abs(image - reference).max() < 1e-3
 
 
