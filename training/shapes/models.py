@@ -5,9 +5,11 @@ latentrt exporter treats it like any SD model:
 
 - ``AutoencoderKL`` with three blocks (f=4): 64x64x3 images <-> 16x16x4 latents,
 - ``CLIPTextModel``: a small CLIP text transformer trained from scratch with the UNet,
-- ``UNet2DConditionModel`` on 16x16 latents, cross-attention at the 16x16 and 8x8 blocks and in the
-  4x4 mid block,
-- the Stable Diffusion 1.x noise schedule (scaled_linear betas, epsilon prediction).
+- ``UNet2DConditionModel`` on 16x16 latents, transformer (self + cross-attention) blocks at 8x8 and
+  in the 4x4 mid block (optionally at 16x16 too),
+- the Stable Diffusion 1.x noise schedule (scaled_linear betas) with v-prediction (as SD 2.x): the
+  layout (the position) is decided at high noise, where an epsilon loss weighs errors in the image by
+  the SNR (~0.005 at t=999) and a v loss by SNR + 1.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ SCHEDULE = dict(
     beta_start=0.00085,
     beta_end=0.012,
     beta_schedule="scaled_linear",
-    prediction_type="epsilon",
+    prediction_type="v_prediction",
     steps_offset=1,
     timestep_spacing="leading",
 )
@@ -30,13 +32,14 @@ SCHEDULE = dict(
 
 @dataclass(frozen=True)
 class ModelSizes:
-    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_channels: tuple[int, ...] = (16, 32, 64)
     vae_layers_per_block: int = 1
     text_width: int = 128
     text_layers: int = 3
     text_heads: int = 4
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers_per_block: int = 1
+    unet_full_res_attention: bool = False  # transformer blocks in the 16x16 block too
     unet_heads: int = 4  # diffusers' ``attention_head_dim`` (the head count in UNet2DConditionModel)
     norm_groups: int = 32
 
@@ -85,8 +88,9 @@ def build_unet(s: ModelSizes, latent_size: int = 16):
     from diffusers import UNet2DConditionModel
 
     n = len(s.unet_channels)
-    down = ("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",)
-    up = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1)
+    attn = [s.unet_full_res_attention] + [True] * (n - 2) + [False]  # per resolution, high to low
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn))
     return UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=LATENT_CHANNELS,
