@@ -26,7 +26,7 @@ SCHEDULE = dict(
     beta_schedule="scaled_linear",
     prediction_type="v_prediction",
     steps_offset=1,
-    timestep_spacing="leading",
+    timestep_spacing="trailing",  # starts sampling at t=999 (Lin et al. 2023, "Common Diffusion Noise Schedules are Flawed")
 )
 
 
