@@ -63,7 +63,7 @@ def generate(
                 prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                 seed=seed, height=height, width=width, num_images=num_images, progress=progress,
             )
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):
         save_png(image, path, params, force=force)
