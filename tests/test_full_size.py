@@ -5,7 +5,6 @@ Minutes of CPU and ~12 GB of memory: behind the `slow` marker; CI runs it (`.ci/
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -15,56 +14,22 @@ from latentrt.export.validate import COMPONENT_MAX_REL_ERROR, compare_arrays
 
 pytestmark = pytest.mark.slow
 
-# SD 1.5's published configs (unet/, vae/, text_encoder/ config.json of the v1-5 repository)
-SD15_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
-)
-SD15_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-    block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    scaling_factor=0.18215,
-)
-SD15_TEXT = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=0, eos_token_id=2, pad_token_id=1,
-)
-
 
 @pytest.fixture(scope="module")
 def sd15(tmp_path_factory):
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import UNet2DConditionModel
 
+    from benchmarks.sd15_random import build
     from latentrt.export.exporter import export_pipeline
-    from latentrt.export.tiny import SD15_SCHEDULER
-    from test_tokenizer import EOS, write_diffusers_tokenizer_folder
 
     root = tmp_path_factory.mktemp("sd15")
-    src = root / "sd15-diffusers"
-    torch.manual_seed(0)
-    write_diffusers_tokenizer_folder(src / "tokenizer", pad_token=EOS)
-    unet = UNet2DConditionModel(**SD15_UNET)
-    unet.save_pretrained(src / "unet")
-    CLIPTextModel(CLIPTextConfig(**SD15_TEXT)).save_pretrained(src / "text_encoder")
-    AutoencoderKL(**SD15_VAE).save_pretrained(src / "vae")
-    PNDMScheduler.from_config(SD15_SCHEDULER).save_pretrained(src / "scheduler")
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1",
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-             "scheduler": ["diffusers", "PNDMScheduler"], "safety_checker": [None, None], "feature_extractor": [None, None]}
-    (src / "model_index.json").write_text(json.dumps(index))
+    src = build(root / "sd15-diffusers", seed=0)
     out = root / "sd15-onnx"
     t0 = time.perf_counter()
     report = export_pipeline(src, out, report=print)
     seconds = time.perf_counter() - t0
     print(f"SD 1.5 export: {seconds:.0f} s, {sum(report.sizes.values()) / 1e9:.2f} GB")
-    return unet.eval(), src, out, report
+    return UNet2DConditionModel.from_pretrained(src / "unet").eval(), src, out, report
 
 
 def test_unet_weights_go_to_one_external_data_file(sd15):
