@@ -11,11 +11,12 @@ Method (issue 5):
   to latents.npy), scheduler, steps, guidance, size and thread count (ORT intra-op threads, inter-op 1;
   torch.set_num_threads; OMP/MKL variables).
 - Each system runs in a process of its own, a fresh one per run (benchmarks/systems/*_worker.py): it
-  imports its libraries, loads the pipeline (timed: `load`), warms each component up once, then times one
-  text-encoder call (`text_encoder`: tokenize + encode the prompt and, with CFG, the negative prompt),
-  one UNet call on the CFG batch (`unet_step`), one VAE decode (`vae_decode`) and one whole generation
-  to uint8 images (`end_to_end`), and reports its peak RSS (ru_maxrss). Only the diffusers and optimum
-  workers import torch; the latentrt worker's report lists the heavy modules it imported (none).
+  imports its libraries, loads the pipeline (timed: `load`), warms each component up once (untimed, same
+  shapes), then times one whole generation to uint8 images (`end_to_end`) with the pipeline's own stage
+  functions wrapped by timers: `text_encoder` (tokenize + encode the prompt and, with CFG, the negative
+  prompt), `unet_step` (the median of the denoising loop's UNet calls, each on the CFG batch) and
+  `vae_decode`; it reports its peak RSS (ru_maxrss). Only the diffusers and optimum workers import torch;
+  the latentrt worker's report lists the heavy modules it imported (none).
 - A warm-up round (load only: fills the OS file cache) is discarded; then R runs, systems interleaved
   A/B within each run and the order rotated from run to run. Medians are quoted with min–max.
 - The roof: ONNX Runtime's fp32 GEMM throughput (benchmarks/roof.py), one sample per run, interleaved
@@ -372,7 +373,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     flops = unet_flops(settings, src, folders.get("latentrt"), workdir / "flops.log")
 
     worker_cfg = {
-        **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads")},
+        **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads", "height", "width")},
         "source": str(src),
         "folders": {k: str(v) for k, v in folders.items()},
         "latents": str(workdir / "latents.npy"),
@@ -414,6 +415,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
             "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
             "import_s": statistics.median(run["import_s"] for run in runs),
+            "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
         }
@@ -629,10 +631,11 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
     if report.get("note"):
         lines += [f"**Conditions.** {report['note']}", ""]
     lines += [
-        "Each system runs in a fresh process per run (load timed from a cold process, warm OS file cache), one "
-        "warm-up call of each component, then one timed call each and one timed generation; systems interleaved, "
-        "order rotated each run. `text encoder` = tokenize + encode prompt and negative prompt; `UNet call` = one "
-        f"call on the CFG batch; peak RSS = ru_maxrss of the system's process. Prompt: \"{s['prompt']}\", negative: "
+        "Each system runs in a fresh process per run (load timed in a new process, warm OS file cache), one "
+        "untimed warm-up call of each component, then one timed generation whose stages are timed inside it; "
+        "systems interleaved, order rotated each run. `text encoder` = tokenize + encode prompt and negative "
+        "prompt; `UNet call` = median of the loop's UNet calls (CFG batch); peak RSS = ru_maxrss of the "
+        f"system's process. Prompt: \"{s['prompt']}\", negative: "
         f"\"{s['negative']}\", seed {s['seed']} (initial latents shared as .npy).",
         "",
     ]

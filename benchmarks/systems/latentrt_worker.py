@@ -42,7 +42,7 @@ class LatentrtSystem(System):
         self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
         self.embeddings = self.pipe._encode(self.texts)
 
-    # the pipeline's own steps (pipeline.py), called one at a time
+    # warm-up: the pipeline's own steps (pipeline.py), called one at a time
     def text_encoder(self) -> None:
         self.pipe._encode(self.texts)  # tokenize + one text-encoder call for both halves
 
@@ -56,10 +56,13 @@ class LatentrtSystem(System):
         cfg = self.cfg
         result = self.pipe(
             cfg["prompt"], negative_prompt=cfg["negative"], steps=cfg["steps"], guidance_scale=cfg["guidance"],
-            scheduler=cfg["scheduler"], latents=self.latents,
+            scheduler=cfg["scheduler"], latents=self.latents, height=cfg["height"], width=cfg["width"],
         )
         self.timings = result.timings
         return result.arrays  # uint8 (B, H, W, 3)
+
+    def stages(self):
+        return [(self.pipe, "_encode", "text_encoder"), (self.pipe, "_unet", "unet_step"), (self.pipe, "_decode", "vae_decode")]
 
     def info(self):
         return {

@@ -81,6 +81,10 @@ class OptimumSystem(System):
         )
         return to_uint8(out.images)
 
+    def stages(self):
+        p = self.pipe
+        return [(p, "encode_prompt", "text_encoder"), (p.unet, "forward", "unet_step"), (p.vae, "decode", "vae_decode")]
+
     def info(self):
         return {
             "versions": versions("optimum", "optimum-onnx", "onnxruntime", "diffusers", "transformers", "torch", "numpy"),

@@ -2,10 +2,13 @@
 
 The harness (benchmarks/harness.py) starts a fresh process per system and per run, with a JSON
 config file; the process imports its libraries, loads the pipeline (timed), warms up each
-component once, times one text-encoder call, one UNet call, one VAE decode and one whole
-generation, saves the image, and writes a JSON report with its peak RSS (`ru_maxrss` of this
-process). A fresh process per run gives a cold-process load time each run and a clean peak-RSS
-figure, and keeps only one model in memory at a time on small machines.
+component once (one call each, untimed, same shapes), then times one whole generation to uint8
+images. During that generation the system's own stage functions are wrapped with timers: its
+text-encoding step (tokenize + encode prompt and negative prompt), every UNet call of the
+denoising loop, and its VAE decode. `unet_step` is the median of the loop's UNet calls. The
+process saves the image and writes a JSON report with its peak RSS (`ru_maxrss` of this process).
+A fresh process per run gives a cold-process load time each run and a clean peak-RSS figure, and
+keeps only one model in memory at a time on small machines.
 
 Standard library + NumPy only: this module also runs inside optimum's own virtual environment.
 """
@@ -73,7 +76,7 @@ def versions(*names: str) -> dict[str, str | None]:
 
 
 class System:
-    """What a worker implements. Each method is timed by `run`; `prepare` is not."""
+    """What a worker implements: load (timed), warm-up calls (untimed), one generation (timed by stage)."""
 
     name = "?"
 
@@ -94,8 +97,33 @@ class System:
     def end_to_end(self):  # -> uint8 (B, H, W, 3)
         raise NotImplementedError
 
+    def stages(self) -> list[tuple[Any, str, str]]:
+        """(object, attribute, metric): the functions the generation calls for each stage, to be timed."""
+        return []
+
     def info(self) -> dict[str, Any]:
         return {}
+
+
+class StageTimer:
+    """Wraps a stage function (as an instance attribute) so that each call's duration is recorded while active."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, list[float]] = {m: [] for m in COMPONENT_METRICS}
+        self.active = False
+
+    def wrap(self, obj: Any, attr: str, metric: str) -> None:
+        original = getattr(obj, attr)
+
+        def timed(*args, **kwargs):
+            if not self.active:
+                return original(*args, **kwargs)
+            t0 = time.perf_counter()
+            out = original(*args, **kwargs)
+            self.calls[metric].append(time.perf_counter() - t0)
+            return out
+
+        setattr(obj, attr, timed)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -124,10 +152,21 @@ def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None 
                 system.text_encoder()
                 system.unet_step()
                 system.vae_decode()
-            for metric in COMPONENT_METRICS:
-                report[metric], _ = _timed(getattr(system, metric))
+            timer = StageTimer()
+            for obj, attr, metric in system.stages():
+                timer.wrap(obj, attr, metric)
+            timer.active = True
             report["end_to_end"], images = _timed(system.end_to_end)
+            timer.active = False
+            import statistics
+
             import numpy as np
+
+            for metric in COMPONENT_METRICS:
+                if not timer.calls[metric]:
+                    raise RuntimeError(f"{system.name}: the generation never called its {metric} stage")
+                report[metric] = statistics.median(timer.calls[metric])
+            report["stage_calls"] = timer.calls
 
             images = np.asarray(images)
             if images.dtype != np.uint8 or images.ndim != 4:
