@@ -123,3 +123,9 @@ def test_wrong_input_dtype_names_the_input(pipe):
             timestep=np.zeros((1,), np.int64),
             encoder_hidden_states=np.zeros((1, 77, 32), np.float32),
         )
+
+
+@pytest.mark.parametrize("prompt", [[], None, ["ok", 3]])
+def test_bad_prompt(pipe, prompt):
+    with pytest.raises((ValueError, TypeError), match="prompt must be"):
+        pipe(prompt, steps=1)

@@ -84,7 +84,9 @@ class Pipeline:
         timings: dict[str, float] = {}
         # 1. check inputs
         defaults = self.folder.defaults
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
         negatives = self._negatives(negative_prompt, len(prompts))
         steps = defaults.steps if steps is None else steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
