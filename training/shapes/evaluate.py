@@ -28,14 +28,17 @@ def eval_prompts(n: int | None) -> dict[str, list[D.Attributes]]:
 
 
 def score_images(images, attrs) -> dict[str, float]:
-    hits = {k: 0 for k in ATTRIBUTES}
-    hits["all"] = 0
+    """Fraction right per attribute, every attribute ('all'), and the two position axes apart."""
+    hits = {k: 0 for k in (*ATTRIBUTES, "all", "vertical", "horizontal")}
     for im, a in zip(images, attrs):
-        m = judge(im).matches(a)
-        for k, v in m.items():
-            hits[k] += v
+        v = judge(im)
+        m = v.matches(a)
+        for k, ok in m.items():
+            hits[k] += ok
         hits["all"] += all(m.values())
-    return {k: v / max(1, len(attrs)) for k, v in hits.items()}
+        hits["vertical"] += v.vertical == a.vertical
+        hits["horizontal"] += v.horizontal == a.horizontal
+    return {k: n / max(1, len(attrs)) for k, n in hits.items()}
 
 
 def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 32) -> np.ndarray:
@@ -95,9 +98,10 @@ def main() -> None:
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     res = evaluate(pipe, args.n, args.steps, args.guidance, args.seed, return_images=bool(args.grid))
     table = {k: res[k] for k in ("in", "held")}
-    print("split  " + " ".join(f"{k:>10}" for k in (*ATTRIBUTES, "all")))
+    cols = (*ATTRIBUTES, "all", "vertical", "horizontal")
+    print("split  " + " ".join(f"{k:>10}" for k in cols))
     for split, s in table.items():
-        print(f"{split:6} " + " ".join(f"{s[k]:10.3f}" for k in (*ATTRIBUTES, "all")))
+        print(f"{split:6} " + " ".join(f"{s[k]:10.3f}" for k in cols))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"steps": args.steps, "guidance": args.guidance, "seed": args.seed, **table}, f, indent=2)
