@@ -9,6 +9,7 @@ as the pipeline makes it), so the ratio is what a generation pays for the schedu
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -80,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command}`",
         f"Model: {folder.path.name}, latents (1, {folder.unet.in_channels}, {side}, {side}); "
         f"UNet call with the CFG batch of 2: {unet * 1000:.1f} ms (median of {args.unet_runs}).",
-        f"Machine: {platform.processor() or platform.machine()}, numpy {np.__version__}.",
+        f"Machine: {platform.processor() or platform.machine()}, numpy {np.__version__}, "
+        f"load average at start {os.getloadavg()[0]:.1f} (other jobs running slow the UNet more than the step).",
         "",
         "| scheduler | scale_model_input + step (ms, median) | share of one UNet call |",
         "| --- | --- | --- |",
     ]
-    lines += [f"| `{name}` | {step * 1000:.3f} | {share:.3%} |" for name, step, share in rows]
+    lines += [f"| `{name}` | {step * 1000:.3f} | {share:.4%} |" for name, step, share in rows]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
