@@ -7,8 +7,8 @@ import pytest
 
 from latentrt import Pipeline
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from test_schedulers import REFERENCE
 
-DIFFUSERS_CLASS = {"pndm": "PNDMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler"}
 PROMPT, NEGATIVE = "a red circle at the top left on a white background", "blurry"
 
 
@@ -19,7 +19,8 @@ def diffusers_images(src, latents, scheduler, steps, guidance):
 
     pipe = StableDiffusionPipeline.from_pretrained(src, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = getattr(diffusers, DIFFUSERS_CLASS[scheduler]).from_config(pipe.scheduler.config)
+    cls_name, overrides = REFERENCE[scheduler]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
     with torch.no_grad():
         out = pipe(
             PROMPT,

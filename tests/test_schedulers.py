@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
+from benchmarks.systems.protocol import DIFFUSERS_SCHEDULERS  # noqa: E402
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler, model_timestep  # noqa: E402
 
 # diffusers' own schedulers (the reference) trip NumPy 2 / deprecation warnings that are not ours to fix
@@ -62,22 +63,14 @@ SD21 = {
 }
 CONFIGS = {"sd15": SD15, "sd21-v": SD21}
 
-# short name -> (diffusers class, from_config overrides that the name implies)
+# short name -> (diffusers class, from_config overrides that the name implies): the benchmark's table,
+# plus the two stochastic samplers the benchmark does not offer
 REFERENCE: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("DDIMScheduler", {}),
-    "ddpm": ("DDPMScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "lms": ("LMSDiscreteScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "heun": ("HeunDiscreteScheduler", {}),
-    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
-    "dpm++2m-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    **DIFFUSERS_SCHEDULERS,
     "dpm++2m-sde-karras": (
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
     ),
-    "unipc": ("UniPCMultistepScheduler", {}),
     "lcm": ("LCMScheduler", {}),
 }
 STOCHASTIC = {"ddpm", "euler-a", "dpm++2m-sde-karras", "lcm"}

@@ -8,7 +8,6 @@ every component has been exported and validated, so a failure or Ctrl-C leaves n
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from latentrt import __version__
 from latentrt.export.flops import component_flops
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
+from latentrt.runtime.folder import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -224,20 +224,12 @@ def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: 
     return {
         "file": "model.onnx",
         "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in files else None,
-        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)} for name in files},
+        "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)} for name in files},
         "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs],
         "outputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.outputs],
         "opset": opset,
         "precision": "fp32",
     }
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_model_index(src: Path, tmp: Path, index: dict) -> None:

@@ -6,6 +6,7 @@ into frozen dataclasses; nothing about the architecture is assumed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,3 +193,12 @@ def _check_sizes(folder: Path, entry: dict[str, Any]) -> None:
                 f"{file} is {size} bytes but the manifest says {meta['bytes']}: the file is truncated or "
                 f"corrupted; {REEXPORT_HINT}"
             )
+
+
+def file_sha256(path: Path) -> str:
+    """The manifest's checksum of a file (read in 4 MiB blocks: model.onnx_data can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

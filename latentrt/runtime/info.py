@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
 
-from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError
+from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError, file_sha256
 from latentrt.runtime.schedulers import available_schedulers
 from latentrt.runtime.session import OnnxModel, available_providers
 
@@ -55,11 +54,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
 
 def _verify(folder: Path, entry: dict[str, Any]) -> None:
     for name, meta in entry["files"].items():
-        digest = hashlib.sha256()
-        with open(folder / name, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-        if digest.hexdigest() != meta["sha256"]:
+        if file_sha256(folder / name) != meta["sha256"]:
             raise ModelFolderError(f"{folder / name} does not match the manifest's sha256: it is corrupted; {REEXPORT_HINT}")
 
 
