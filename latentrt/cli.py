@@ -78,6 +78,12 @@ def export(
     out: Path = typer.Argument(..., help="ONNX model folder to write."),
     opset: int = typer.Option(17, "--opset", help="ONNX opset."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    compact_weights: bool = typer.Option(
+        False, "--compact-weights", help="Store weights that are exact in fp16 (an fp16 checkpoint) as fp16: half the size, same results."
+    ),
+    default_steps: Optional[int] = typer.Option(None, "--default-steps", help="Steps `generate` uses when none are given."),
+    default_guidance: Optional[float] = typer.Option(None, "--default-guidance", help="Guidance scale `generate` uses by default."),
+    default_scheduler: Optional[str] = typer.Option(None, "--default-scheduler", help="Sampler `generate` uses by default."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
@@ -88,7 +94,10 @@ def export(
     except ImportError as exc:
         _fail(f"the exporter needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
     try:
-        report = export_pipeline(src, out, opset=opset, force=force, report=typer.echo)
+        defaults = {"steps": default_steps, "guidance_scale": default_guidance, "scheduler": default_scheduler}
+        report = export_pipeline(
+            src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults
+        )
     except (ExportError, FileExistsError, ValidationError) as exc:
         _fail(str(exc))
     total = sum(report.sizes.values())

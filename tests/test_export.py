@@ -90,3 +90,44 @@ def test_thresholds_reject_a_real_difference():
     check_component(compare_arrays("ok", ref + 1e-6, ref))
     with pytest.raises(ValidationError, match="exceeds the fp32 threshold"):
         check_component(compare_arrays("bad", ref * 1.01, ref))
+
+
+def test_compact_weights_halve_an_fp16_checkpoint_and_change_nothing(tiny_sd1, tmp_path):
+    """A checkpoint saved in fp16 exports at about half the size with --compact-weights, same outputs."""
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from latentrt.runtime.session import OnnxModel
+
+    src, _ = tiny_sd1
+    half = tmp_path / "fp16-diffusers"
+    StableDiffusionPipeline.from_pretrained(src, safety_checker=None).to(torch.float16).save_pretrained(half)
+    plain, compact = tmp_path / "plain", tmp_path / "compact"
+    export_pipeline(half, plain, validate=False)
+    export_pipeline(half, compact, compact_weights=True, defaults={"steps": 12, "scheduler": "euler"})
+
+    manifest = json.loads((compact / "manifest.json").read_text())
+    assert manifest["defaults"] == {"steps": 12, "scheduler": "euler"}
+    assert manifest["components"]["unet"]["fp16_stored_weights"] > 10
+    size = lambda folder: (folder / "unet" / "model.onnx").stat().st_size  # noqa: E731
+    assert size(compact) < 0.6 * size(plain)
+
+    rng = np.random.default_rng(0)
+    feed = {
+        "sample": rng.standard_normal((2, 4, 8, 8), dtype=np.float32),
+        "timestep": np.array([999.0, 10.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32),
+    }
+    run = lambda folder: OnnxModel("unet", folder / "unet" / "model.onnx", ["CPUExecutionProvider"])(**feed)  # noqa: E731
+    a, b = run(plain)["out_sample"], run(compact)["out_sample"]
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_generation_defaults_are_refused_before_any_work(tiny_sd1, tmp_path):
+    src, _ = tiny_sd1
+    with pytest.raises(ExportError, match="unknown default scheduler 'fast'"):
+        export_pipeline(src, tmp_path / "out", defaults={"scheduler": "fast"})
+    with pytest.raises(ExportError, match="steps must be a positive integer"):
+        export_pipeline(src, tmp_path / "out", defaults={"steps": 0})
+    assert not (tmp_path / "out").exists()

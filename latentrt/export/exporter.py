@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from latentrt import __version__
+from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
@@ -77,9 +78,18 @@ def export_pipeline(
     force: bool = False,
     validate: bool = True,
     report: Callable[[str], None] = logger.info,
+    compact_weights: bool = False,
+    defaults: dict | None = None,
 ) -> ExportReport:
+    """Export ``src`` to ``out``.
+
+    ``compact_weights`` stores weights that are exact in fp16 as fp16 (lossless, see compact.py).
+    ``defaults`` ({"steps", "guidance_scale", "scheduler"}) are the generation defaults written in the
+    manifest, which the runtime uses when a call leaves them out.
+    """
     src, out = Path(src), Path(out)
     index = check_source(src)
+    defaults = check_defaults(defaults)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     started = time.perf_counter()
@@ -89,7 +99,9 @@ def export_pipeline(
     try:
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
-        manifest = _build(src, tmp, index, opset, validate, result, report)
+        manifest = _build(src, tmp, index, opset, validate, compact_weights, result, report)
+        if defaults:
+            manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         _replace(tmp, out)
     except BaseException:
@@ -109,7 +121,35 @@ def _replace(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
-def _build(src, tmp, index, opset, validate, result, report) -> dict:
+def check_defaults(defaults: dict | None) -> dict | None:
+    """The manifest's generation defaults, checked now rather than at a user's first call."""
+    if not defaults:
+        return None
+    from latentrt.runtime.schedulers import available_schedulers
+
+    unknown = set(defaults) - {"steps", "guidance_scale", "scheduler"}
+    if unknown:
+        raise ExportError(f"unknown generation defaults {sorted(unknown)}: use steps, guidance_scale, scheduler")
+    checked = {}
+    if defaults.get("steps") is not None:
+        steps = defaults["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ExportError(f"default steps must be a positive integer, got {steps!r}")
+        checked["steps"] = steps
+    if defaults.get("guidance_scale") is not None:
+        guidance = float(defaults["guidance_scale"])
+        if not np.isfinite(guidance) or guidance < 0:
+            raise ExportError(f"default guidance_scale must be a finite number >= 0, got {guidance!r}")
+        checked["guidance_scale"] = guidance
+    if defaults.get("scheduler") is not None:
+        name = defaults["scheduler"]
+        if name not in available_schedulers():
+            raise ExportError(f"unknown default scheduler {name!r}: choose one of {', '.join(available_schedulers())}")
+        checked["scheduler"] = name
+    return checked or None
+
+
+def _build(src, tmp, index, opset, validate, compact_weights, result, report) -> dict:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -129,10 +169,12 @@ def _build(src, tmp, index, opset, validate, result, report) -> dict:
             loaded[spec.source] = models[spec.source]().eval()
         module = spec.wrap(loaded[spec.source]).eval()
         t0 = time.perf_counter()
-        files = _export_component(spec, module, tmp / spec.name, opset)
+        files, fp16_weights = _export_component(spec, module, tmp / spec.name, opset, compact_weights)
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
         entry = _manifest_entry(spec, tmp / spec.name, files, opset)
+        if compact_weights:
+            entry["fp16_stored_weights"] = fp16_weights
         entry["export_seconds"] = round(seconds, 2)
         entry.update(component_flops(spec.name, loaded[spec.source]))  # {"flops": ...} for unet, vae_decoder
         if validate:
@@ -170,8 +212,11 @@ def _quiet_export():
         yield
 
 
-def _export_component(spec: ComponentSpec, module, folder: Path, opset: int) -> list[str]:
-    """Trace to a scratch folder, then save as model.onnx (+ ONE model.onnx_data when > 2 GB)."""
+def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, compact_weights: bool) -> tuple[list[str], int]:
+    """Trace to a scratch folder, then save as model.onnx (+ ONE model.onnx_data when > 2 GB).
+
+    Returns the files written and how many weights were stored as fp16 (``compact_weights``).
+    """
     import onnx
     import torch
 
@@ -192,6 +237,7 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int) -> 
             dynamo=False,
         )
     model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+    fp16_weights = store_exact_fp16(model) if compact_weights else 0
     weights = sum(_tensor_bytes(t) for t in model.graph.initializer)
     target = folder / "model.onnx"
     if weights > EXTERNAL_DATA_THRESHOLD:
@@ -209,7 +255,7 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int) -> 
         files = ["model.onnx"]
     del model
     shutil.rmtree(scratch)
-    return files
+    return files, fp16_weights
 
 
 def _tensor_bytes(tensor) -> int:

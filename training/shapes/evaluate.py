@@ -27,6 +27,23 @@ def eval_prompts(n: int | None) -> dict[str, list[D.Attributes]]:
     return {"in": ranked[:n_in], "held": held if n is None else held[:n]}
 
 
+def prompt_splits() -> dict[str, list[D.Attributes]]:
+    """Disjoint prompt sets for the shipped model: the regression test's, the defaults sweep's, the
+    measurement's (every other training combination) and the held-out combinations."""
+    ranked = sorted(D.TRAIN_COMBINATIONS, key=lambda a: hashlib.sha256(("split" + a.caption).encode()).hexdigest())
+    return {"test": ranked[:32], "tune": ranked[32:96], "measure": ranked[96:], "held": list(D.HELD_OUT_COMBINATIONS)}
+
+
+def generate_onnx(pipe, attrs: list[D.Attributes], seed: int, batch: int = 16, **settings) -> np.ndarray:
+    """(N, 64, 64, 3) uint8 from a latentrt Pipeline (``settings``: steps, guidance_scale, scheduler)."""
+    out = []
+    for i in range(0, len(attrs), batch):
+        chunk = [a.caption for a in attrs[i : i + batch]]
+        result = pipe(chunk, seed=seed * 100_000 + i, **settings)
+        out.extend(np.asarray(im) for im in result.images)
+    return np.stack(out)
+
+
 def score_images(images, attrs) -> dict[str, float]:
     """Fraction right per attribute, every attribute ('all'), and the two position axes apart."""
     hits = {k: 0 for k in (*ATTRIBUTES, "all", "vertical", "horizontal")}

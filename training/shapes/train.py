@@ -58,7 +58,7 @@ class Recipe:
     # phase 2: latent bank
     bank_per_combo: int = 24
     # phase 3: UNet + text encoder
-    unet_steps: int = 20000
+    unet_steps: int = 10000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     unet_warmup: int = 500
