@@ -146,13 +146,22 @@ _EXPORT = (
 )
 
 
+def _current_export(out: Path) -> bool:
+    """A finished export made with today's default rewrites (fused attention), else it is redone."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest.get("rewrites", {}).get("fused_attention") is True
+
+
 def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
     """latentrt's export (and optimum's) of SRC under `folder`, made once; the paths each system reads."""
     folders: dict[str, Path] = {}
     folder.mkdir(parents=True, exist_ok=True)
     if {"latentrt", "optimum"} & set(cfg.systems):
         out = folder / "latentrt"
-        if not (out / "manifest.json").is_file():
+        if not _current_export(out):
             cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
             shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
             # in a process of its own: the harness itself never imports torch

@@ -81,6 +81,10 @@ def export(
     compact_weights: bool = typer.Option(
         False, "--compact-weights", help="Store weights that are exact in fp16 (an fp16 checkpoint) as fp16: half the size, same results."
     ),
+    fused_attention: bool = typer.Option(
+        True, "--fused-attention/--plain-attention",
+        help="Use ONNX Runtime's MultiHeadAttention (less memory, ORT only) or standard ONNX ops (any runtime).",
+    ),
     default_steps: Optional[int] = typer.Option(None, "--default-steps", help="Steps `generate` uses when none are given."),
     default_guidance: Optional[float] = typer.Option(None, "--default-guidance", help="Guidance scale `generate` uses by default."),
     default_scheduler: Optional[str] = typer.Option(None, "--default-scheduler", help="Sampler `generate` uses by default."),
@@ -96,7 +100,8 @@ def export(
     try:
         defaults = {"steps": default_steps, "guidance_scale": default_guidance, "scheduler": default_scheduler}
         report = export_pipeline(
-            src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults
+            src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults,
+            fused_attention=fused_attention,
         )
     except (ExportError, FileExistsError, ValidationError) as exc:
         _fail(str(exc))

@@ -131,3 +131,20 @@ def test_bad_generation_defaults_are_refused_before_any_work(tiny_sd1, tmp_path)
     with pytest.raises(ExportError, match="steps must be a positive integer"):
         export_pipeline(src, tmp_path / "out", defaults={"steps": 0})
     assert not (tmp_path / "out").exists()
+
+
+def test_attention_is_fused_unless_plain_is_asked_for(tiny_models, tmp_path):
+    """Every UNet attention becomes one MultiHeadAttention; --plain-attention keeps standard ops only."""
+    import onnx
+
+    for family, (src, out) in tiny_models.items():
+        manifest = json.loads((out / "manifest.json").read_text())
+        graph = onnx.load(str(out / "unet" / "model.onnx")).graph
+        ops = [n.op_type for n in graph.node]
+        assert manifest["rewrites"]["fused_attention"] is True
+        assert manifest["components"]["unet"]["fused_attention"] == ops.count("MultiHeadAttention") > 0, family
+        assert "Softmax" not in ops, family  # every attention in the UNet matched
+    src, _ = tiny_models["sd1"]
+    export_pipeline(src, tmp_path / "plain", fused_attention=False, validate=False)
+    graph = onnx.load(str(tmp_path / "plain" / "unet" / "model.onnx")).graph
+    assert {n.domain for n in graph.node} <= {""}

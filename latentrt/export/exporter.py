@@ -23,6 +23,7 @@ import numpy as np
 from latentrt import __version__
 from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
+from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.runtime.folder import file_sha256
@@ -80,9 +81,12 @@ def export_pipeline(
     report: Callable[[str], None] = logger.info,
     compact_weights: bool = False,
     defaults: dict | None = None,
+    fused_attention: bool = True,
 ) -> ExportReport:
     """Export ``src`` to ``out``.
 
+    ``fused_attention`` replaces the exported attention with ONNX Runtime's MultiHeadAttention
+    (see fuse_attention.py: half the peak memory at 512x512); off, the graphs use standard ops only.
     ``compact_weights`` stores weights that are exact in fp16 as fp16 (lossless, see compact.py).
     ``defaults`` ({"steps", "guidance_scale", "scheduler"}) are the generation defaults written in the
     manifest, which the runtime uses when a call leaves them out.
@@ -99,7 +103,8 @@ def export_pipeline(
     try:
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
-        manifest = _build(src, tmp, index, opset, validate, compact_weights, result, report)
+        rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
+        manifest = _build(src, tmp, index, opset, validate, rewrites, result, report)
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -149,7 +154,7 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
-def _build(src, tmp, index, opset, validate, compact_weights, result, report) -> dict:
+def _build(src, tmp, index, opset, validate, rewrites, result, report) -> dict:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -169,12 +174,11 @@ def _build(src, tmp, index, opset, validate, compact_weights, result, report) ->
             loaded[spec.source] = models[spec.source]().eval()
         module = spec.wrap(loaded[spec.source]).eval()
         t0 = time.perf_counter()
-        files, fp16_weights = _export_component(spec, module, tmp / spec.name, opset, compact_weights)
+        files, rewritten = _export_component(spec, module, tmp / spec.name, opset, rewrites)
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
         entry = _manifest_entry(spec, tmp / spec.name, files, opset)
-        if compact_weights:
-            entry["fp16_stored_weights"] = fp16_weights
+        entry.update(rewritten)
         entry["export_seconds"] = round(seconds, 2)
         entry.update(component_flops(spec.name, loaded[spec.source]))  # {"flops": ...} for unet, vae_decoder
         if validate:
@@ -200,6 +204,7 @@ def _build(src, tmp, index, opset, validate, compact_weights, result, report) ->
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "opset": opset,
         "precision": "fp32",
+        "rewrites": rewrites,
         "components": components,
     }
 
@@ -212,11 +217,9 @@ def _quiet_export():
         yield
 
 
-def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, compact_weights: bool) -> tuple[list[str], int]:
-    """Trace to a scratch folder, then save as model.onnx (+ ONE model.onnx_data when > 2 GB).
-
-    Returns the files written and how many weights were stored as fp16 (``compact_weights``).
-    """
+def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, rewrites: dict) -> tuple[list[str], dict]:
+    """Trace to a scratch folder, rewrite (``rewrites``: fused_attention, compact_weights), then save
+    as model.onnx (+ ONE model.onnx_data when > 2 GB). Returns the files and what the rewrites did."""
     import onnx
     import torch
 
@@ -237,7 +240,11 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, com
             dynamo=False,
         )
     model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
-    fp16_weights = store_exact_fp16(model) if compact_weights else 0
+    rewritten = {}
+    if rewrites.get("fused_attention"):
+        rewritten["fused_attention"] = fuse_attention(model)
+    if rewrites.get("compact_weights"):
+        rewritten["fp16_stored_weights"] = store_exact_fp16(model)
     weights = sum(_tensor_bytes(t) for t in model.graph.initializer)
     target = folder / "model.onnx"
     if weights > EXTERNAL_DATA_THRESHOLD:
@@ -255,7 +262,7 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, com
         files = ["model.onnx"]
     del model
     shutil.rmtree(scratch)
-    return files, fp16_weights
+    return files, rewritten
 
 
 def _tensor_bytes(tensor) -> int:
