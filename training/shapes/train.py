@@ -58,11 +58,11 @@ class Recipe:
     # phase 2: latent bank
     bank_per_combo: int = 24
     # phase 3: UNet + text encoder
-    unet_steps: int = 10000
+    unet_steps: int = 9000
     unet_batch: int = 32
     unet_lr: float = 4e-4
     unet_warmup: int = 500
-    unet_decay_fraction: float = 0.3  # cosine decay to 10% over the last 30% of the steps
+    unet_decay_fraction: float = 0.2  # cosine decay to 10% over the last 20% of the steps
     weight_decay: float = 0.01
     caption_dropout: float = 0.1
     min_snr_gamma: float = 5.0  # image-space loss weight min(SNR, gamma) + 1 (see phase_unet)
