@@ -103,3 +103,11 @@ def test_the_colour_word_decides_the_colour():
     prompt = "a {} circle at the top left on a white background"
     drawn = {c: judge(np.asarray(pipe(prompt.format(c), seed=1).images[0])).color for c in ("red", "green", "purple")}
     assert drawn == {"red": "red", "green": "green", "purple": "purple"}
+
+
+def test_every_deterministic_sampler_draws_the_prompt():
+    """The shipped scheduler config serves every sampler a user may pick (DDIM needs clip_sample: false)."""
+    pipe = Pipeline.default()
+    for name in ("ddim", "pndm", "lms", "euler", "heun", "dpm++2m", "dpm++2m-karras", "unipc"):
+        verdict = judge(np.asarray(pipe(PROMPT, scheduler=name, steps=12, seed=3).images[0]))
+        assert (verdict.color, verdict.shape, verdict.background) == ("blue", "triangle", "gray"), name
