@@ -95,7 +95,7 @@ def fuse_attention(model) -> int:
     from onnx import helper
 
     g = _Graph(model.graph)
-    fused = {}  # id of the merging Reshape -> the MultiHeadAttention node that replaces it
+    fused = {}  # output name of the merging Reshape -> the MultiHeadAttention node that replaces it
     for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
         axis = next((a.i for a in softmax.attribute if a.name == "axis"), -1)
         scores = g.parent(softmax, 0, "MatMul")
@@ -111,14 +111,14 @@ def fuse_attention(model) -> int:
             continue
         if not _default_scale(g, scores):
             continue
-        fused[id(merge)] = helper.make_node(
+        fused[merge.output[0]] = helper.make_node(
             "MultiHeadAttention", [q[0], k[0], v[0]], [merge.output[0]], name=f"{softmax.name}/MultiHeadAttention",
             domain=DOMAIN, num_heads=q[1],
         )
     if not fused:
         return 0
     # in the Reshape's place: its inputs' producers all come earlier, so the order stays topological
-    nodes = [fused.get(id(n), n) for n in model.graph.node]
+    nodes = [fused.get(n.output[0], n) if n.op_type == "Reshape" else n for n in model.graph.node]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     _remove_dead_nodes(model.graph)  # the unfused chain
