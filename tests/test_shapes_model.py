@@ -16,8 +16,8 @@ from latentrt import Pipeline
 from latentrt.cli import app
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
 from latentrt.models import default_model_path
-from training.shapes.evaluate import generate_onnx, prompt_splits, score_images
-from training.shapes.judge import judge
+from training.shapes.evaluate import generate_onnx, prompt_splits
+from training.shapes.judge import judge, score
 
 REFERENCE = Path(__file__).resolve().parents[1] / "training" / "shapes" / "reference"
 PROMPT = "a blue triangle at the bottom right on a gray background"
@@ -91,7 +91,7 @@ def test_parity_with_diffusers_on_the_reference_checkpoint():
 def test_adherence_regression_guard():
     attrs = prompt_splits()["test"]
     images = generate_onnx(Pipeline.default(), attrs, seed=4)
-    scores = score_images(list(images), attrs)
+    scores = score(list(images), attrs)
     print("regression guard scores:", {k: round(v, 3) for k, v in scores.items()})
     for attribute, floor in GUARD.items():
         assert scores[attribute] >= floor, f"{attribute}: {scores[attribute]:.3f} < {floor}"

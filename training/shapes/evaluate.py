@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from . import dataset as D
-from .judge import ATTRIBUTES, judge
+from .judge import ATTRIBUTES, score
 
 
 def eval_prompts(n: int | None) -> dict[str, list[D.Attributes]]:
@@ -44,20 +44,6 @@ def generate_onnx(pipe, attrs: list[D.Attributes], seed: int, batch: int = 16, *
     return np.stack(out)
 
 
-def score_images(images, attrs) -> dict[str, float]:
-    """Fraction right per attribute, every attribute ('all'), and the two position axes apart."""
-    hits = {k: 0 for k in (*ATTRIBUTES, "all", "vertical", "horizontal")}
-    for im, a in zip(images, attrs):
-        v = judge(im)
-        m = v.matches(a)
-        for k, ok in m.items():
-            hits[k] += ok
-        hits["all"] += all(m.values())
-        hits["vertical"] += v.vertical == a.vertical
-        hits["horizontal"] += v.horizontal == a.horizontal
-    return {k: n / max(1, len(attrs)) for k, n in hits.items()}
-
-
 def generate(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch: int = 32) -> np.ndarray:
     """(N, 64, 64, 3) uint8 from a diffusers StableDiffusionPipeline, one seed per prompt index."""
     import torch
@@ -79,7 +65,7 @@ def evaluate(pipe, n_prompts: int | None = 48, steps: int = 20, guidance: float 
     res: dict = {}
     for split, attrs in eval_prompts(n_prompts).items():
         imgs = generate(pipe, [a.caption for a in attrs], steps, guidance, seed)
-        res[split] = score_images(list(imgs), attrs)
+        res[split] = score(list(imgs), attrs)
         if return_images:
             res[f"{split}_images"] = (imgs, attrs)
     return res

@@ -151,15 +151,18 @@ ATTRIBUTES = ("color", "shape", "position", "background")
 
 
 def score(images, attrs: list[Attributes]) -> dict[str, float]:
-    """Fraction right per attribute (and 'all': every attribute right) over paired images and attributes."""
+    """Fraction right per attribute, every attribute ('all'), and the two position axes apart, over
+    paired images and attributes."""
     if len(images) != len(attrs):
         raise ValueError(f"got {len(images)} images for {len(attrs)} attribute sets")
-    hits = {k: 0 for k in ATTRIBUTES}
-    hits["all"] = 0
+    hits = {k: 0 for k in (*ATTRIBUTES, "all", "vertical", "horizontal")}
     for im, a in zip(images, attrs):
-        m = judge(im).matches(a)
-        for k, v in m.items():
-            hits[k] += v
+        verdict = judge(im)
+        m = verdict.matches(a)
+        for k, ok in m.items():
+            hits[k] += ok
         hits["all"] += all(m.values())
+        hits["vertical"] += verdict.vertical == a.vertical
+        hits["horizontal"] += verdict.horizontal == a.horizontal
     n = max(len(attrs), 1)
     return {k: v / n for k, v in hits.items()}

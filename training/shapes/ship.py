@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from . import dataset as D
-from .evaluate import generate_onnx, prompt_splits, score_images
-from .judge import ATTRIBUTES
+from .evaluate import generate_onnx, prompt_splits
+from .judge import ATTRIBUTES, score
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "training" / "shapes" / "reference"
@@ -99,7 +99,7 @@ def sweep(folder: Path, prompts: list[D.Attributes]) -> list[dict]:
         t0 = time.perf_counter()
         images = generate_onnx(pipe, prompts, SEEDS["tune"], **setting)
         seconds = (time.perf_counter() - t0) / len(prompts)
-        scores = score_images(list(images), prompts)
+        scores = score(list(images), prompts)
         rows.append({**setting, "unet_evaluations": unet_evaluations(setting), "seconds_per_image": seconds, **scores})
         log.info("%-9s %2d steps g %.1f: all %.3f %s", scheduler, steps, guidance, scores["all"],
                  " ".join(f"{k} {scores[k]:.2f}" for k in ATTRIBUTES))
@@ -120,10 +120,10 @@ def measure(folder: Path, splits: dict) -> dict:
     pipe = Pipeline.from_folder(folder)  # the folder's defaults apply
     measured = {}
     images = generate_onnx(pipe, splits["measure"], SEEDS["measure"])
-    measured["in_distribution"] = {"prompts": len(splits["measure"]), **score_images(list(images), splits["measure"])}
+    measured["in_distribution"] = {"prompts": len(splits["measure"]), **score(list(images), splits["measure"])}
     held = [a for _ in range(HELD_OUT_SEEDS) for a in splits["held"]]
     images = generate_onnx(pipe, held, SEEDS["held"])
-    measured["held_out"] = {"prompts": len(held), **score_images(list(images), held)}
+    measured["held_out"] = {"prompts": len(held), **score(list(images), held)}
     return measured
 
 
