@@ -78,16 +78,18 @@ def _heads_projection(g: _Graph, transpose, perm: list[int]):
     return reshape.input[0], int(heads.reshape(-1)[0])
 
 
-def _scaled(g: _Graph, node_input_owner, index: int):
-    """The Mul(x, s) feeding a score MatMul: (transpose feeding it, the Mul) or None."""
-    mul = g.parent(node_input_owner, index, "Mul")
+def _scaled(g: _Graph, scores, index: int):
+    """The Transpose feeding score MatMul input ``index`` through Mul(transpose, Sqrt(...)), or None.
+
+    SDPA's default scale 1/sqrt(d) is exported as a Sqrt computed from the head size on each side;
+    an explicit scale (any other value) is a constant instead, and is left unfused."""
+    mul = g.parent(scores, index, "Mul")
     if mul is None:
         return None
-    for i in (0, 1):
-        t = g.parent(mul, i, "Transpose")
-        if t is not None:
-            return t
-    return None
+    factors = [g.producer.get(x) for x in mul.input]
+    if not any(f is not None and f.op_type == "Sqrt" for f in factors):
+        return None
+    return next((f for f in factors if f is not None and f.op_type == "Transpose"), None)
 
 
 def fuse_attention(model) -> int:
@@ -109,8 +111,6 @@ def fuse_attention(model) -> int:
         merge = g.only_child(back, "Reshape") if back is not None and _perm(back) == [0, 2, 1, 3] else None
         if None in (q, k, v, merge) or not q[1] == k[1] == v[1]:
             continue
-        if not _default_scale(g, scores):
-            continue
         fused[merge.output[0]] = helper.make_node(
             "MultiHeadAttention", [q[0], k[0], v[0]], [merge.output[0]], name=f"{softmax.name}/MultiHeadAttention",
             domain=DOMAIN, num_heads=q[1],
@@ -125,17 +125,6 @@ def fuse_attention(model) -> int:
     if not any(op.domain == DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return len(fused)
-
-
-def _default_scale(g: _Graph, scores) -> bool:
-    """True when both Mul factors are sqrt(1/sqrt(d)) computed from the head size (SDPA's default),
-    i.e. a Sqrt node, not an explicit constant that could be any other scale."""
-    for i in (0, 1):
-        mul = g.parent(scores, i, "Mul")
-        factors = [g.producer.get(x) for x in mul.input]
-        if not any(f is not None and f.op_type == "Sqrt" for f in factors):
-            return False
-    return True
 
 
 def _remove_dead_nodes(graph) -> None:
