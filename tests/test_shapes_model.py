@@ -68,7 +68,7 @@ def test_parity_with_diffusers_on_the_reference_checkpoint():
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from benchmarks.systems.protocol import diffusers_scheduler
+    from benchmarks.systems.protocol import diffusers_scheduler, to_uint8
 
     pipe = Pipeline.default()
     defaults = pipe.folder.defaults
@@ -82,8 +82,7 @@ def test_parity_with_diffusers_on_the_reference_checkpoint():
     with torch.no_grad():
         theirs = reference(prompts, num_inference_steps=defaults.steps, guidance_scale=defaults.guidance_scale,
                            latents=torch.from_numpy(latents), output_type="np").images
-    theirs = (theirs * 255).round().astype(np.uint8)
-    psnr = image_psnr(ours, theirs)
+    psnr = image_psnr(ours, to_uint8(theirs))
     print(f"shapes model vs diffusers, {defaults}: PSNR {psnr:.1f} dB")
     assert psnr >= IMAGE_MIN_PSNR_DB
 

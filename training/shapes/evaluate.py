@@ -71,14 +71,18 @@ def evaluate(pipe, n_prompts: int | None = 48, steps: int = 20, guidance: float 
     return res
 
 
-def save_grid(imgs: np.ndarray, path: str, cols: int = 8) -> None:
+def save_grid(imgs: np.ndarray, path: str, cols: int = 8, scale: int = 1, gap: int = 2) -> None:
+    """(N, H, W, 3) uint8 images as a PNG grid, each enlarged ``scale`` times (nearest), ``gap`` px apart."""
     from PIL import Image
 
+    imgs = np.asarray(imgs).repeat(scale, axis=1).repeat(scale, axis=2)
+    h, w = imgs.shape[1:3]
     rows = int(np.ceil(len(imgs) / cols))
-    grid = np.full((rows * 66, cols * 66, 3), 200, np.uint8)
+    grid = np.full((rows * (h + gap), cols * (w + gap), 3), 200, np.uint8)
     for i, im in enumerate(imgs):
         y, x = divmod(i, cols)
-        grid[y * 66 + 1 : y * 66 + 65, x * 66 + 1 : x * 66 + 65] = im
+        top, left = y * (h + gap) + gap // 2, x * (w + gap) + gap // 2
+        grid[top : top + h, left : left + w] = im
     Image.fromarray(grid).save(path)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dataset as D
-from .evaluate import generate_onnx, prompt_splits
+from .evaluate import generate_onnx, prompt_splits, save_grid
 from .judge import ATTRIBUTES, score
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,10 +114,8 @@ def choose(rows: list[dict]) -> dict:
     return {k: chosen[k] for k in ("scheduler", "steps", "guidance_scale")}
 
 
-def measure(folder: Path, splits: dict) -> dict:
-    from latentrt import Pipeline
-
-    pipe = Pipeline.from_folder(folder)  # the folder's defaults apply
+def measure(pipe, splits: dict) -> dict:
+    """Adherence of ``pipe`` (the shipped folder: its defaults apply) on the measure and held-out prompts."""
     measured = {}
     images = generate_onnx(pipe, splits["measure"], SEEDS["measure"])
     measured["in_distribution"] = {"prompts": len(splits["measure"]), **score(list(images), splits["measure"])}
@@ -127,11 +125,8 @@ def measure(folder: Path, splits: dict) -> dict:
     return measured
 
 
-def time_per_image(folder: Path, runs: int = 20) -> dict:
+def time_per_image(pipe, runs: int = 20) -> dict:
     """Median wall-clock of one single-prompt call at the defaults, and its stages."""
-    from latentrt import Pipeline
-
-    pipe = Pipeline.from_folder(folder)
     for seed in range(3):
         pipe(GRID_PROMPTS[0], seed=seed)
     totals, stages = [], []
@@ -150,17 +145,9 @@ def time_per_image(folder: Path, runs: int = 20) -> dict:
     }
 
 
-def save_grid(folder: Path, path: Path) -> None:
-    from PIL import Image
-
-    from latentrt import Pipeline
-
-    pipe = Pipeline.from_folder(folder)
-    tiles = [pipe(p, seed=i).images[0].resize((128, 128), Image.NEAREST) for i, p in enumerate(GRID_PROMPTS)]
-    grid = Image.new("RGB", (len(tiles) * 132 + 4, 136), (200, 200, 200))
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, (4 + i * 132, 4))
-    grid.save(path)
+def grid_images(pipe) -> np.ndarray:
+    """The README's images: GRID_PROMPTS at the defaults, seed = position."""
+    return np.stack([np.asarray(pipe(p, seed=i).images[0]) for i, p in enumerate(GRID_PROMPTS)])
 
 
 def parameter_counts(reference: Path) -> dict[str, int]:
@@ -222,6 +209,7 @@ def markdown(report: dict, rows: list[dict]) -> str:
 
 def main() -> None:
     from benchmarks.harness import machine_info
+    from latentrt import Pipeline
     from latentrt.export.exporter import export_pipeline
 
     p = argparse.ArgumentParser(description="Ship a trained shapes pipeline into the package")
@@ -245,17 +233,18 @@ def main() -> None:
                                                     "rows": rows}, indent=1) + "\n")
     export_pipeline(REFERENCE, SHIPPED, force=True, compact_weights=True, defaults=defaults, report=log.info)
 
+    shipped = Pipeline.from_folder(SHIPPED)
     report = {
         "command": "python -m training.shapes.ship " + str(args.pipeline),
         "defaults": defaults,
-        "adherence": measure(SHIPPED, splits),
-        "time_per_image": time_per_image(SHIPPED),
+        "adherence": measure(shipped, splits),
+        "time_per_image": time_per_image(shipped),
         "parameters": parameter_counts(REFERENCE),
         "megabytes": {"onnx_folder": folder_megabytes(SHIPPED), "reference": folder_megabytes(REFERENCE)},
         "machine": machine_info(),
         "seconds": round(time.perf_counter() - started, 1),
     }
-    save_grid(SHIPPED, RESULTS / "grid.png")
+    save_grid(grid_images(shipped), RESULTS / "grid.png", cols=len(GRID_PROMPTS), scale=2, gap=4)
     (RESULTS / "adherence.json").write_text(json.dumps(report, indent=1) + "\n")
     (RESULTS / "adherence.md").write_text(markdown(report, rows))
     log.info("%s", json.dumps(report, indent=1))
