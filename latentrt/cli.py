@@ -37,8 +37,15 @@ def generate(
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
     num_images: int = typer.Option(1, "-n", "--num-images"),
-    provider: str = typer.Option("cpu", "--provider", help="cpu, cuda, tensorrt, rocm, directml, coreml, openvino."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: all cores)."),
+    provider: str = typer.Option(
+        "auto", "--provider", help="auto (OpenVINO if installed, else ONNX Runtime CPU), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
+    ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (the fastest the backend runs natively here: bf16 under OpenVINO on a bf16 CPU), fp32 (parity with PyTorch), bf16."
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Compiled-model cache (default: $LATENTRT_CACHE or ~/.cache/latentrt)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the compiled-model cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -52,7 +59,8 @@ def generate(
     if existing and not force:
         _fail(f"{', '.join(existing)} already exists: choose another --output or pass --force to overwrite")
     try:
-        pipe = Pipeline.from_folder(model, provider=provider, threads=threads) if model else Pipeline.default(provider=provider, threads=threads)
+        options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache)
+        pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
         with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -67,7 +75,7 @@ def generate(
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):
         save_png(image, path, params, force=force)
-        typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g})")
+        typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     t = result.timings
     typer.echo(f"text encoder {t['text_encoder']:.2f} s, denoise {t['denoise']:.2f} s ({t['unet_step'] * 1000:.0f} ms/step), VAE decode {t['vae_decode']:.2f} s")
 

@@ -15,7 +15,7 @@ from latentrt.runtime.session import ModelLoadError, available_providers
 
 @pytest.fixture(scope="module")
 def pipe(tiny_sd1):
-    return Pipeline.from_folder(tiny_sd1[1])
+    return Pipeline.from_folder(tiny_sd1[1], provider="cpu")
 
 
 @pytest.mark.parametrize("side", ["height", "width"])
@@ -89,8 +89,9 @@ def test_truncated_model_with_manifest(tmp_path, tiny_sd1):
         Pipeline.from_folder(folder)
 
 
-def test_corrupted_model_without_manifest(tmp_path, tiny_sd1):
-    """Folders without a manifest (optimum's) still get a clear error from the loader."""
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
+def test_corrupted_model_without_manifest(tmp_path, tiny_sd1, provider):
+    """Folders without a manifest (optimum's) still get a clear error from the loader, on either backend."""
     folder = tmp_path / "m"
     shutil.copytree(tiny_sd1[1], folder)
     (folder / "manifest.json").unlink()
@@ -99,7 +100,7 @@ def test_corrupted_model_without_manifest(tmp_path, tiny_sd1):
     data[100:4000] = b"\xff" * 3900
     path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(ModelLoadError, match=r"unet: .* could not be loaded .*corrupted or truncated"):
-        Pipeline.from_folder(folder)
+        Pipeline.from_folder(folder, provider=provider)
 
 
 def test_latents_of_wrong_shape(pipe):

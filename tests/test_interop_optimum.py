@@ -37,7 +37,7 @@ def test_both_directions(tiny_sd1, optimum_folder, tmp_path, scheduler, steps, g
     np.save(tmp_path / "latents.npy", latents)
 
     def latentrt_images(folder):
-        pipe = Pipeline.from_folder(folder)
+        pipe = Pipeline.from_folder(folder, provider="cpu")
         return pipe(PROMPT, negative_prompt=NEGATIVE, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                     latents=latents).arrays
 

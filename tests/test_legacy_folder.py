@@ -48,13 +48,13 @@ def test_legacy_layout_gives_the_same_image(tiny_sd1, tmp_path):
     _, ours = tiny_sd1
     legacy = tmp_path / "legacy"
     _legacy_copy(ours, legacy)
-    pipe = Pipeline.from_folder(legacy)
+    pipe = Pipeline.from_folder(legacy, provider="cpu")
     assert pipe.text_encoder.inputs["input_ids"].dtype == np.int32
     assert pipe.unet.inputs["timestep"].shape == (1,)
     latents = np.random.default_rng(5).standard_normal((1, 4, 16, 16), dtype=np.float32)
     kwargs = dict(steps=6, guidance_scale=7.5, scheduler="ddim", latents=latents)
     got = pipe("a red circle", **kwargs).arrays
-    expected = Pipeline.from_folder(ours)("a red circle", **kwargs).arrays
+    expected = Pipeline.from_folder(ours, provider="cpu")("a red circle", **kwargs).arrays
     assert image_psnr(got, expected) == float("inf")
 
 

@@ -47,7 +47,7 @@ def diffusers_images(src, latents, scheduler, steps, guidance):
 )
 def test_images_match_diffusers(tiny_models, family, scheduler, steps, guidance):
     src, onnx_dir = tiny_models[family]
-    pipe = Pipeline.from_folder(onnx_dir)
+    pipe = Pipeline.from_folder(onnx_dir, provider="cpu")
     latents = np.random.default_rng(7).standard_normal((1, 4, 16, 16), dtype=np.float32)
     ours = pipe(
         PROMPT, negative_prompt=NEGATIVE, steps=steps, guidance_scale=guidance, scheduler=scheduler, latents=latents
@@ -62,7 +62,7 @@ def test_images_match_diffusers(tiny_models, family, scheduler, steps, guidance)
 def test_parity_check_is_sensitive(tiny_sd1):
     """Negative control: a different prompt or step count must fall below the parity threshold."""
     src, onnx_dir = tiny_sd1
-    pipe = Pipeline.from_folder(onnx_dir)
+    pipe = Pipeline.from_folder(onnx_dir, provider="cpu")
     latents = np.random.default_rng(7).standard_normal((1, 4, 16, 16), dtype=np.float32)
     reference = diffusers_images(src, latents, "pndm", 10, 7.5)
     other_prompt = pipe("a blue square", negative_prompt=NEGATIVE, steps=10, guidance_scale=7.5, scheduler="pndm", latents=latents)

@@ -50,7 +50,7 @@ def diffusers_images(src, name: str, latents: np.ndarray) -> np.ndarray:
 def test_every_scheduler_matches_diffusers(tiny_models, family, name):
     src, onnx_dir = tiny_models[family]
     latents = np.random.default_rng(2).standard_normal((1, 4, 16, 16), dtype=np.float32)
-    ours = Pipeline.from_folder(onnx_dir)(
+    ours = Pipeline.from_folder(onnx_dir, provider="cpu")(
         PROMPT, negative_prompt=NEGATIVE, steps=STEPS, guidance_scale=6.0, scheduler=name, latents=latents,
         rng=np.random.default_rng(NOISE_SEED),
     )
@@ -63,7 +63,7 @@ def test_every_scheduler_matches_diffusers(tiny_models, family, name):
 
 @pytest.mark.parametrize("name", sorted(STOCHASTIC))
 def test_stochastic_seeds(tiny_sd1, name):
-    pipe = Pipeline.from_folder(tiny_sd1[1])
+    pipe = Pipeline.from_folder(tiny_sd1[1], provider="cpu")
 
     def image(seed):
         return pipe(PROMPT, steps=STEPS, guidance_scale=6.0, scheduler=name, seed=seed).arrays

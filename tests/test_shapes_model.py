@@ -70,7 +70,7 @@ def test_parity_with_diffusers_on_the_reference_checkpoint():
 
     from benchmarks.systems.protocol import diffusers_scheduler, to_uint8
 
-    pipe = Pipeline.default()
+    pipe = Pipeline.default(provider="cpu")  # ONNX Runtime fp32: the parity path
     defaults = pipe.folder.defaults
     prompts = [a.caption for a in prompt_splits()["test"][:4]]
     latents = np.random.default_rng(7).standard_normal((len(prompts), 4, 16, 16), dtype=np.float32)

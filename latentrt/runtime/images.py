@@ -21,6 +21,8 @@ class GenerationParameters:
     width: int
     height: int
     model: str
+    backend: str = "cpu"  # "openvino", or the ONNX Runtime provider
+    precision: str = "fp32"  # what the networks computed in: "fp32", "bf16", "int8+fp32", ...
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
@@ -31,6 +33,8 @@ class GenerationParameters:
             f"Seed: {self.seed if self.seed is not None else -1}",
             f"Size: {self.width}x{self.height}",
             f"Model: {self.model}",
+            f"Backend: {self.backend}",
+            f"Precision: {self.precision}",
         ]
         return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 

@@ -1,4 +1,4 @@
-"""Text-to-image: ONNX Runtime for the three networks, pure NumPy between them.
+"""Text-to-image: ONNX Runtime or OpenVINO for the three networks, pure NumPy between them.
 
 A call reads as numbered steps: check inputs, encode prompt, prepare latents, denoise, decode,
 package. Randomness comes only from an explicit `np.random.Generator`.
@@ -16,11 +16,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.folder import ModelFolder
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
-from latentrt.runtime.session import OnnxModel, resolve_providers
 from latentrt.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
@@ -41,29 +41,63 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, folder: ModelFolder, provider: str = "cpu", threads: int | None = None):
-        providers = resolve_providers(provider)
+    """A model folder's three networks on one backend.
+
+    provider: "auto" (OpenVINO when the openvino extra is installed, else ONNX Runtime on CPU), "cpu",
+    "openvino", "cuda", ...; precision: "auto" (bf16 under OpenVINO on a CPU with bf16, else fp32), "fp32"
+    (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). OpenVINO's compiled models are cached
+    on disk under `cache_dir` (default $LATENTRT_CACHE or ~/.cache/latentrt) unless `use_cache=False`.
+    """
+
+    def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
+                 precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True):
+        self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache)
         self.folder = folder
-        self.provider = provider
+        self.provider = self.backend.provider
+        self.precision = self.backend.label(folder)  # e.g. "bf16", "fp32", "int8+fp32"
         self.tokenizer = ClipTokenizer.from_folder(folder.path / "tokenizer")
-
-        def load(name: str) -> OnnxModel:
-            return OnnxModel(name, folder.components[name].model, providers, threads)
-
-        self.text_encoder = load("text_encoder")
-        self.unet = load("unet")
-        self.vae_decoder = load("vae_decoder")
+        self.text_encoder = self.backend.open(folder.components["text_encoder"])
+        self.unet = self.backend.open(folder.components["unet"])
+        self.vae_decoder = self.backend.open(folder.components["vae_decoder"])
 
     @classmethod
-    def from_folder(cls, path: str | Path, provider: str = "cpu", threads: int | None = None) -> "Pipeline":
-        return cls(ModelFolder.open(path), provider=provider, threads=threads)
+    def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, *,
+                    precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True) -> "Pipeline":
+        return cls(ModelFolder.open(path), provider=provider, threads=threads, precision=precision,
+                   cache_dir=cache_dir, use_cache=use_cache)
 
     @classmethod
-    def default(cls, provider: str = "cpu", threads: int | None = None) -> "Pipeline":
+    def default(cls, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
         """The model shipped inside the package."""
         from latentrt.models import default_model_path
 
-        return cls.from_folder(default_model_path(), provider=provider, threads=threads)
+        return cls.from_folder(default_model_path(), provider=provider, threads=threads, **options)
+
+    def compile(self, height: int | None = None, width: int | None = None, batch: int = 1,
+                guidance_scale: float | None = None) -> None:
+        """Compile every network for one call's shapes now (OpenVINO compiles per shape; ONNX Runtime needs nothing).
+
+        A server or benchmark calls it after loading, so that the first generation at this size does not pay
+        for compilation.
+        """
+        compile_for = getattr(self.unet, "compile", None)
+        if compile_for is None:
+            return
+        height, width = self._check_size(height, width)
+        guidance_scale = self.folder.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        texts = batch * (2 if guidance_scale > 1.0 else 1)
+        length = self.tokenizer.max_length
+        factor = self.folder.vae.scale_factor
+        latent = (self.folder.unet.in_channels, height // factor, width // factor)
+        self.text_encoder.compile({"input_ids": (texts, length)})
+        timestep = self.unet.inputs["timestep"]
+        self.unet.compile({
+            "sample": (texts, *latent),
+            "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
+            "encoder_hidden_states": (texts, length, self.folder.unet.cross_attention_dim),
+        })
+        name = next(iter(self.vae_decoder.inputs))
+        self.vae_decoder.compile({name: (batch, self.folder.vae.latent_channels, height // factor, width // factor)})
 
     def __call__(
         self,
@@ -151,6 +185,8 @@ class Pipeline:
                 width=width,
                 height=height,
                 model=self.folder.name,
+                backend=self.provider,
+                precision=self.precision,
             )
             for i in range(batch)
         ]

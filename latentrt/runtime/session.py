@@ -1,4 +1,8 @@
-"""One wrapper for every network: explicit providers, checked inputs, the graph's own dtypes."""
+"""The one session interface (`inputs`, `outputs`, `__call__(**feeds) -> dict`) and its ONNX Runtime implementation.
+
+Every backend (ONNX Runtime here, OpenVINO in `backends/openvino.py`) describes its graph's inputs as
+`TensorInfo` and checks a call's feeds with `check_feeds`, so the errors are the same whichever runs.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +24,9 @@ PROVIDERS: dict[str, list[str]] = {
     "rocm": ["ROCMExecutionProvider", "CPUExecutionProvider"],
     "directml": ["DmlExecutionProvider", "CPUExecutionProvider"],
     "coreml": ["CoreMLExecutionProvider", "CPUExecutionProvider"],
-    "openvino": ["OpenVINOExecutionProvider", "CPUExecutionProvider"],
 }
+# "openvino" is latentrt's own OpenVINO backend (backends/openvino.py), not ONNX Runtime's OpenVINO
+# execution provider; that one is still reachable by its full name, "OpenVINOExecutionProvider".
 _ORT_DTYPES = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
@@ -106,25 +111,24 @@ class OnnxModel:
         return dict(zip(self.outputs, values))
 
     def _check(self, feeds: dict[str, NDArray]) -> None:
-        missing = sorted(set(self.inputs) - set(feeds))
-        unexpected = sorted(set(feeds) - set(self.inputs))
-        if missing or unexpected:
-            raise ValueError(
-                f"{self.name}: inputs must be {sorted(self.inputs)}; missing {missing}, unexpected {unexpected}"
-            )
-        for name, value in feeds.items():
-            info = self.inputs[name]
-            if value.dtype != info.dtype:
-                raise ValueError(f"{self.name}: input {name!r} must be {info.dtype}, got {value.dtype}")
-            if value.ndim != info.rank:
-                raise ValueError(
-                    f"{self.name}: input {name!r} must have rank {info.rank} {info.shape}, got shape {value.shape}"
-                )
-            for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
-                if isinstance(want, int) and want != got:
-                    raise ValueError(
-                        f"{self.name}: input {name!r} axis {axis} must be {want}, got shape {value.shape}"
-                    )
+        check_feeds(self.name, self.inputs, feeds)
+
+
+def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, NDArray]) -> None:
+    """Names, dtypes, ranks and fixed sizes of a call's inputs, with an error that names the input."""
+    missing = sorted(set(inputs) - set(feeds))
+    unexpected = sorted(set(feeds) - set(inputs))
+    if missing or unexpected:
+        raise ValueError(f"{component}: inputs must be {sorted(inputs)}; missing {missing}, unexpected {unexpected}")
+    for name, value in feeds.items():
+        info = inputs[name]
+        if value.dtype != info.dtype:
+            raise ValueError(f"{component}: input {name!r} must be {info.dtype}, got {value.dtype}")
+        if value.ndim != info.rank:
+            raise ValueError(f"{component}: input {name!r} must have rank {info.rank} {info.shape}, got shape {value.shape}")
+        for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
+            if isinstance(want, int) and want != got:
+                raise ValueError(f"{component}: input {name!r} axis {axis} must be {want}, got shape {value.shape}")
 
 
 def _info(arg) -> TensorInfo:

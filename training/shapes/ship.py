@@ -92,7 +92,7 @@ def complete_scheduler_config(path: Path) -> None:
 def sweep(folder: Path, prompts: list[D.Attributes]) -> list[dict]:
     from latentrt import Pipeline
 
-    pipe = Pipeline.from_folder(folder)
+    pipe = Pipeline.from_folder(folder, provider="cpu")
     rows = []
     for scheduler, steps, guidance in itertools.product(*SWEEP.values()):
         setting = {"scheduler": scheduler, "steps": steps, "guidance_scale": guidance}
@@ -233,7 +233,7 @@ def main() -> None:
                                                     "rows": rows}, indent=1) + "\n")
     export_pipeline(REFERENCE, SHIPPED, force=True, compact_weights=True, defaults=defaults, report=log.info)
 
-    shipped = Pipeline.from_folder(SHIPPED)
+    shipped = Pipeline.from_folder(SHIPPED, provider="cpu")
     report = {
         "command": "python -m training.shapes.ship " + str(args.pipeline),
         "defaults": defaults,

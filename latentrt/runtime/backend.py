@@ -1,0 +1,82 @@
+"""Which backend runs the networks, at which precision: resolved once per pipeline, before anything loads.
+
+    provider  "auto"      OpenVINO when the openvino extra is installed, else ONNX Runtime's CPU provider
+              "openvino"  latentrt's OpenVINO backend (backends/openvino.py)
+              anything else: an ONNX Runtime execution provider (session.PROVIDERS, or its full name)
+    precision "auto"      the fastest precision the backend runs natively on this CPU: bf16 under OpenVINO
+                          where its CPU plugin has bf16 (AMX or AVX512-BF16), fp32 everywhere else
+              "fp32"      parity with PyTorch (the exported graphs run as they are)
+              "bf16"      OpenVINO only, and only on a CPU with bf16; anything else is an error, never a
+                          silent fallback
+
+A folder whose networks were quantized (`latentrt quantize`) runs its int8 nodes as int8 at either precision;
+`Backend.label` says so ("int8+fp32").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentrt.runtime.cache import cache_root, files_identity
+from latentrt.runtime.folder import ComponentFiles, ModelFolder
+from latentrt.runtime.session import OnnxModel, resolve_providers
+
+PROVIDER_CHOICES = "auto, cpu, openvino, cuda, tensorrt, rocm, directml, coreml"
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def openvino_installed() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+@dataclass(frozen=True)
+class Backend:
+    provider: str  # "openvino", or an ONNX Runtime provider ("cpu", "cuda", ...)
+    precision: str  # "fp32" or "bf16": the precision of the float computations
+    threads: int | None = None
+    cache: Path | None = None  # OpenVINO's compiled-model folder; None: no disk cache
+
+    def open(self, files: ComponentFiles):
+        if self.provider == "openvino":
+            from latentrt.runtime.backends.openvino import OpenVinoModel
+
+            return OpenVinoModel(files.name, files.model, self.precision, self.threads, self.cache,
+                                 files_identity(files.model, files.manifest))
+        return OnnxModel(files.name, files.model, resolve_providers(self.provider), self.threads)
+
+    def label(self, folder: ModelFolder) -> str:
+        """The precision a generation ran at, as the PNG, `result.parameters` and the bench report give it."""
+        quantized = any(str((c.manifest or {}).get("precision", "")).startswith("int8") for c in folder.components.values())
+        return f"int8+{self.precision}" if quantized else self.precision
+
+
+def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,
+                    cache_dir: str | Path | None = None, use_cache: bool = True) -> Backend:
+    if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if not isinstance(provider, str) or not provider:
+        raise ValueError(f"provider must be a name ({PROVIDER_CHOICES}), got {provider!r}")
+    precision, provider = precision.lower(), (provider.lower() if provider.lower() in ("auto", "openvino") else provider)
+    if provider == "auto":
+        provider = "openvino" if openvino_installed() else "cpu"
+    if provider == "openvino":
+        from latentrt.runtime.backends.openvino import supports_bf16
+
+        if precision == "auto":
+            precision = "bf16" if supports_bf16() else "fp32"
+        elif precision == "bf16" and not supports_bf16():
+            raise ValueError(
+                "precision bf16 needs a CPU with bf16 instructions (AMX or AVX512-BF16), and OpenVINO finds none "
+                "on this one: use precision fp32 (or auto)"
+            )
+        cache = cache_root(cache_dir) / "openvino" if use_cache else None
+        return Backend("openvino", precision, threads, cache)
+    resolve_providers(provider)  # an unknown or unavailable provider is an error here, before any loading
+    if precision == "bf16":
+        raise ValueError(
+            f"ONNX Runtime has no bf16 kernels for the {provider!r} provider: use --provider openvino "
+            '(pip install "latentrt[openvino]") for bf16, or precision fp32'
+        )
+    return Backend(provider, "fp32", threads, None)

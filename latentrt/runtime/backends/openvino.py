@@ -1,0 +1,137 @@
+"""OpenVINO behind latentrt's session interface: the same ONNX files, compiled per static shape, bf16 where the CPU has it.
+
+OpenVINO reads the folder's `model.onnx` as it is (com.microsoft.MultiHeadAttention included). Each network is
+compiled for the exact input shapes of a call (static shapes run faster than dynamic ones) and the compiled
+model is kept per shape in the process; with a cache folder it is also exported to disk (`<key>.blob`, see
+`latentrt.runtime.cache`), so that the next process imports it instead of compiling. A blob that cannot be
+imported (corrupt, or written by another OpenVINO) is rebuilt with a warning.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from latentrt.runtime.cache import cpu_signature, entry_key, write_atomic
+from latentrt.runtime.session import ModelLoadError, TensorInfo, check_feeds
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = 'the openvino provider needs the openvino extra: pip install "latentrt[openvino]"'
+DEVICE = "CPU"
+# latentrt's precision names -> OpenVINO's inference precision hint
+PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError as exc:
+        raise ValueError(INSTALL_HINT) from exc
+    return openvino
+
+
+_CORE = None
+
+
+def core():
+    """One OpenVINO Core per process (it owns the plugins; creating one costs ~0.1 s)."""
+    global _CORE
+    if _CORE is None:
+        _CORE = import_openvino().Core()
+    return _CORE
+
+
+def version() -> str:
+    return import_openvino().get_version()
+
+
+def supports_bf16() -> bool:
+    """OpenVINO's CPU plugin runs bf16 natively here (AMX or AVX512-BF16)."""
+    return "BF16" in core().get_property(DEVICE, "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoModel:
+    """One network on OpenVINO's CPU plugin, called with keyword arrays like `session.OnnxModel`."""
+
+    def __init__(self, name: str, path: Path, precision: str, threads: int | None = None,
+                 cache: Path | None = None, identity: dict[str, Any] | None = None):
+        self.name = name
+        self.path = Path(path)
+        self.precision = precision
+        self.providers = ["openvino"]
+        self.cache = cache
+        self.identity = identity or {}
+        self.config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision], "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            self.model = core().read_model(str(self.path))
+        except RuntimeError as exc:
+            reason = str(exc).strip().splitlines()[-1][:300]
+            raise ModelLoadError(
+                f"{name}: {self.path} could not be loaded (OpenVINO: {reason}). The file is corrupted or truncated, "
+                "or its model.onnx_data is missing: re-export the folder with `latentrt export`"
+            ) from exc
+        self.inputs = {port.get_any_name(): _info(port) for port in self.model.inputs}
+        self.outputs = {port.get_any_name(): _info(port) for port in self.model.outputs}
+        self._compiled: dict[tuple, Any] = {}
+        logger.info("%s: OpenVINO %s, %s", name, version(), precision)
+
+    def __call__(self, **feeds: NDArray) -> dict[str, NDArray]:
+        check_feeds(self.name, self.inputs, feeds)
+        compiled = self.compile({name: value.shape for name, value in feeds.items()})
+        result = compiled(feeds)
+        return {name: result[port] for name, port in zip(self.outputs, compiled.outputs)}
+
+    def compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
+        """The compiled model for these input shapes: from this process, the disk cache, or compiled now."""
+        key = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items()))
+        if key not in self._compiled:
+            self._compiled[key] = self._load_or_compile(dict(key))
+        return self._compiled[key]
+
+    def _load_or_compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
+        blob = self._blob_path(shapes)
+        if blob is not None and blob.is_file():
+            try:
+                compiled = core().import_model(io.BytesIO(blob.read_bytes()), DEVICE, self.config)
+                logger.info("%s: compiled model for %s imported from %s", self.name, shapes, blob)
+                return compiled
+            except (RuntimeError, OSError) as exc:
+                logger.warning("%s: the cached compiled model %s cannot be used (%s); compiling it again",
+                               self.name, blob, str(exc).strip().splitlines()[0][:200])
+                blob.unlink(missing_ok=True)
+        ov = import_openvino()
+        model = self.model.clone()
+        model.reshape({name: ov.PartialShape(list(shape)) for name, shape in shapes.items()})
+        compiled = core().compile_model(model, DEVICE, self.config)
+        if blob is not None:
+            stream = io.BytesIO()
+            compiled.export_model(stream)
+            try:
+                write_atomic(blob, stream.getvalue())
+            except OSError as exc:  # a read-only or full cache must not stop a generation
+                logger.warning("%s: could not write the compiled model to %s (%s)", self.name, blob, exc)
+        return compiled
+
+    def _blob_path(self, shapes: dict[str, tuple[int, ...]]) -> Path | None:
+        if self.cache is None:
+            return None
+        key = entry_key(component=self.name, files=self.identity, shapes=shapes, config=self.config,
+                        openvino=version(), cpu=cpu_signature())
+        return self.cache / f"{self.name}-{key}.blob"
+
+
+def _info(port) -> TensorInfo:
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype())
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"graph tensor {port.get_any_name()!r} has unsupported type {port.get_element_type()}") from exc
+    shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+    return TensorInfo(port.get_any_name(), dtype, shape)

@@ -1,0 +1,163 @@
+"""The OpenVINO backend: same folders, same images at fp32, bf16 where the CPU has it, a compiled-model cache.
+
+Parity figures measured here on the tiny SD 1.x model and the shipped shapes model: fp32 under OpenVINO
+gives the same uint8 images as ONNX Runtime (PSNR inf on both); bf16 gives 54 dB on the shapes model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from latentrt import Pipeline
+from latentrt.cli import app
+from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from latentrt.runtime import backend as backend_module
+from latentrt.runtime.backends import openvino as ov_backend
+from latentrt.runtime.images import read_parameters
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed")
+HAS_BF16 = ov_backend.supports_bf16()
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 for OpenVINO (AMX or AVX512-BF16)")
+SHAPES_PROMPT = "a blue triangle at the bottom right on a gray background"
+BF16_MIN_PSNR_DB = 35.0  # measured 54 dB on the shapes model at its defaults
+
+
+def _blobs(cache: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((cache / "openvino").glob("*.blob"))}
+
+
+def test_fp32_matches_onnxruntime(tiny_sd1, tmp_path):
+    kwargs = dict(steps=3, guidance_scale=7.5, scheduler="ddim", seed=3, height=64, width=48)
+    ours = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)
+    reference = Pipeline.from_folder(tiny_sd1[1], provider="cpu")
+    assert (ours.provider, ours.precision) == ("openvino", "fp32")
+    psnr = image_psnr(ours("a red circle", **kwargs).arrays, reference("a red circle", **kwargs).arrays)
+    print(f"OpenVINO fp32 vs ONNX Runtime, tiny SD 1.x: PSNR {psnr:.1f} dB")
+    assert psnr >= 60.0
+
+
+@needs_bf16
+def test_bf16_on_the_shipped_model(tmp_path):
+    from training.shapes.judge import judge
+
+    fast = Pipeline.default(provider="openvino", precision="bf16", cache_dir=tmp_path)
+    exact = Pipeline.default(provider="cpu")
+    prompts = [SHAPES_PROMPT, "a red circle at the top left on a white background"]
+    a, b = fast(prompts, seed=0), exact(prompts, seed=0)
+    psnr = image_psnr(a.arrays, b.arrays)
+    print(f"OpenVINO bf16 vs ONNX Runtime fp32, shapes model: PSNR {psnr:.1f} dB")
+    assert psnr >= BF16_MIN_PSNR_DB
+    verdict = judge(a.arrays[0])
+    assert (verdict.color, verdict.shape, verdict.background) == ("blue", "triangle", "gray")
+    assert a.parameters[0].precision == "bf16" and a.parameters[0].backend == "openvino"
+
+
+def test_auto_picks_openvino_and_the_native_precision(tmp_path):
+    pipe = Pipeline.default(cache_dir=tmp_path)
+    assert pipe.provider == "openvino"
+    assert pipe.precision == ("bf16" if HAS_BF16 else "fp32")
+    assert Pipeline.default(provider="cpu").precision == "fp32"  # ONNX Runtime: fp32 is its native precision
+
+
+def test_compiled_once_per_shape_and_reused_from_disk(tiny_sd1, tmp_path, monkeypatch):
+    kwargs = dict(steps=2, guidance_scale=1.0, seed=1)
+    first = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)
+    image = first("x", height=32, width=32, **kwargs).arrays
+    first("x", height=32, width=32, **kwargs)
+    assert len(first.unet._compiled) == 1  # the same shape: compiled once in the process
+    first("x", height=48, width=32, **kwargs)
+    assert len(first.unet._compiled) == 2
+    blobs = _blobs(tmp_path)
+    assert len(blobs) == 5  # the text encoder once (same shape), UNet and VAE decoder at each size
+
+    # A second pipeline (as a new process would) imports the blobs: compiling is not allowed any more.
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although a cached compiled model exists")
+
+    monkeypatch.setattr(ov_backend.core(), "compile_model", no_compile, raising=False)
+    second = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)
+    assert np.array_equal(second("x", height=32, width=32, **kwargs).arrays, image)
+
+
+def test_cache_key_changes_with_precision_and_model(tiny_sd1, tmp_path):
+    if not HAS_BF16:
+        pytest.skip("needs bf16 to compile a second precision")
+    for precision in ("fp32", "bf16"):
+        Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision=precision, cache_dir=tmp_path).compile(32, 32, 1, 1.0)
+    Pipeline.default(provider="openvino", precision="fp32", cache_dir=tmp_path).compile(guidance_scale=1.0)
+    names = list(_blobs(tmp_path))
+    assert len(names) == len(set(names)) == 9  # no entry shared between precisions or models
+
+
+def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tiny_sd1, tmp_path, caplog):
+    kwargs = dict(steps=2, guidance_scale=1.0, seed=2, height=32, width=32)
+    expected = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)("x", **kwargs).arrays
+    for blob in (tmp_path / "openvino").glob("*.blob"):
+        blob.write_bytes(b"not a compiled model" * 10)
+    with caplog.at_level(logging.WARNING, logger="latentrt"):
+        again = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)("x", **kwargs)
+    assert np.array_equal(again.arrays, expected)
+    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 3
+    assert all(len(b) > 1000 for b in _blobs(tmp_path).values())  # rewritten with real compiled models
+
+
+def test_no_cache_writes_nothing(tiny_sd1, tmp_path):
+    pipe = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path, use_cache=False)
+    pipe("x", steps=1, guidance_scale=1.0, height=32, width=32, seed=0)
+    assert not (tmp_path / "openvino").exists()
+
+
+def test_two_processes_fill_the_same_cache_at_once(tiny_sd1, tmp_path):
+    script = (
+        "import sys; from latentrt import Pipeline; "
+        "p = Pipeline.from_folder(sys.argv[1], provider='openvino', precision='fp32', cache_dir=sys.argv[2]); "
+        "r = p('x', steps=2, guidance_scale=1.0, height=32, width=32, seed=5); print(int(r.arrays.sum()))"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_sd1[1]), str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    assert outputs[0][0] == outputs[1][0]
+    assert len(_blobs(tmp_path)) == 3
+    assert not list((tmp_path / "openvino").glob(".*.tmp"))  # no half-written entry left behind
+
+
+def test_precision_in_png_and_cli(tmp_path):
+    out = tmp_path / "a.png"
+    args = ["generate", SHAPES_PROMPT, "-o", str(out), "--seed", "0", "--provider", "openvino", "--precision", "fp32",
+            "--cache-dir", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "openvino fp32" in result.output
+    assert "Backend: openvino, Precision: fp32" in read_parameters(out)
+
+
+def test_bad_precision_and_provider_choices(tiny_sd1, monkeypatch):
+    with pytest.raises(ValueError, match="unknown precision 'fp8': choose one of auto, fp32, bf16"):
+        Pipeline.from_folder(tiny_sd1[1], precision="fp8")
+    with pytest.raises(ValueError, match="ONNX Runtime has no bf16 kernels.*--provider openvino"):
+        Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="bf16")
+    monkeypatch.setattr(ov_backend, "supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="bf16 needs a CPU with bf16 instructions .*use precision fp32"):
+        Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="bf16")
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino", use_cache=False).precision == "fp32"  # auto
+
+
+def test_openvino_not_installed(tiny_sd1, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    monkeypatch.setattr(ov_backend, "_CORE", None)
+    monkeypatch.setattr(backend_module, "openvino_installed", lambda: False)
+    with pytest.raises(ValueError, match=r'needs the openvino extra: pip install "latentrt\[openvino\]"'):
+        Pipeline.from_folder(tiny_sd1[1], provider="openvino")
+    assert Pipeline.from_folder(tiny_sd1[1]).provider == "cpu"  # auto falls back to ONNX Runtime
+    result = CliRunner().invoke(app, ["generate", "x", "-m", str(tiny_sd1[1]), "-o", "/nonexistent/x.png", "--provider", "openvino"])
+    assert result.exit_code == 2 and "latentrt[openvino]" in result.output
