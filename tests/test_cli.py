@@ -13,7 +13,7 @@ runner = CliRunner()
 def test_generate_writes_png_with_parameters(tiny_sd1, tmp_path):
     out = tmp_path / "fox.png"
     args = ["generate", "a watercolor fox", "-m", str(tiny_sd1[1]), "-o", str(out), "--steps", "3",
-            "--guidance", "7.5", "--seed", "42", "--negative", "blurry", "--scheduler", "euler"]
+            "--guidance", "7.5", "--seed", "42", "--negative", "blurry", "--scheduler", "euler", "--provider", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
@@ -22,7 +22,8 @@ def test_generate_writes_png_with_parameters(tiny_sd1, tmp_path):
     assert text.splitlines() == [
         "a watercolor fox",
         "Negative prompt: blurry",
-        f"Steps: 3, Sampler: euler, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {tiny_sd1[1].name}",
+        f"Steps: 3, Sampler: euler, CFG scale: 7.5, Seed: 42, Size: 64x64, Model: {tiny_sd1[1].name}, Backend: cpu, "
+        "Precision: fp32",
     ]
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "--force" in again.output

@@ -161,3 +161,13 @@ def test_openvino_not_installed(tiny_sd1, monkeypatch):
     assert Pipeline.from_folder(tiny_sd1[1]).provider == "cpu"  # auto falls back to ONNX Runtime
     result = CliRunner().invoke(app, ["generate", "x", "-m", str(tiny_sd1[1]), "-o", "/nonexistent/x.png", "--provider", "openvino"])
     assert result.exit_code == 2 and "latentrt[openvino]" in result.output
+
+
+def test_info_says_what_auto_runs(tiny_sd1):
+    import json
+
+    result = CliRunner().invoke(app, ["info", str(tiny_sd1[1]), "--json"])
+    assert result.exit_code == 0, result.output
+    runtime = json.loads(result.output)["runtime"]
+    assert runtime["auto"] == {"provider": "openvino", "precision": "bf16" if HAS_BF16 else "fp32"}
+    assert runtime["exact"] == {"provider": "cpu", "precision": "fp32"} and runtime["bf16"] == HAS_BF16

@@ -7,6 +7,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from latentrt.runtime.backend import openvino_installed, resolve_backend
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError, file_sha256
 from latentrt.runtime.schedulers import available_schedulers
 from latentrt.runtime.session import OnnxModel, available_providers
@@ -49,7 +50,22 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "schedulers": available_schedulers(),
         "providers_available": available_providers(),
         "onnxruntime": ort.__version__,
+        "runtime": runtime_choices(folder),
     }
+
+
+def runtime_choices(folder: ModelFolder) -> dict[str, Any]:
+    """What `provider="auto", precision="auto"` resolves to here, and what each backend would run at."""
+    out: dict[str, Any] = {"openvino": None, "bf16": False}
+    if openvino_installed():
+        from latentrt.runtime.backends.openvino import supports_bf16, version
+
+        out["openvino"] = version()
+        out["bf16"] = supports_bf16()
+    auto = resolve_backend("auto", "auto")
+    out["auto"] = {"provider": auto.provider, "precision": auto.label(folder)}
+    out["exact"] = {"provider": "cpu", "precision": resolve_backend("cpu", "fp32").label(folder)}
+    return out
 
 
 def _verify(folder: Path, entry: dict[str, Any]) -> None:
@@ -78,4 +94,8 @@ def render(d: dict[str, Any]) -> str:
         lines.append("sha256        all files match the manifest")
     lines.append(f"schedulers    {', '.join(d['schedulers'])}")
     lines.append(f"providers     {', '.join(d['providers_available'])} (onnxruntime {d['onnxruntime']})")
+    rt = d["runtime"]
+    openvino = f"openvino {rt['openvino']} (bf16 {'yes' if rt['bf16'] else 'no'} on this CPU)" if rt["openvino"] else "openvino not installed (pip install \"latentrt[openvino]\")"
+    lines.append(f"backends      {openvino}")
+    lines.append(f"auto here     {rt['auto']['provider']} {rt['auto']['precision']}; exact parity: --provider cpu --precision fp32")
     return "\n".join(lines)
