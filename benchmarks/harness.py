@@ -1,12 +1,22 @@
-"""latentrt against the PyTorch reference (diffusers) and optimum, side by side, on this machine.
+"""latentrt against the PyTorch reference (diffusers) and what a user would pick instead, side by side.
 
     latentrt bench SRC [--steps N --height H --width W --runs R --guidance G --scheduler S --threads T
                         --systems latentrt,diffusers,optimum --json PATH --markdown PATH --plot PATH]
     python -m benchmarks.harness SRC ...          (the same, without the CLI)
 
+Systems (SYSTEMS below; each names its worker in WORKERS):
+- latentrt paths: `latentrt` (ONNX Runtime fp32), `latentrt-openvino` (the OpenVINO backend, precision
+  "auto"), `latentrt-int8` (ONNX Runtime on the folder `latentrt quantize` writes from latentrt's export).
+- PyTorch: `diffusers` (fp32, the reference for image agreement) and `diffusers-bf16` (the same pipeline
+  under `torch.autocast("cpu", dtype=torch.bfloat16)`).
+- Peers in virtual environments of their own (benchmarks/peers/): `optimum` (ORTStableDiffusionPipeline on
+  optimum's ONNX export) and `optimum-intel` (OVStableDiffusionPipeline on `optimum-cli export openvino`,
+  reshaped to the benchmark's static shapes and compiled, bf16 by OpenVINO's default where the CPU has it).
+
 Method (issue 5):
-- SRC is a diffusers folder. latentrt's export of it (and optimum's, for the optimum rows) is made once
-  into a cache keyed by SRC's resolved path and its files' latest mtime, then reused.
+- SRC is a diffusers folder. latentrt's export of it (and optimum's, optimum-intel's and latentrt's int8
+  folder, for those rows) is made once into a cache keyed by SRC's resolved path and its files' latest
+  mtime, then reused.
 - Every system gets the same prompt, negative prompt, initial latents (drawn here from --seed and saved
   to latents.npy), scheduler, steps, guidance, size and thread count (ORT intra-op threads, inter-op 1;
   torch.set_num_threads; OMP/MKL variables).
@@ -15,7 +25,7 @@ Method (issue 5):
   shapes), then times one whole generation to uint8 images (`end_to_end`) with the pipeline's own stage
   functions wrapped by timers: `text_encoder` (tokenize + encode the prompt and, with CFG, the negative
   prompt), `unet_step` (the median of the denoising loop's UNet calls, each on the CFG batch) and
-  `vae_decode`; it reports its peak RSS (ru_maxrss). Only the diffusers and optimum workers import torch;
+  `vae_decode`; it reports its peak RSS (ru_maxrss). Only the diffusers and peer workers import torch;
   the latentrt worker's report lists the heavy modules it imported (none).
 - A warm-up round (load only: fills the OS file cache) is discarded; then R runs, systems interleaved
   A/B within each run and the order rotated from run to run. Medians are quoted with min–max.
@@ -24,6 +34,8 @@ Method (issue 5):
   latentrt/export/flops.py) or are counted here at the benchmark's size; achieved GFLOP/s = FLOPs of one
   UNet call / its median time.
 - Image agreement: PSNR and max abs difference of each system's uint8 image against diffusers'.
+- Ratios: every latentrt path against every other system; and the issue-9 figures for the fastest
+  latentrt path present (lowest end to end) against PyTorch fp32, PyTorch bf16 and optimum-intel.
 """
 
 from __future__ import annotations
@@ -49,7 +61,8 @@ if str(ROOT) not in sys.path:
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("latentrt", "diffusers", "optimum")
+SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "diffusers", "diffusers-bf16", "optimum", "optimum-intel")
+LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
 METRIC_LABELS = {
@@ -60,7 +73,17 @@ METRIC_LABELS = {
     "end_to_end": "end to end",
     "peak_rss_mb": "peak RSS",
 }
-WORKERS = {name: ROOT / "benchmarks" / "systems" / f"{name}_worker.py" for name in SYSTEMS}
+# system -> its worker script (one script serves several systems; the worker reads cfg["system"])
+WORKERS = {
+    name: ROOT / "benchmarks" / "systems" / f"{module}_worker.py"
+    for name, module in {
+        "latentrt": "latentrt", "latentrt-openvino": "latentrt", "latentrt-int8": "latentrt",
+        "diffusers": "diffusers", "diffusers-bf16": "diffusers",
+        "optimum": "optimum", "optimum-intel": "optimum_intel",
+    }.items()
+}
+# systems that run in a peer's own virtual environment: system -> the module holding its PeerEnv (ENV)
+PEERS = {"optimum": "benchmarks.peers.optimum.env", "optimum-intel": "benchmarks.peers.optimum_intel.env"}
 ROOF = ROOT / "benchmarks" / "roof.py"
 WORKER_TIMEOUT_S = 3600
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
@@ -72,6 +95,19 @@ TARGETS = {
     "peak_rss_ratio_vs_diffusers": 0.6,  # at most
     "fraction_of_gemm_roof": 0.8,
 }
+# Issue 9's figures for latentrt's fastest selectable CPU path (W3; W2 the same ratios reported, never asserted):
+# (metric, other system, goal for other's time / latentrt's time, or None: reported without a goal)
+FAST_PATH_TARGETS = (
+    ("unet_step", "diffusers", 4.5),
+    ("unet_step", "diffusers-bf16", 2.0),
+    ("unet_step", "optimum-intel", 1.25),
+    ("end_to_end", "diffusers", None),
+    ("end_to_end", "diffusers-bf16", None),
+    ("end_to_end", "optimum-intel", 1.25),
+    ("load", "diffusers", None),
+    ("load", "diffusers-bf16", None),
+    ("load", "optimum-intel", 1.0),  # load <= optimum-intel's
+)
 PSNR_CAP_DB = 100.0
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -98,6 +134,8 @@ class BenchConfig:
     cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
     warmup_round: bool = True
     optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
+    optimum_intel_model_cache: bool = False  # True: OpenVINO CACHE_DIR for optimum-intel (off by its default on CPU)
+    fast_path: str | None = None  # the latentrt path the issue-9 figures are for; default: lowest end to end
     command: str | None = None  # the exact command line, recorded in the report
     note: str | None = None  # conditions worth recording (machine load, ...)
     progress: Callable[[str], None] = field(default=lambda message: None, repr=False)
@@ -155,11 +193,57 @@ def _current_export(out: Path) -> bool:
     return manifest.get("rewrites", {}).get("fused_attention") is True
 
 
+def _peer_env(system: str):
+    """The PeerEnv of a system that runs in a peer's own virtual environment."""
+    import importlib
+
+    return importlib.import_module(PEERS[system]).ENV
+
+
+def _peer_export(cfg: BenchConfig, system: str, out: Path, log: Path) -> None:
+    """The peer's own export of SRC into `out` (its worker's `export SRC OUT`, in its venv)."""
+    cfg.progress(f"exporting {cfg.src} with {system} into {out} (once; cached)")
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        proc = _peer_env(system).run_worker(["export", Path(cfg.src).resolve(), out], timeout=WORKER_TIMEOUT_S)
+    except RuntimeError as exc:  # PeerEnvError, PeerWorkerError: the message carries the output
+        raise BenchError(f"{system}'s export of {cfg.src} failed: {exc}") from None
+    log.write_text(proc.stdout + proc.stderr)
+
+
+def _has_quantize() -> bool:
+    from latentrt.cli import app
+
+    return any((c.name or c.callback.__name__) == "quantize" for c in app.registered_commands)
+
+
+def _ensure_int8(cfg: BenchConfig, folder: Path, fp32: Path) -> Path:
+    """`latentrt quantize` of latentrt's export, made once; redone when that export changes."""
+    out = folder / "latentrt-int8"
+    stamp = folder / "latentrt-int8.source"  # the sha256 of the fp32 manifest it was quantized from
+    source = hashlib.sha256((fp32 / "manifest.json").read_bytes()).hexdigest()
+    if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().strip() == source:
+        return out
+    if not _has_quantize():
+        raise BenchError("latentrt-int8 needs latentrt quantize (the int8 command of issue 9), which this "
+                         "checkout does not have yet: leave latentrt-int8 out of --systems")
+    cfg.progress(f"quantizing {fp32} with latentrt quantize into {out} (once; cached)")
+    shutil.rmtree(out, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
+    # in a process of its own (calibration imports nothing heavy, but runs the pipeline for minutes)
+    _run_logged([sys.executable, "-c", _QUANTIZE, fp32, out], folder / "quantize.log")
+    stamp.write_text(source + "\n")
+    return out
+
+
+_QUANTIZE = "import sys; from latentrt.cli import app; app(['quantize', *sys.argv[1:]])"
+
+
 def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
-    """latentrt's export (and optimum's) of SRC under `folder`, made once; the paths each system reads."""
+    """latentrt's export of SRC (and each peer's, and the int8 folder) under `folder`, made once; the paths each system reads."""
     folders: dict[str, Path] = {}
     folder.mkdir(parents=True, exist_ok=True)
-    if {"latentrt", "optimum"} & set(cfg.systems):
+    if {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
         out = folder / "latentrt"
         if not _current_export(out):
             cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
@@ -167,19 +251,21 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
             # in a process of its own: the harness itself never imports torch
             _run_logged([sys.executable, "-c", _EXPORT, cfg.src, out], folder / "export.log")
         folders["latentrt"] = out
+    if "latentrt-int8" in cfg.systems:
+        folders["latentrt-int8"] = _ensure_int8(cfg, folder, folders["latentrt"])
     if "optimum" in cfg.systems:
         if cfg.optimum_folder == "latentrt":
             folders["optimum"] = folders["latentrt"]
         else:
             out = folder / "optimum"
             if not (out / "model_index.json").is_file():
-                from benchmarks.peers.optimum.env import run_worker
-
-                cfg.progress(f"exporting {cfg.src} with optimum into {out} (once; cached)")
-                shutil.rmtree(out, ignore_errors=True)
-                proc = run_worker(["export", Path(cfg.src).resolve(), out], timeout=WORKER_TIMEOUT_S)
-                (folder / "export-optimum.log").write_text(proc.stdout + proc.stderr)
+                _peer_export(cfg, "optimum", out, folder / "export-optimum.log")
             folders["optimum"] = out
+    if "optimum-intel" in cfg.systems:
+        out = folder / "optimum-intel"
+        if not (out / "unet" / "openvino_model.xml").is_file():  # the worker renames a complete export into place
+            _peer_export(cfg, "optimum-intel", out, folder / "export-optimum-intel.log")
+        folders["optimum-intel"] = out
     return folders
 
 
@@ -200,6 +286,8 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown or not cfg.systems:
         raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    if cfg.fast_path is not None and (cfg.fast_path not in LATENTRT_PATHS or cfg.fast_path not in cfg.systems):
+        raise BenchError(f"fast path {cfg.fast_path!r} must be one of the latentrt paths in --systems")
     for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
         if value < 1:
             raise BenchError(f"--{name} must be at least 1, got {value}")
@@ -322,18 +410,17 @@ def _thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, s
 
 
 def _interpreter(system: str) -> tuple[str, dict[str, str]]:
-    if system == "optimum":
-        from benchmarks.peers.optimum.env import ensure_env, venv_python
+    if system in PEERS:
+        from benchmarks.peers.venv import clean_env
 
-        venv = ensure_env()
-        base = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")}
-        base["PYTHONNOUSERSITE"] = "1"
-        return str(venv_python(venv)), base
+        env = _peer_env(system)
+        return str(env.python(env.ensure())), clean_env()
     return sys.executable, dict(os.environ)
 
 
 def run_worker(system: str, worker_cfg: dict, workdir: Path, tag: str) -> dict:
     python, base_env = _interpreter(system)
+    worker_cfg = {**worker_cfg, "system": system}
     cfg_path = workdir / f"{system}-{tag}.config.json"
     out_path = workdir / f"{system}-{tag}.json"
     cfg_path.write_text(json.dumps(worker_cfg, indent=1, default=str))
@@ -386,7 +473,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "source": str(src),
         "folders": {k: str(v) for k, v in folders.items()},
         "latents": str(workdir / "latents.npy"),
+        "batch": settings["batch"],
         "warmup": 1,
+        "optimum_intel_model_cache": cfg.optimum_intel_model_cache,
     }
     load_before = os.getloadavg()
     if cfg.warmup_round:
@@ -408,7 +497,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             report["image"] = str(image)
             reports[system].append(report)
             cfg.progress(
-                f"run {r + 1}/{cfg.runs}: {system:<9} load {report['load']:.2f} s, UNet {report['unet_step']:.3f} s, "
+                f"run {r + 1}/{cfg.runs}: {system:<17} load {report['load']:.2f} s, UNet {report['unet_step']:.3f} s, "
                 f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
             )
     load_after = os.getloadavg()
@@ -466,7 +555,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         if flops.get("unet"):
             systems[system]["fraction_of_roof"] = systems[system]["unet_gflops"] / gemm["median"]
 
-    ratios = _ratios(systems)
+    ratios_by_path = {path: _ratios(systems, path) for path in LATENTRT_PATHS if path in systems}
+    ratios = ratios_by_path.get("latentrt", {})
     report = {
         "schema": "latentrt-bench/1",
         "systems": systems,
@@ -474,7 +564,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "max_abs_diff": agreement.get("latentrt", {}).get("max_abs_diff"),
         "agreement_vs_reference": agreement,
         "reference": REFERENCE,
-        "ratios": ratios,
+        "ratios": ratios,  # against `latentrt` (ONNX Runtime fp32)
+        "ratios_by_latentrt_path": ratios_by_path,
+        "fast_path": _fast_path(systems, ratios_by_path, cfg.fast_path),
         "roof": roof,
         "targets": _targets(ratios, roof),
         "settings": settings,
@@ -512,20 +604,43 @@ def _save_png(image, path: Path) -> None:
         pass
 
 
-def _ratios(systems: dict[str, dict]) -> dict[str, Any]:
-    """`speedup`: other system's median time / latentrt's (> 1: latentrt is faster); `rss`: latentrt / other."""
-    if "latentrt" not in systems:
+def _ratios(systems: dict[str, dict], ours_name: str = "latentrt") -> dict[str, Any]:
+    """Against every other system: `speedup`, its median time / ours (> 1: ours is faster); `rss`: ours / its."""
+    if ours_name not in systems:
         return {}
-    ours = systems["latentrt"]
+    ours = systems[ours_name]
     out = {}
     for other, theirs in systems.items():
-        if other == "latentrt":
+        if other == ours_name:
             continue
         out[other] = {
             "speedup": {m: theirs[m] / ours[m] for m in METRICS if ours[m] > 0},
             "peak_rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
         }
     return out
+
+
+def _fast_path(systems: dict[str, dict], ratios_by_path: dict[str, dict], chosen: str | None) -> dict[str, Any] | None:
+    """Issue 9's figures for latentrt's fastest path in this run: against PyTorch fp32, PyTorch bf16, optimum-intel.
+
+    The path is `chosen` (BenchConfig.fast_path), else the latentrt path with the lowest end-to-end median.
+    "Selectable" (issue 9: within its quality gate) is the caller's call: leave a path that misses its gate out
+    of --systems, or name the path with fast_path.
+    """
+    paths = [p for p in LATENTRT_PATHS if p in systems]
+    if chosen is not None and chosen not in paths:
+        raise BenchError(f"fast path {chosen!r} is not among the latentrt paths run ({', '.join(paths) or 'none'})")
+    if not paths:
+        return None
+    path = chosen or min(paths, key=lambda p: systems[p]["end_to_end"])
+    figures = []
+    for metric, other, goal in FAST_PATH_TARGETS:
+        value = ratios_by_path[path].get(other, {}).get("speedup", {}).get(metric)
+        figures.append({"metric": metric, "vs": other, "speedup": value, "goal": goal,
+                        "met": None if goal is None or value is None else value >= goal})
+    return {"system": path, "precision": systems[path]["info"].get("precision"),
+            "chosen_by": "named" if chosen else "lowest end-to-end median of the latentrt paths run",
+            "figures": figures}
 
 
 def _targets(ratios: dict, roof: dict) -> dict[str, Any]:
@@ -551,6 +666,38 @@ def _targets(ratios: dict, roof: dict) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ output
+
+FAST_PATH_COLUMNS = (("diffusers", "PyTorch fp32"), ("diffusers-bf16", "PyTorch bf16 autocast"), ("optimum-intel", "optimum-intel"))
+
+
+def _fast_path_lines(fast: dict | None) -> list[str]:
+    """The issue-9 table: the fastest latentrt path's speed-ups, with each goal met or missed."""
+    if not fast:
+        return []
+    cells = {(f["metric"], f["vs"]): f for f in fast["figures"]}
+    lines = [
+        f"**Fastest latentrt path: `{fast['system']}`** ({fast['precision'] or 'fp32'}; {fast['chosen_by']}) against what a "
+        "user would pick instead: the other system's time / latentrt's (> 1: latentrt faster). Issue 9's figures "
+        "(for W3), reported, not asserted.",
+        "",
+        "| | " + " | ".join(f"vs {label}" for _, label in FAST_PATH_COLUMNS) + " |",
+        "| --- | " + " | ".join("---:" for _ in FAST_PATH_COLUMNS) + " |",
+    ]
+    for metric in ("unet_step", "end_to_end", "load"):
+        row = []
+        for other, _ in FAST_PATH_COLUMNS:
+            f = cells.get((metric, other))
+            if f is None or f["speedup"] is None:
+                row.append("–" if f is None or f["goal"] is None else f"not run (goal ≥ {f['goal']:g}x)")
+                continue
+            text = f"{f['speedup']:.2f}x"
+            if f["goal"] is not None:
+                text += f" (goal ≥ {f['goal']:g}x: {'met' if f['met'] else 'missed'})"
+            row.append(text)
+        lines.append(f"| {METRIC_LABELS[metric]} | " + " | ".join(row) + " |")
+    lines += ["", "Load ≥ 1x against optimum-intel means latentrt loads in at most optimum-intel's time.", ""]
+    return lines
+
 
 
 def _fmt_s(value: float) -> str:
@@ -579,7 +726,8 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
         lines += [f"# {title}", ""]
     lines += [
         f"{s['height']}x{s['width']}, batch {s['batch']}, {s['steps']} steps of {s['scheduler']}, guidance {s['guidance']:g}"
-        f"{' (CFG: UNet batch ' + str(s['unet_batch']) + ')' if s['cfg'] else ''}, fp32 on CPU, {s['threads']} threads; "
+        f"{' (CFG: UNet batch ' + str(s['unet_batch']) + ')' if s['cfg'] else ''}, fp32 weights on CPU (compute precision "
+        f"per system below), {s['threads']} threads; "
         f"{s['runs']} runs, median (min–max).",
         "",
         "| system | " + " | ".join(METRIC_LABELS[k] for k in (*METRICS, "peak_rss_mb")) + " |",
@@ -587,10 +735,18 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
     ]
     for name, system in systems.items():
         lines.append(f"| {name} | " + " | ".join(_cell(system, k) for k in (*METRICS, "peak_rss_mb")) + " |")
-    for other, ratio in report["ratios"].items():
-        cells = [f"{ratio['speedup'][k]:.2f}x" for k in METRICS] + [f"{ratio['peak_rss_ratio']:.2f}"]
-        lines.append(f"| {other} / latentrt (time), latentrt / {other} (RSS) | " + " | ".join(cells) + " |")
+    for path, ratios in report.get("ratios_by_latentrt_path", {"latentrt": report["ratios"]}).items():
+        for other, ratio in ratios.items():
+            if other in LATENTRT_PATHS:  # paths against each other: in the JSON
+                continue
+            cells = [f"{ratio['speedup'][k]:.2f}x" for k in METRICS] + [f"{ratio['peak_rss_ratio']:.2f}"]
+            lines.append(f"| {other} / {path} (time), {path} / {other} (RSS) | " + " | ".join(cells) + " |")
     lines.append("")
+    precisions = {name: system["info"].get("precision") for name, system in systems.items()}
+    if any(precisions.values()):
+        lines += ["**Precision** (what each system computes in; every one loads fp32 weights): " + "; ".join(
+            f"{name}: {value or 'fp32'}" for name, value in precisions.items()) + ".", ""]
+    lines += _fast_path_lines(report.get("fast_path"))
     roof = report["roof"]
     if roof.get("unet_flops_per_call"):
         g = roof["gemm"]
@@ -673,11 +829,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--title", default=None)
     p.add_argument("--note", default=None)
+    p.add_argument("--optimum-intel-model-cache", action="store_true",
+                   help="give optimum-intel an OpenVINO CACHE_DIR (its CPU default is none: every load compiles)")
+    p.add_argument("--fast-path", default=None, choices=LATENTRT_PATHS,
+                   help="the latentrt path for the issue-9 table (default: the lowest end to end)")
     args = p.parse_args(argv)
     cfg = BenchConfig(
         src=args.src, steps=args.steps, height=args.height, width=args.width, runs=args.runs, guidance=args.guidance,
         scheduler=args.scheduler, threads=args.threads, systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
-        cache=args.cache, note=args.note, command="python -m benchmarks.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
+        cache=args.cache, note=args.note, optimum_intel_model_cache=args.optimum_intel_model_cache,
+        fast_path=args.fast_path, command="python -m benchmarks.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     report = run_bench(cfg)

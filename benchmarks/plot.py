@@ -17,7 +17,8 @@ PANELS = (
     ("end_to_end", "end to end (s)"),
     ("peak_rss_mb", "peak RSS (MB)"),
 )
-COLORS = {"latentrt": "#1b9e77", "diffusers": "#d95f02", "optimum": "#7570b3"}
+COLORS = {"latentrt": "#1b9e77", "latentrt-openvino": "#0b6e4f", "latentrt-int8": "#66c2a5",
+          "diffusers": "#d95f02", "diffusers-bf16": "#fc8d62", "optimum": "#7570b3", "optimum-intel": "#e7298a"}
 
 
 def plot(report: dict, out: Path, title: str | None = None) -> Path:
@@ -46,7 +47,7 @@ def plot(report: dict, out: Path, title: str | None = None) -> Path:
     s, m = report["settings"], report["machine"]
     heading = title or " vs ".join(names)
     fig.suptitle(
-        f"{heading}\n{s['height']}x{s['width']}, {s['steps']} steps {s['scheduler']}, CFG {s['guidance']:g}, fp32, "
+        f"{heading}\n{s['height']}x{s['width']}, {s['steps']} steps {s['scheduler']}, CFG {s['guidance']:g}, fp32 weights, "
         f"{s['threads']} threads, {m['cpu_model']}; median of {s['runs']} runs, bars min–max",
         fontsize=9,
     )

@@ -174,7 +174,7 @@ def bench(
     guidance: float = typer.Option(7.5, "--guidance"),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Default: the folder's own."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every system (default: all cores)."),
-    systems: str = typer.Option("latentrt,diffusers", "--systems", help="Comma-separated: latentrt, diffusers, optimum."),
+    systems: str = typer.Option("latentrt,diffusers", "--systems", help="Comma-separated, from: latentrt, latentrt-openvino, latentrt-int8 (latentrt's paths: ONNX Runtime fp32, OpenVINO precision auto, ONNX Runtime int8); diffusers, diffusers-bf16 (PyTorch fp32 / bf16 autocast); optimum, optimum-intel (peers, each in its own venv)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot."),

@@ -68,8 +68,24 @@ def _check_common(report: dict, systems: list[str]) -> None:
 
 
 def test_bench_latentrt_vs_diffusers(tiny_src, tmp_path):
-    report = _bench(tiny_src, tmp_path, "latentrt,diffusers")
-    _check_common(report, ["latentrt", "diffusers"])
+    report = _bench(tiny_src, tmp_path, "latentrt,diffusers,diffusers-bf16")
+    _check_common(report, ["latentrt", "diffusers", "diffusers-bf16"])
+    # the bf16 variant: the same worker under torch.autocast, its own row, ratios and image agreement
+    bf16 = report["systems"]["diffusers-bf16"]
+    assert bf16["info"]["precision"] == "bfloat16 autocast (fp32 weights)"
+    assert report["systems"]["diffusers"]["info"]["precision"] == "fp32"
+    assert "torch" in bf16["modules_imported"]
+    assert report["agreement_vs_reference"]["diffusers-bf16"]["psnr_db"] > 20  # bf16: close to fp32, not equal
+    assert set(report["ratios"]["diffusers-bf16"]["speedup"]) == set(METRICS)
+    fast = report["fast_path"]
+    assert fast["system"] == "latentrt" and fast["precision"] == "fp32"
+    figures = {(f["metric"], f["vs"]): f for f in fast["figures"]}
+    assert figures[("unet_step", "diffusers-bf16")]["speedup"] == report["ratios"]["diffusers-bf16"]["speedup"]["unet_step"]
+    assert figures[("unet_step", "diffusers-bf16")]["met"] in (True, False)
+    assert figures[("unet_step", "optimum-intel")]["speedup"] is None  # not run: reported as such
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| diffusers-bf16 |" in markdown and "**Fastest latentrt path: `latentrt`**" in markdown
+    assert "| diffusers-bf16 / latentrt (time), latentrt / diffusers-bf16 (RSS) |" in markdown
 
 
 @pytest.mark.optimum
@@ -79,3 +95,72 @@ def test_bench_with_optimum(tiny_src, tmp_path):
     assert report["agreement_vs_reference"]["optimum"]["psnr_db"] >= IMAGE_MIN_PSNR_DB
     assert report["systems"]["optimum"]["info"]["providers"][0] == "CPUExecutionProvider"
     assert set(report["ratios"]["optimum"]["speedup"]) == set(METRICS)
+
+
+# ------------------------------------------------------------------ the harness's tables (no process started)
+
+
+def test_every_system_has_a_worker():
+    from benchmarks.harness import LATENTRT_PATHS, PEERS, SYSTEMS, WORKERS
+
+    assert set(WORKERS) == set(SYSTEMS) and set(LATENTRT_PATHS) <= set(SYSTEMS)
+    for name, path in WORKERS.items():
+        assert path.is_file(), (name, path)
+    assert WORKERS["diffusers-bf16"] == WORKERS["diffusers"]
+    assert WORKERS["optimum-intel"].name == "optimum_intel_worker.py"
+    assert {WORKERS[p] for p in LATENTRT_PATHS} == {WORKERS["latentrt"]}
+    assert set(PEERS) == {"optimum", "optimum-intel"}
+
+
+def test_bad_systems_and_fast_path_are_clear_errors(tiny_src):
+    from benchmarks.harness import BenchConfig, BenchError, resolve_settings
+
+    with pytest.raises(BenchError, match="unknown systems"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "pytorch")))
+    with pytest.raises(BenchError, match="fast path"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "diffusers"), fast_path="latentrt-openvino"))
+
+
+def test_int8_without_quantize_is_a_clear_error(tiny_src, tmp_path, monkeypatch):
+    from benchmarks import harness
+
+    monkeypatch.setattr(harness, "_has_quantize", lambda: False)
+    fp32 = tmp_path / "latentrt"
+    fp32.mkdir()
+    (fp32 / "manifest.json").write_text("{}")
+    cfg = harness.BenchConfig(src=tiny_src, systems=("latentrt-int8",))
+    with pytest.raises(harness.BenchError, match="needs latentrt quantize"):
+        harness._ensure_int8(cfg, tmp_path, fp32)
+
+
+def _system(load: float, unet: float, e2e: float, precision: str = "fp32") -> dict:
+    times = {"load": load, "text_encoder": 0.1, "unet_step": unet, "vae_decode": 1.0, "end_to_end": e2e}
+    return {**times, "peak_rss_mb": 1000.0, "info": {"precision": precision}}
+
+
+def test_fast_path_figures_met_and_missed():
+    from benchmarks.harness import LATENTRT_PATHS, _fast_path, _fast_path_lines, _ratios
+
+    systems = {
+        "latentrt": _system(10.0, 2.0, 30.0),
+        "latentrt-openvino": _system(3.0, 0.5, 8.0, "bf16"),
+        "diffusers": _system(1.0, 2.5, 40.0),
+        "diffusers-bf16": _system(1.0, 1.2, 20.0, "bfloat16 autocast (fp32 weights)"),
+        "optimum-intel": _system(4.0, 0.6, 9.0, "bf16"),
+    }
+    by_path = {p: _ratios(systems, p) for p in LATENTRT_PATHS if p in systems}
+    assert set(by_path["latentrt-openvino"]) == {"latentrt", "diffusers", "diffusers-bf16", "optimum-intel"}
+    fast = _fast_path(systems, by_path, None)
+    assert fast["system"] == "latentrt-openvino" and fast["precision"] == "bf16"  # the lowest end to end
+    got = {(f["metric"], f["vs"]): (round(f["speedup"], 3), f["met"]) for f in fast["figures"]}
+    assert got[("unet_step", "diffusers")] == (5.0, True)  # goal 4.5x
+    assert got[("unet_step", "diffusers-bf16")] == (2.4, True)  # goal 2x
+    assert got[("unet_step", "optimum-intel")] == (1.2, False)  # goal 1.25x
+    assert got[("end_to_end", "optimum-intel")] == (1.125, False)
+    assert got[("load", "optimum-intel")] == (1.333, True)  # loads in less than optimum-intel's time
+    assert got[("end_to_end", "diffusers")] == (5.0, None)  # no goal: reported only
+    named = _fast_path(systems, by_path, "latentrt")
+    assert named["system"] == "latentrt" and named["chosen_by"] == "named"
+    text = "\n".join(_fast_path_lines(fast))
+    assert "| UNet call | 5.00x (goal ≥ 4.5x: met) | 2.40x (goal ≥ 2x: met) | 1.20x (goal ≥ 1.25x: missed) |" in text
+    assert "| load | 0.33x | 0.33x | 1.33x (goal ≥ 1x: met) |" in text

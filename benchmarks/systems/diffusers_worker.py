@@ -1,7 +1,13 @@
-"""The PyTorch reference: diffusers' StableDiffusionPipeline, fp32 on CPU. The only worker importing torch."""
+"""The PyTorch reference: diffusers' StableDiffusionPipeline on CPU, fp32 (`diffusers`) or under bf16 autocast.
+
+`diffusers-bf16` is what a PyTorch user on a CPU with bf16 instructions picks instead: the same pipeline, fp32
+weights, with every stage (text encoder, UNet, VAE decode, the whole generation) run under
+`torch.autocast("cpu", dtype=torch.bfloat16)`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -14,6 +20,7 @@ from benchmarks.systems.protocol import System, diffusers_scheduler, run, to_uin
 
 class DiffusersSystem(System):
     name = "diffusers"
+    autocast = None  # a torch dtype name: every stage runs under torch.autocast("cpu", dtype=...)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -46,8 +53,16 @@ class DiffusersSystem(System):
         self.x_in = scheduler.scale_model_input(x, self.t)
         self.embeddings = self._encode()
 
+    def _mode(self) -> contextlib.ExitStack:
+        """The context of every stage: inference mode, and the variant's autocast."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.torch.inference_mode())
+        if self.autocast:
+            stack.enter_context(self.torch.autocast("cpu", dtype=getattr(self.torch, self.autocast)))
+        return stack
+
     def _encode(self):
-        with self.torch.inference_mode():
+        with self._mode():
             cond, uncond = self.pipe.encode_prompt(self.cfg["prompt"], "cpu", self.latents.shape[0], self.cfg_on,
                                                    self.cfg["negative"])
         return self.torch.cat([uncond, cond]) if self.cfg_on else cond
@@ -56,17 +71,17 @@ class DiffusersSystem(System):
         self._encode()  # tokenize + text encoder (once per half with CFG, as the pipeline does)
 
     def unet_step(self) -> None:
-        with self.torch.inference_mode():
+        with self._mode():
             self.pipe.unet(self.x_in, self.t, encoder_hidden_states=self.embeddings, return_dict=False)
 
     def vae_decode(self) -> None:
-        with self.torch.inference_mode():
+        with self._mode():
             self.pipe.vae.decode(self.latents / self.pipe.vae.config.scaling_factor, return_dict=False)
 
     def end_to_end(self):
         cfg = self.cfg
         _, _, h, w = self.latents.shape
-        with self.torch.inference_mode():
+        with self._mode():
             out = self.pipe(
                 cfg["prompt"], negative_prompt=cfg["negative"], num_inference_steps=cfg["steps"],
                 guidance_scale=cfg["guidance"], latents=self.latents.clone(), height=h * self.pipe.vae_scale_factor,
@@ -79,8 +94,11 @@ class DiffusersSystem(System):
         return [(p, "encode_prompt", "text_encoder"), (p.unet, "forward", "unet_step"), (p.vae, "decode", "vae_decode")]
 
     def info(self):
+        torch = self.torch
         return {
             "versions": versions("torch", "diffusers", "transformers", "numpy"),
+            "precision": f"{self.autocast} autocast (fp32 weights)" if self.autocast else "fp32",
+            "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "torch_threads": self.torch.get_num_threads(),
             "torch_interop_threads": self.torch.get_num_interop_threads(),
             "mkldnn": self.torch.backends.mkldnn.is_available(),
@@ -88,5 +106,13 @@ class DiffusersSystem(System):
         }
 
 
+class DiffusersBf16System(DiffusersSystem):
+    name = "diffusers-bf16"
+    autocast = "bfloat16"
+
+
+VARIANTS = {cls.name: cls for cls in (DiffusersSystem, DiffusersBf16System)}
+
+
 if __name__ == "__main__":
-    run(DiffusersSystem)
+    run(lambda cfg: VARIANTS[cfg.get("system", "diffusers")](cfg))

@@ -1,4 +1,9 @@
-"""latentrt on ONNX Runtime (CPU): the system under test. Never imports torch (the report says so)."""
+"""latentrt: the system under test, one worker for each selectable CPU path. Never imports torch (the report says so).
+
+    latentrt            ONNX Runtime, CPU provider, on latentrt's export (fp32)
+    latentrt-openvino   the OpenVINO backend, precision="auto" (bf16 where the CPU runs it natively), same folder
+    latentrt-int8       ONNX Runtime on the int8 folder `latentrt quantize` wrote from that export
+"""
 
 from __future__ import annotations
 
@@ -12,11 +17,23 @@ if str(ROOT) not in sys.path:
 from benchmarks.systems.protocol import System, run, versions  # noqa: E402
 
 
+# system name -> (provider, precision, the harness's folder key); precision None: the backend's only one
+PATHS = {
+    "latentrt": ("cpu", None, "latentrt"),
+    "latentrt-openvino": ("openvino", "auto", "latentrt"),
+    "latentrt-int8": ("cpu", None, "latentrt-int8"),
+}
+
+
 class LatentrtSystem(System):
     name = "latentrt"
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.name = cfg.get("system", "latentrt")
+        if self.name not in PATHS:
+            raise SystemExit(f"unknown latentrt path {self.name!r}: one of {', '.join(PATHS)}")
+        self.provider, self.precision, self.folder_key = PATHS[self.name]
         import numpy as np
 
         from latentrt import Pipeline
@@ -25,7 +42,9 @@ class LatentrtSystem(System):
         self.Pipeline = Pipeline
 
     def load(self) -> None:
-        self.pipe = self.Pipeline.from_folder(self.cfg["folders"]["latentrt"], provider="cpu", threads=self.cfg["threads"])
+        options = {} if self.precision is None else {"precision": self.precision}
+        self.pipe = self.Pipeline.from_folder(self.cfg["folders"][self.folder_key], provider=self.provider,
+                                              threads=self.cfg["threads"], **options)
 
     def prepare(self) -> None:
         from latentrt.runtime.schedulers import create_scheduler
@@ -66,8 +85,11 @@ class LatentrtSystem(System):
 
     def info(self):
         return {
-            "versions": versions("latentrt", "onnxruntime", "numpy", "tokenizers"),
-            "providers": self.pipe.unet.providers,
+            "versions": versions("latentrt", "onnxruntime", "openvino", "numpy", "tokenizers"),
+            "provider": self.provider,
+            "precision": getattr(self.pipe, "precision", None) or "fp32",  # what the pipeline actually runs
+            "folder": self.cfg["folders"][self.folder_key],
+            "providers": getattr(self.pipe.unet, "providers", None),
             "intra_op_threads": self.cfg["threads"],
             "pipeline_timings": getattr(self, "timings", None),
         }

@@ -88,6 +88,7 @@ class OptimumSystem(System):
     def info(self):
         return {
             "versions": versions("optimum", "optimum-onnx", "onnxruntime", "diffusers", "transformers", "torch", "numpy"),
+            "precision": "fp32",
             "providers": self.pipe.unet.session.get_providers(),
             "intra_op_threads": self.cfg["threads"],
             "scheduler": type(self.pipe.scheduler).__name__,

@@ -17,23 +17,24 @@ Everything is local: HF_HUB_OFFLINE=1 is set before any Hugging Face import, so 
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-os.environ.setdefault("DISABLE_TELEMETRY", "1")
+ROOT = Path(__file__).resolve().parents[3]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+# folders saved with transformers 5 (main venv) read by this venv's transformers 4 (see README.md)
+from benchmarks.peers.compat import export_atomically, go_offline, needs_slow_tokenizer_files  # noqa: E402
+
+go_offline()  # before any Hugging Face import
 
 SCHEDULERS = {
     "pndm": "PNDMScheduler",
@@ -59,104 +60,15 @@ def _versions() -> dict[str, str]:
     return out
 
 
-# ------------------------------------------------------------------------------------- tokenizer
-
-
-def _needs_slow_tokenizer_files(tok_dir: Path) -> bool:
-    """True for a tokenizer folder saved by transformers 5: tokenizer.json only, no vocab.json/merges.txt.
-
-    transformers 4.x (this venv) loads `CLIPTokenizer` as the slow Python tokenizer, which reads
-    vocab.json and merges.txt and fails on such a folder ("expected str ... not NoneType").
-    """
-    return (tok_dir / "tokenizer.json").is_file() and not (
-        (tok_dir / "vocab.json").is_file() and (tok_dir / "merges.txt").is_file()
-    )
-
-
-def _write_slow_tokenizer_files(tokenizer_json: Path, out_dir: Path) -> None:
-    """vocab.json and merges.txt from a BPE tokenizer.json (the files a slow CLIPTokenizer reads)."""
-    model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
-    if model.get("type") != "BPE":
-        raise SystemExit(f"{tokenizer_json}: expected a BPE tokenizer, got {model.get('type')!r}")
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (out_dir / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
-    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
-
-
-def _text_encoder_needs_prefix(te_dir: Path) -> bool:
-    """True when a CLIPTextModel was saved by transformers 5 (keys `embeddings.*`, `encoder.*`, ...).
-
-    transformers 4.x expects `text_model.embeddings.*`: it would load nothing, warn, and export a
-    text encoder with freshly initialized random weights. Checkpoints saved by transformers 4
-    (every published SD folder) already have the prefix.
-    """
-    path = te_dir / "model.safetensors"
-    if not path.is_file() or not (te_dir / "config.json").is_file():
-        return False
-    if json.loads((te_dir / "config.json").read_text()).get("architectures") != ["CLIPTextModel"]:
-        return False
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        keys = list(f.keys())
-    return bool(keys) and not any(k.startswith("text_model.") for k in keys)
-
-
-def _shim_source(src: Path, scratch: Path) -> Path:
-    """`src` itself, or a view of it (symlinks) that transformers 4 reads as transformers 5 meant.
-
-    Two differences between a folder saved with transformers 5 and what this venv's transformers 4
-    reads: tokenizer/ without vocab.json + merges.txt, and text_encoder/ weights without the
-    `text_model.` prefix. The view adds the tokenizer files and a re-keyed copy of the weights.
-    """
-    fix_tok = _needs_slow_tokenizer_files(src / "tokenizer")
-    fix_te = _text_encoder_needs_prefix(src / "text_encoder")
-    if not (fix_tok or fix_te):
-        return src
-    view = scratch / "src"
-    view.mkdir(parents=True)
-    for entry in src.iterdir():
-        if (entry.name == "tokenizer" and fix_tok) or (entry.name == "text_encoder" and fix_te):
-            (view / entry.name).mkdir()
-            for sub in entry.iterdir():
-                if not (fix_te and sub.name == "model.safetensors" and entry.name == "text_encoder"):
-                    (view / entry.name / sub.name).symlink_to(sub.resolve())
-        else:
-            (view / entry.name).symlink_to(entry.resolve())
-    if fix_tok:
-        _write_slow_tokenizer_files(src / "tokenizer" / "tokenizer.json", view / "tokenizer")
-        print("note: tokenizer/ has tokenizer.json only; wrote vocab.json + merges.txt for transformers 4",
-              file=sys.stderr)
-    if fix_te:
-        from safetensors.numpy import load_file, save_file
-
-        tensors = load_file(str(src / "text_encoder" / "model.safetensors"))
-        save_file({"text_model." + k: v for k, v in tensors.items()},
-                  str(view / "text_encoder" / "model.safetensors"), metadata={"format": "pt"})
-        print("note: text_encoder/ weights saved by transformers 5 (no `text_model.` prefix); "
-              "re-keyed them for transformers 4", file=sys.stderr)
-    return view
-
-
 # ----------------------------------------------------------------------------------------- export
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from optimum.exporters.onnx import main_export
 
-    src, out = Path(args.src).resolve(), Path(args.out).resolve()
-    if not (src / "model_index.json").is_file():
-        raise SystemExit(f"{src} is not a diffusers folder: model_index.json is missing")
-    if out.exists():
-        raise SystemExit(f"{out} already exists: remove it or choose another output folder")
-    # Export into a sibling temp folder, then rename: a failed export leaves no half folder behind.
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    scratch = Path(tempfile.mkdtemp(prefix="optimum-export-"))
-    try:
+    def export(src: Path, tmp: Path) -> None:
         main_export(
-            model_name_or_path=str(_shim_source(src, scratch)),
+            model_name_or_path=str(src),
             output=tmp,
             task="text-to-image",
             opset=args.opset,
@@ -166,26 +78,17 @@ def cmd_export(args: argparse.Namespace) -> None:
             local_files_only=True,
             do_validation=args.validate,
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if args.tokenizer_json:
-        # optimum writes the slow tokenizer's files only (vocab.json, merges.txt, configs); add the
-        # tokenizer.json that the `tokenizers` library loads (not part of optimum's own output)
-        from transformers import CLIPTokenizerFast
+        if args.tokenizer_json:
+            # optimum writes the slow tokenizer's files only (vocab.json, merges.txt, configs); add the
+            # tokenizer.json that the `tokenizers` library loads (not part of optimum's own output)
+            from transformers import CLIPTokenizerFast
 
-        CLIPTokenizerFast.from_pretrained(str(tmp / "tokenizer")).backend_tokenizer.save(
-            str(tmp / "tokenizer" / "tokenizer.json")
-        )
-    # model_index.json records where the export read from: the real source, not the temporary view
-    index = tmp / "model_index.json"
-    meta = json.loads(index.read_text())
-    meta["_name_or_path"] = str(src)
-    index.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp.rename(out)
-    print(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 3), "versions": _versions()}))
+            CLIPTokenizerFast.from_pretrained(str(tmp / "tokenizer")).backend_tokenizer.save(
+                str(tmp / "tokenizer" / "tokenizer.json")
+            )
+
+    out, seconds = export_atomically(args.src, args.out, export)
+    print(json.dumps({"out": str(out), "seconds": round(seconds, 3), "versions": _versions()}))
 
 
 # ------------------------------------------------------------------------------------- pipelines
@@ -214,7 +117,7 @@ def load_pipeline(folder: str | Path, scheduler: str | None = None, threads: int
     from optimum.onnxruntime import ORTStableDiffusionPipeline
 
     extra = {}
-    if _needs_slow_tokenizer_files(Path(folder) / "tokenizer"):
+    if needs_slow_tokenizer_files(Path(folder) / "tokenizer"):
         # tokenizer.json only (transformers 5 or latentrt): the fast tokenizer reads it directly
         from transformers import CLIPTokenizerFast
 

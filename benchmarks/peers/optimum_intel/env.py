@@ -1,0 +1,26 @@
+"""optimum-intel's own virtual environment, built once and driven through subprocess.
+
+optimum-intel 2.2.0 pins transformers < 5.6 and huggingface_hub < 1.22, which latentrt's main environment
+(transformers 5.24, huggingface_hub 2.x, diffusers 0.42) does not accept, so it lives in a venv of its own
+under `$LATENTRT_CACHE/optimum-intel-venv` (default `~/.cache/latentrt/optimum-intel-venv`); `worker.py`
+(export) and benchmarks/systems/optimum_intel_worker.py (the bench system) run in it.
+
+    from benchmarks.peers.optimum_intel.env import ENV
+    ENV.run_worker(["export", "my-diffusers-folder", "my-openvino-folder"])
+
+`python -m benchmarks.peers.optimum_intel.env` builds the venv (if needed) and prints its path.
+Standard library only: this module is imported from the main environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.peers.venv import PeerEnv
+
+HERE = Path(__file__).resolve().parent
+ENV = PeerEnv("optimum-intel", HERE / "requirements.txt", worker=HERE / "worker.py",
+              no_deps=HERE / "requirements-no-deps.txt")
+
+if __name__ == "__main__":
+    ENV.main()

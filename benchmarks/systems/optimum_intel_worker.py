@@ -1,0 +1,91 @@
+"""optimum-intel's OVStableDiffusionPipeline (OpenVINO, CPU) on its own export: the peer a CPU user picks.
+
+Runs with the interpreter of optimum-intel's virtual environment (benchmarks/peers/optimum_intel/env.py),
+never in latentrt's, on the folder `optimum-cli export openvino` wrote from the benchmark's diffusers folder
+(made once by the harness). The configuration optimum-intel's documentation gives for speed:
+
+- `from_pretrained(folder, compile=False, ov_config={"INFERENCE_NUM_THREADS": threads})`: the benchmark's
+  thread count (optimum-intel adds PERFORMANCE_HINT=LATENCY itself);
+- `pipe.reshape(batch_size=B, height=H, width=W, num_images_per_prompt=1)` then `pipe.compile()`: every
+  network compiled for the benchmark's static shapes. Load time includes reading, reshaping and compiling;
+- OpenVINO's default precision (INFERENCE_PRECISION_HINT: bf16 where the CPU has bf16 instructions); the
+  precision each compiled network got is in the report's info;
+- no model cache: optimum-intel sets OpenVINO's CACHE_DIR only for GPU devices, so on CPU every process
+  compiles from the IR (cold). The harness's `optimum_intel_model_cache` option sets CACHE_DIR to a folder
+  beside the export, for the cached figure.
+
+The pipeline is diffusers' StableDiffusionPipeline code over OpenVINO networks, so the stages are timed
+where diffusers' are: `encode_prompt`, the UNet wrapper's `forward` (what `pipe.unet(...)` calls), and
+`vae.decode`; the warm-up and the scheduler set-up are DiffusersSystem's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.systems.diffusers_worker import DiffusersSystem  # noqa: E402
+from benchmarks.systems.protocol import System, run, versions  # noqa: E402
+
+
+class OptimumIntelSystem(DiffusersSystem):
+    name = "optimum-intel"
+
+    def __init__(self, cfg):
+        System.__init__(self, cfg)
+        import numpy as np
+        import torch
+        from optimum.intel import OVStableDiffusionPipeline
+
+        torch.set_num_threads(cfg["threads"])  # the pipeline's scheduler math and guidance run in torch
+        self.np, self.torch, self.cls = np, torch, OVStableDiffusionPipeline
+
+    def load(self) -> None:
+        cfg = self.cfg
+        folder = Path(cfg["folders"]["optimum-intel"])
+        ov_config = {"INFERENCE_NUM_THREADS": int(cfg["threads"])}
+        if cfg.get("optimum_intel_model_cache"):
+            ov_config["CACHE_DIR"] = str(folder.parent / "optimum-intel-model-cache")
+        pipe = self.cls.from_pretrained(str(folder), compile=False, device="CPU", ov_config=ov_config)
+        batch = int(cfg.get("batch", 1))
+        pipe.reshape(batch_size=batch, height=cfg["height"], width=cfg["width"], num_images_per_prompt=1)
+        if cfg["guidance"] <= 1.0:
+            # optimum-intel's reshape always doubles the UNet batch for classifier-free guidance; without
+            # CFG the pipeline sends batch B, which a static batch-2B UNet refuses
+            unet = pipe.unet.model
+            shapes = {}
+            for port in unet.inputs:
+                shape = port.get_partial_shape()
+                if port.get_any_name() != "timestep" and shape.rank.get_length() > 0:
+                    shape[0] = batch
+                shapes[port] = shape
+            unet.reshape(shapes)
+        pipe.compile()
+        pipe.set_progress_bar_config(disable=True)
+        self.pipe = pipe
+
+    def info(self):
+        pipe = self.pipe
+        compiled = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae_decoder": pipe.vae_decoder}
+        # what each compiled network runs in: OpenVINO's element type name ("bf16", "f32")
+        precisions = {name: part.request.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+                      for name, part in compiled.items()}
+        return {
+            "versions": versions("optimum-intel", "optimum", "openvino", "torch", "diffusers", "transformers", "numpy"),
+            "precision": {"f32": "fp32", "f16": "fp16"}.get(precisions["unet"], precisions["unet"]),
+            "inference_precision": precisions,
+            "inference_num_threads": {name: int(part.request.get_property("INFERENCE_NUM_THREADS")) for name, part in compiled.items()},
+            "performance_hint": str(pipe.unet.request.get_property("PERFORMANCE_HINT")),
+            "static_shapes": not pipe.is_dynamic,
+            "unet_input_shapes": {p.get_any_name(): str(p.get_partial_shape()) for p in pipe.unet.model.inputs},
+            "model_cache": pipe.ov_config.get("CACHE_DIR") or "none (optimum-intel sets CACHE_DIR only for GPU devices)",
+            "scheduler": type(pipe.scheduler).__name__,
+        }
+
+
+if __name__ == "__main__":
+    run(OptimumIntelSystem)
