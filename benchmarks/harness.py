@@ -474,14 +474,18 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "folders": {k: str(v) for k, v in folders.items()},
         "latents": str(workdir / "latents.npy"),
         "batch": settings["batch"],
+        # latentrt's OpenVINO compiled models: a folder of this run's own, empty until the warm-up round
+        "latentrt_cache_dir": str(workdir / "latentrt-compiled"),
         "warmup": 1,
         "optimum_intel_model_cache": cfg.optimum_intel_model_cache,
     }
     load_before = os.getloadavg()
+    first_loads: dict[str, float] = {}
     if cfg.warmup_round:
         for system in cfg.systems:
             cfg.progress(f"warm-up round: {system} (load only)")
-            run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")
+            first_loads[system] = run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")["load"]
+            cfg.progress(f"warm-up round: {system:<17} load {first_loads[system]:.2f} s (first process, discarded)")
     reports: dict[str, list[dict]] = {s: [] for s in cfg.systems}
     roofs: list[dict] = []
     participants = list(cfg.systems) + ["roof"]
@@ -513,6 +517,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
             "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
             "import_s": statistics.median(run["import_s"] for run in runs),
+            # the discarded warm-up round's load: OS file cache cold, latentrt's OpenVINO models compiled (not cached)
+            "first_load": first_loads.get(system),
             "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
@@ -746,6 +752,12 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
     if any(precisions.values()):
         lines += ["**Precision** (what each system computes in; every one loads fp32 weights): " + "; ".join(
             f"{name}: {value or 'fp32'}" for name, value in precisions.items()) + ".", ""]
+    first = {name: system.get("first_load") for name, system in systems.items() if system.get("first_load")}
+    if first:
+        lines += ["**First load** (the discarded warm-up round: a fresh process, the OS file cache cold for the model's "
+                  "files; latentrt's OpenVINO path compiles here and fills its compiled-model cache, which the timed runs "
+                  "import; optimum-intel compiles in every load, having no model cache on CPU by default): " + "; ".join(
+                      f"{name} {_fmt_s(value)}{'' if _fmt_s(value).endswith('ms') else ' s'}" for name, value in first.items()) + ".", ""]
     lines += _fast_path_lines(report.get("fast_path"))
     roof = report["roof"]
     if roof.get("unet_flops_per_call"):

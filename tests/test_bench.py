@@ -97,6 +97,36 @@ def test_bench_with_optimum(tiny_src, tmp_path):
     assert set(report["ratios"]["optimum"]["speedup"]) == set(METRICS)
 
 
+def test_bench_latentrt_paths(tiny_src, tmp_path):
+    """latentrt-openvino (OpenVINO, precision auto) and latentrt-int8 (`latentrt quantize` of the export, made once)."""
+    pytest.importorskip("openvino")
+    from benchmarks.harness import _has_quantize
+
+    paths = ["latentrt-openvino"] + (["latentrt-int8"] if _has_quantize() else [])
+    out = tmp_path / "bench.json"
+    args = ["bench", str(tiny_src), "--runs", "1", "--steps", "2", "--threads", "1", "--systems",
+            ",".join([*paths, "diffusers"]), "--cache", str(tmp_path / "cache"), "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+    assert list(report["systems"]) == [*paths, "diffusers"]
+    ov = report["systems"]["latentrt-openvino"]
+    _check_system(ov)
+    assert ov["info"]["provider"] == "openvino" and ov["modules_imported"] == []
+    assert ov["info"]["precision"] in ("bf16", "fp32")  # auto: bf16 where the CPU runs it natively
+    # the warm-up round compiled into this run's own folder; the timed run imported the compiled models
+    assert ov["first_load"] > 0 and ov["info"]["compiled_models_in_cache_before_load"] >= 3
+    assert report["agreement_vs_reference"]["latentrt-openvino"]["psnr_db"] > 20
+    assert report["ratios"] == {}  # `ratios` is against latentrt (ONNX Runtime fp32), not run here
+    assert set(report["ratios_by_latentrt_path"]) == set(paths)
+    assert report["fast_path"]["system"] in paths
+    if "latentrt-int8" in paths:
+        int8 = report["systems"]["latentrt-int8"]
+        assert int8["info"]["folder"] == report["folders"]["latentrt-int8"] != report["folders"]["latentrt"]
+        assert "int8" in int8["info"]["precision"] and int8["info"]["provider"] == "cpu"
+        assert report["agreement_vs_reference"]["latentrt-int8"]["psnr_db"] > 10
+
+
 # ------------------------------------------------------------------ the harness's tables (no process started)
 
 
