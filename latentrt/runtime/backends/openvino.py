@@ -100,7 +100,8 @@ class OpenVinoModel:
         blob = self._blob_path(shapes)
         if blob is not None and blob.is_file():
             try:
-                compiled = core().import_model(io.BytesIO(blob.read_bytes()), DEVICE, self.config)
+                # tensor_from_file maps the blob instead of reading a copy of it into Python
+                compiled = core().import_model(import_openvino().tensor_from_file(str(blob)), DEVICE, self.config)
                 logger.info("%s: compiled model for %s imported from %s", self.name, shapes, blob)
                 return compiled
             except (RuntimeError, OSError) as exc:
