@@ -118,6 +118,49 @@ def export(
 
 
 @app.command()
+def quantize(
+    model: Path = typer.Argument(..., help="ONNX model folder with an fp32 UNet (from `latentrt export`)."),
+    out: Path = typer.Argument(..., help="Model folder to write (the UNet in int8)."),
+    prompts: Optional[Path] = typer.Option(None, "--prompts", help="Calibration prompts, one per line (default: a built-in list)."),
+    samples: int = typer.Option(32, "--samples", help="Calibration samples: UNet inputs recorded across the timestep range."),
+    steps: int = typer.Option(10, "--steps", help="Steps of each calibration generation."),
+    guidance: float = typer.Option(7.5, "--guidance", help="Guidance of the calibration generations (> 1: both CFG halves are seen)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Sampler of the calibration generations (default: the model's)."),
+    height: Optional[int] = typer.Option(None, "--height", help="Calibration height (default: the native size, at most 256)."),
+    width: Optional[int] = typer.Option(None, "--width", help="Calibration width (default: the native size, at most 256)."),
+    keep_float: str = typer.Option(
+        "conv_in,conv_out,time_embedding", "--keep-float",
+        help="Parts left in float, comma-separated: conv_in, conv_out, time_embedding, text_projections; 'none' for none.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the calibration generations."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (only after the new folder is complete)."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Quantize a model folder's UNet to static int8 (QDQ, U8S8) for ONNX Runtime, calibrated on its own generations."""
+    _setup_logging(verbose)
+    try:
+        from latentrt.export.quantize import QuantizeError, quantize_folder, read_prompt_file
+    except ImportError as exc:
+        _fail(f"quantize needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
+    parts = [] if keep_float.strip().lower() == "none" else [p.strip() for p in keep_float.split(",") if p.strip()]
+    try:
+        prompt_list = read_prompt_file(prompts) if prompts is not None else None
+        result = quantize_folder(
+            model, out, prompts=prompt_list, prompts_source=str(prompts) if prompts is not None else None,
+            samples=samples, steps=steps, guidance_scale=guidance, scheduler=scheduler, height=height, width=width,
+            seed=seed, float_parts=parts, force=force, report=typer.echo,
+        )
+    except (QuantizeError, FileExistsError) as exc:
+        _fail(str(exc))
+    sizes = result.sizes
+    typer.echo(
+        f"wrote {out} in {result.seconds:.1f} s (calibration {result.calibration_seconds:.1f} s, quantization "
+        f"{result.quantize_seconds:.1f} s); UNet {sizes['fp32'] / 1e6:.1f} MB -> {sizes['int8'] / 1e6:.1f} MB, "
+        f"{sum(result.quantized_nodes.values())} nodes int8, {sum(len(v) for v in result.float_nodes.values())} kept float"
+    )
+
+
+@app.command()
 def info(
     model: Optional[Path] = typer.Argument(None, help="ONNX model folder (default: the shipped model)."),
     verify: bool = typer.Option(False, "--verify", help="Check every file's sha256 against the manifest."),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 import time
 import warnings
@@ -24,6 +23,7 @@ from latentrt import __version__
 from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
+from latentrt.export.folder_io import EXTERNAL_DATA_NAME, partial_folder, replace_folder, save_component_model
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.runtime.folder import file_sha256
@@ -31,8 +31,6 @@ from latentrt.runtime.folder import file_sha256
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf's hard limit is 2 GiB; stay under it
-EXTERNAL_DATA_NAME = "model.onnx_data"
 REQUIRED_SOURCE_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
 
 
@@ -97,7 +95,7 @@ def export_pipeline(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     started = time.perf_counter()
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp = partial_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -108,22 +106,12 @@ def export_pipeline(
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace(tmp, out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def check_defaults(defaults: dict | None) -> dict | None:
@@ -245,32 +233,10 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, rew
         rewritten["fused_attention"] = fuse_attention(model)
     if rewrites.get("compact_weights"):
         rewritten["fp16_stored_weights"] = store_exact_fp16(model)
-    weights = sum(_tensor_bytes(t) for t in model.graph.initializer)
-    target = folder / "model.onnx"
-    if weights > EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(
-            model,
-            str(target),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=EXTERNAL_DATA_NAME,
-            size_threshold=1024,
-        )
-        files = ["model.onnx", EXTERNAL_DATA_NAME]
-    else:
-        onnx.save_model(model, str(target))
-        files = ["model.onnx"]
+    files = save_component_model(model, folder)
     del model
     shutil.rmtree(scratch)
     return files, rewritten
-
-
-def _tensor_bytes(tensor) -> int:
-    import onnx
-
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
-        return next((int(e.value) for e in tensor.external_data if e.key == "length"), 0)
-    return len(tensor.raw_data) if tensor.raw_data else 0
 
 
 def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int) -> dict:

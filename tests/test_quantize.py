@@ -1,0 +1,165 @@
+"""`latentrt quantize`: static QDQ int8 UNet, calibrated on the folder's own generations (the shipped model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from latentrt.cli import app
+from latentrt.export.quantize import QuantizeError, plan_samples, quantize_folder
+from latentrt.export.validate import image_psnr
+from latentrt.models import default_model_path
+from latentrt.runtime.folder import file_sha256
+from latentrt.runtime.pipeline import Pipeline
+
+runner = CliRunner()
+SHAPES = default_model_path()
+PROMPTS = [
+    "a red circle at the top left on a white background",
+    "a blue triangle at the bottom right on a gray background",
+    "a yellow square at the middle center on a black background",
+    "a green triangle at the top center on a white background",
+]
+# Measured on these four prompts (seed 7) with the fixture's calibration (8 samples, calibration seeds 0 and 1): 52.8-57.0 dB;
+# on the 537 images of training/shapes/int8.py (default calibration): median 55 dB, min 43 dB.
+MIN_PSNR_DB = 45.0
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "shapes-int8"
+    quantize_folder(SHAPES, out, samples=8, steps=4)
+    return out
+
+
+def test_int8_folder_generates_close_to_fp32(int8_folder):
+    fp32 = Pipeline.from_folder(SHAPES, provider="cpu")
+    int8 = Pipeline.from_folder(int8_folder, provider="cpu")
+    a = fp32(PROMPTS, seed=7).arrays
+    b = int8(PROMPTS, seed=7).arrays
+    assert np.isfinite(int8(PROMPTS[:1], seed=7).latents).all()
+    psnr = [image_psnr(x, y) for x, y in zip(a, b)]
+    assert min(psnr) >= MIN_PSNR_DB, psnr
+    assert max(psnr) < 100, "the int8 folder draws exactly the fp32 images: nothing was quantized"
+
+
+def test_unet_graph_is_qdq_int8_with_edges_in_float(int8_folder):
+    model = onnx.load(str(int8_folder / "unet" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QuantizeLinear") > 20 and ops.count("DequantizeLinear") > 20
+    inits = {t.name: t for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    int8_weights = [t for t in inits.values() if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert len(int8_weights) >= 70  # 41 convolutions + 40 matmuls minus the edges
+    quantized_zero_points = [inits[n.input[2]] for n in model.graph.node
+                             if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    assert quantized_zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in quantized_zero_points)
+    convs = {n.name: n for n in model.graph.node if n.op_type == "Conv"}
+    # conv_in and conv_out read float weights; the others read dequantized int8 weights (per channel)
+    for name in ("/model/conv_in/Conv", "/model/conv_out/Conv"):
+        assert inits[convs[name].input[1]].data_type == onnx.TensorProto.FLOAT
+    inner = producer[convs["/model/down_blocks.0/resnets.0/conv1/Conv"].input[1]]
+    assert inner.op_type == "DequantizeLinear" and inits[inner.input[0]].data_type == onnx.TensorProto.INT8
+    assert len(inits[inner.input[1]].dims) == 1 and inits[inner.input[1]].dims[0] > 1  # one scale per channel
+    assert not any(n.op_type == "QuantizeLinear" and "time_embedding" in n.name for n in model.graph.node)
+
+
+def test_manifest_records_quantization_and_verifies(int8_folder):
+    manifest = json.loads((int8_folder / "manifest.json").read_text())
+    source = json.loads((SHAPES / "manifest.json").read_text())
+    q = manifest["quantization"]
+    assert q["calibration"]["samples"] == 8 and q["calibration"]["steps"] == 4
+    assert q["calibration"]["height"] == q["calibration"]["width"] == 64  # the native size (< 256)
+    assert q["calibration"]["prompts_count"] >= 8 and q["calibration"]["guidance_scale"] > 1
+    assert q["calibration"]["scheduler"] == "dpm++2m" and q["calibration"]["method"] == "MinMax"
+    assert len(q["calibration"]["timesteps"]) >= 4  # spread over the trajectory, not only the first step
+    assert q["float_nodes"]["conv_in"] == ["/model/conv_in/Conv"]
+    assert q["float_nodes"]["conv_out"] == ["/model/conv_out/Conv"]
+    assert len(q["float_nodes"]["time_embedding"]) == 13
+    assert q["versions"]["onnxruntime"]
+    unet = manifest["components"]["unet"]
+    assert unet["precision"] == "int8-qdq" and source["components"]["unet"]["precision"] == "fp32"
+    assert unet["files"]["model.onnx"]["sha256"] == file_sha256(int8_folder / "unet" / "model.onnx")
+    assert unet["files"]["model.onnx"]["sha256"] != source["components"]["unet"]["files"]["model.onnx"]["sha256"]
+    for name in ("text_encoder", "vae_decoder", "vae_encoder"):
+        assert manifest["components"][name] == source["components"][name]
+    for rel in ("tokenizer/tokenizer.json", "scheduler/scheduler_config.json", "text_encoder/model.onnx", "unet/config.json"):
+        assert (int8_folder / rel).read_bytes() == (SHAPES / rel).read_bytes()
+    assert manifest["defaults"] == source["defaults"]
+    result = runner.invoke(app, ["info", str(int8_folder), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "int8-qdq" in result.output and "all files match" in result.output
+
+
+def test_refuses_an_already_quantized_folder(int8_folder, tmp_path):
+    with pytest.raises(QuantizeError, match="already quantized"):
+        quantize_folder(int8_folder, tmp_path / "again")
+    # a manifest that does not say so: the graph's QuantizeLinear nodes do
+    copy = tmp_path / "unlabelled"
+    shutil.copytree(int8_folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    del manifest["quantization"]
+    manifest["components"]["unet"]["precision"] = "fp32"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["quantize", str(copy), str(tmp_path / "again")])
+    assert result.exit_code == 2 and "QuantizeLinear" in result.output
+    assert not (tmp_path / "again").exists()
+
+
+def test_failure_leaves_no_out_and_keeps_an_existing_one(tmp_path, monkeypatch):
+    import onnxruntime.quantization
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("quantizer exploded")
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_static", broken)
+    out = tmp_path / "int8"
+    with pytest.raises(RuntimeError, match="exploded"):
+        quantize_folder(SHAPES, out, samples=2, steps=2)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="exploded"):
+        quantize_folder(SHAPES, out, samples=2, steps=2, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["int8"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_input_gives_clear_errors(tmp_path):
+    def run(*args):
+        result = runner.invoke(app, ["quantize", *map(str, args)])
+        assert result.exit_code == 2, result.output
+        return result.output
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no unet/model.onnx" in run(empty, tmp_path / "o1") and "latentrt export" in run(empty, tmp_path / "o1")
+    assert "is not a folder" in run(tmp_path / "missing", tmp_path / "o1")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    assert "--force" in run(SHAPES, existing)
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n   \n\n")
+    assert "no prompts" in run(SHAPES, tmp_path / "o2", "--prompts", blank)
+    assert "does not exist" in run(SHAPES, tmp_path / "o2", "--prompts", tmp_path / "nope.txt")
+    assert "samples must be an integer of at least 1" in run(SHAPES, tmp_path / "o2", "--samples", 0)
+    assert "more prompts or more --steps" in run(SHAPES, tmp_path / "o2", "--samples", 1000, "--steps", 2)
+    assert "unknown float parts" in run(SHAPES, tmp_path / "o2", "--keep-float", "conv_in,attention")
+    assert not any(p.name.startswith(("o1", "o2", ".o1", ".o2")) for p in tmp_path.iterdir())
+
+
+def test_plan_spreads_samples_over_prompts_and_the_whole_trajectory():
+    plan = plan_samples(prompts=4, calls=10, samples=8)
+    assert sorted(plan) == [0, 1, 2, 3]  # every prompt
+    calls = sorted(c for cs in plan.values() for c in cs)
+    assert calls[0] == 0 and calls[-1] == 9 and len(set(calls)) == 8  # first and last step, no repeats
+    assert all(len(cs) == 2 for cs in plan.values())
+    full = plan_samples(prompts=2, calls=3, samples=6)  # every (prompt, call) pair once
+    assert full == {0: [0, 1, 2], 1: [0, 1, 2]}
+    with pytest.raises(QuantizeError, match="more prompts"):
+        plan_samples(prompts=2, calls=3, samples=7)
