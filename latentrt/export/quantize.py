@@ -391,16 +391,30 @@ def float_nodes(model, parts: Iterable[str]) -> dict[str, list[str]]:
     return found
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """ORT's quantizer logs, twice, advice to run its quant_pre_process first. On these graphs its symbolic shape
+    inference stops ("Incomplete symbolic shape inference"), and without it (graph optimisation + ONNX shape
+    inference) the shipped model gave the same int8 images and one-call error: load_float_unet gives the
+    quantizer what it needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
 @contextlib.contextmanager
-def _temporary_files_in(folder: Path):
-    """ORT's quantizer writes its scratch models (the augmented copy of the UNet) with `tempfile`; keep them
+def _ort_quantizer_context(folder: Path):
+    """ORT's quantizer writes its scratch models (the augmented copy of the UNet) with `tempfile`: keep them
     inside OUT's hidden temporary folder, so that they are removed with it, and off a small /tmp."""
     previous = tempfile.tempdir
     tempfile.tempdir = str(folder)
+    advice = _NoPreprocessAdvice()
+    root = logging.getLogger()
+    root.addFilter(advice)
     try:
         yield
     finally:
         tempfile.tempdir = previous
+        root.removeFilter(advice)
 
 
 def quantize_unet(
@@ -413,7 +427,14 @@ def quantize_unet(
     op_types: Iterable[str] = QUANTIZED_OPS,
     calibration_cache: Path | None = None,
 ) -> dict:
-    """Quantize the UNet at ``source`` (its model.onnx) into the folder ``target``; returns what was done."""
+    """Quantize the UNet at ``source`` (its model.onnx) into the folder ``target``; returns what was done.
+
+    Calibration and quantization run one after the other, each with its own copy of the graph (the ranges pass
+    through ORT's calibration cache file): quantize_static would hold its copy through the calibration too, one
+    more UNet's worth of memory at the peak. ``calibration_cache``: a ranges file to reuse, or to write.
+    """
+    import inspect
+
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -428,11 +449,17 @@ def quantize_unet(
     options = {"ActivationSymmetric": False, "WeightSymmetric": True}
     options.update(extra_options or {})
     quantized_path = scratch / "int8.onnx"
-    with _temporary_files_in(scratch):
+    with _ort_quantizer_context(scratch):
+        reader, cache = _Reader(samples), None
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.24
+            cache = Path(calibration_cache) if calibration_cache else scratch / "ranges.json"
+            if not cache.is_file():
+                _calibrate(float_path, reader, op_types, scratch, cache)
+            reader = None
         quantize_static(
             str(float_path),
             str(quantized_path),
-            _Reader(samples),
+            reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
             per_channel=True,
@@ -443,7 +470,7 @@ def quantize_unet(
             use_external_data_format=True,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options=options,
-            calibration_cache_path=str(calibration_cache) if calibration_cache else None,
+            **({"calibration_cache_path": str(cache)} if cache is not None else {}),
         )
     model = onnx.load(str(quantized_path), load_external_data=True)
     target.mkdir(parents=True, exist_ok=True)
@@ -454,6 +481,21 @@ def quantize_unet(
     shutil.rmtree(scratch, ignore_errors=True)
     return {"files": files, "float_nodes": excluded, "quantized_nodes": quantized, "opset": opset,
             "op_types": list(op_types), "extra_options": options}
+
+
+def _calibrate(float_path: Path, reader: "_Reader", op_types: Iterable[str], scratch: Path, cache: Path) -> None:
+    """ORT's MinMax calibration (what quantize_static runs), its ranges written to ``cache``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(
+        float_path, list(op_types), augmented_model_path=str(scratch / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=True,
+    )
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+    del calibrator
+    for path in scratch.glob("augmented.onnx*"):
+        path.unlink()
 
 
 def _quantized_counts(model) -> dict[str, int]:

@@ -1,0 +1,121 @@
+"""One UNet call, fp32 folder against its `latentrt quantize` folder: time and error, in one process.
+
+    python -m benchmarks.int8_unet /work/bench-cache/sd15-onnx /work/bench-cache/sd15-int8 \
+        [--sizes 256,512] [--threads 2] [--runs 3] [--json benchmarks/results/int8-sd15.json]
+
+Inputs: batch 2 (a CFG pair), Gaussian latents, the fp32 folder's text encoder on a prompt and on "" for
+encoder_hidden_states, timesteps 999, 500 and 50 (the error is reported for each; the time at 500).
+Per size: load seconds, median (min-max) of ``--runs`` calls, fp32 and int8 alternating; the int8 output's
+max abs difference relative to the fp32 output's max abs, and the rms difference relative to its rms. With
+``--profile``, ONNX Runtime's per-op-type time of one int8 call, which shows whether the integer kernels
+(QLinearConv, MatMulIntegerToFloat, QLinearMatMul...) actually run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def session(path: Path, threads: int, profile: bool = False):
+    import onnxruntime as ort
+
+    from latentrt.runtime.session import session_options
+
+    options = session_options(threads)
+    if profile:
+        import tempfile
+
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "int8_unet")
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return sess, time.perf_counter() - t0
+
+
+def text_embeddings(folder: Path) -> np.ndarray:
+    from latentrt.runtime.session import OnnxModel
+    from latentrt.runtime.tokenizer import ClipTokenizer
+
+    tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
+    encoder = OnnxModel("text_encoder", folder / "text_encoder" / "model.onnx", ["CPUExecutionProvider"])
+    ids = tokenizer.encode(["", "a watercolor painting of a fox in a snowy forest"])
+    return encoder(input_ids=ids.astype(np.int64))["last_hidden_state"]  # (2, 77, 768)
+
+
+def op_profile(sess, feeds) -> dict[str, float]:
+    sess.run(None, feeds)
+    trace = json.loads(Path(sess.end_profiling()).read_text())
+    totals: dict[str, float] = {}
+    for event in trace:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            op = event.get("args", {}).get("op_name", "?")
+            totals[op] = totals.get(op, 0.0) + event.get("dur", 0) / 1e6
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="one UNet call: fp32 vs int8 folder")
+    p.add_argument("fp32", type=Path)
+    p.add_argument("int8", type=Path)
+    p.add_argument("--sizes", default="256")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+
+    from benchmarks.harness import machine_info
+
+    ehs = text_embeddings(args.fp32)
+    fp32, fp32_load = session(args.fp32 / "unet" / "model.onnx", args.threads)
+    int8, int8_load = session(args.int8 / "unet" / "model.onnx", args.threads)
+    report = {"machine": machine_info(), "threads": args.threads, "runs": args.runs,
+              "load_s": {"fp32": round(fp32_load, 2), "int8": round(int8_load, 2)}, "sizes": {}}
+    rng = np.random.default_rng(0)
+    for side in (int(s) for s in args.sizes.split(",")):
+        latent = rng.standard_normal((1, 4, side // 8, side // 8), dtype=np.float32)
+        sample = np.concatenate([latent, latent])  # (2, 4, h, w): the CFG pair
+        errors = {}
+        for t in (999.0, 500.0, 50.0):
+            feeds = {"sample": sample, "timestep": np.full((2,), t, np.float32), "encoder_hidden_states": ehs}
+            a = fp32.run(None, feeds)[0].astype(np.float64)
+            b = int8.run(None, feeds)[0].astype(np.float64)
+            errors[str(int(t))] = {
+                "max_rel_error": float(np.abs(b - a).max() / np.abs(a).max()),
+                "rms_rel_error": float(np.sqrt(np.mean((b - a) ** 2)) / np.sqrt(np.mean(a**2))),
+                "finite": bool(np.isfinite(b).all()),
+            }
+        feeds = {"sample": sample, "timestep": np.full((2,), 500.0, np.float32), "encoder_hidden_states": ehs}
+        times = {"fp32": [], "int8": []}
+        for _ in range(args.runs):
+            for name, sess in (("fp32", fp32), ("int8", int8)):
+                t0 = time.perf_counter()
+                sess.run(None, feeds)
+                times[name].append(time.perf_counter() - t0)
+        row = {
+            "errors": errors,
+            "seconds": {k: {"median": statistics.median(v), "min": min(v), "max": max(v)} for k, v in times.items()},
+        }
+        row["speedup"] = row["seconds"]["fp32"]["median"] / row["seconds"]["int8"]["median"]
+        report["sizes"][str(side)] = row
+        print(json.dumps({side: row}, indent=1), flush=True)
+    if args.profile:
+        side = int(args.sizes.split(",")[0])
+        sample = rng.standard_normal((2, 4, side // 8, side // 8), dtype=np.float32)
+        feeds = {"sample": sample, "timestep": np.full((2,), 500.0, np.float32), "encoder_hidden_states": ehs}
+        del int8
+        prof, _ = session(args.int8 / "unet" / "model.onnx", args.threads, profile=True)
+        report["int8_op_seconds"] = op_profile(prof, feeds)
+        print(json.dumps(report["int8_op_seconds"], indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
