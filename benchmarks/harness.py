@@ -505,6 +505,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
             )
     load_after = os.getloadavg()
+    # latentrt's OpenVINO compiled models were for this run only (GBs at SD 1.5 size): not kept
+    shutil.rmtree(Path(worker_cfg["latentrt_cache_dir"]), ignore_errors=True)
 
     systems: dict[str, dict[str, Any]] = {}
     for system, runs in reports.items():
