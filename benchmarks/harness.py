@@ -6,7 +6,8 @@
 
 Systems (SYSTEMS below; each names its worker in WORKERS):
 - latentrt paths: `latentrt` (ONNX Runtime fp32), `latentrt-openvino` (the OpenVINO backend, precision
-  "auto"), `latentrt-int8` (ONNX Runtime on the folder `latentrt quantize` writes from latentrt's export).
+  "auto"), `latentrt-int8` (ONNX Runtime on the folder `latentrt quantize` writes from latentrt's export),
+  `latentrt-openvino-int8` (the OpenVINO backend, precision "auto", on that int8 folder).
 - PyTorch: `diffusers` (fp32, the reference for image agreement) and `diffusers-bf16` (the same pipeline
   under `torch.autocast("cpu", dtype=torch.bfloat16)`).
 - Peers in virtual environments of their own (benchmarks/peers/): `optimum` (ORTStableDiffusionPipeline on
@@ -61,8 +62,9 @@ if str(ROOT) not in sys.path:
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "diffusers", "diffusers-bf16", "optimum", "optimum-intel")
-LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8")
+SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8", "diffusers", "diffusers-bf16",
+           "optimum", "optimum-intel")
+LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
 METRIC_LABELS = {
@@ -77,7 +79,7 @@ METRIC_LABELS = {
 WORKERS = {
     name: ROOT / "benchmarks" / "systems" / f"{module}_worker.py"
     for name, module in {
-        "latentrt": "latentrt", "latentrt-openvino": "latentrt", "latentrt-int8": "latentrt",
+        "latentrt": "latentrt", "latentrt-openvino": "latentrt", "latentrt-int8": "latentrt", "latentrt-openvino-int8": "latentrt",
         "diffusers": "diffusers", "diffusers-bf16": "diffusers",
         "optimum": "optimum", "optimum-intel": "optimum_intel",
     }.items()
@@ -211,12 +213,6 @@ def _peer_export(cfg: BenchConfig, system: str, out: Path, log: Path) -> None:
     log.write_text(proc.stdout + proc.stderr)
 
 
-def _has_quantize() -> bool:
-    from latentrt.cli import app
-
-    return any((c.name or c.callback.__name__) == "quantize" for c in app.registered_commands)
-
-
 def _ensure_int8(cfg: BenchConfig, folder: Path, fp32: Path) -> Path:
     """`latentrt quantize` of latentrt's export, made once; redone when that export changes."""
     out = folder / "latentrt-int8"
@@ -224,9 +220,6 @@ def _ensure_int8(cfg: BenchConfig, folder: Path, fp32: Path) -> Path:
     source = hashlib.sha256((fp32 / "manifest.json").read_bytes()).hexdigest()
     if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().strip() == source:
         return out
-    if not _has_quantize():
-        raise BenchError("latentrt-int8 needs latentrt quantize (the int8 command of issue 9), which this "
-                         "checkout does not have yet: leave latentrt-int8 out of --systems")
     cfg.progress(f"quantizing {fp32} with latentrt quantize into {out} (once; cached)")
     shutil.rmtree(out, ignore_errors=True)
     stamp.unlink(missing_ok=True)
@@ -251,7 +244,7 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
             # in a process of its own: the harness itself never imports torch
             _run_logged([sys.executable, "-c", _EXPORT, cfg.src, out], folder / "export.log")
         folders["latentrt"] = out
-    if "latentrt-int8" in cfg.systems:
+    if {"latentrt-int8", "latentrt-openvino-int8"} & set(cfg.systems):
         folders["latentrt-int8"] = _ensure_int8(cfg, folder, folders["latentrt"])
     if "optimum" in cfg.systems:
         if cfg.optimum_folder == "latentrt":
@@ -474,8 +467,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "folders": {k: str(v) for k, v in folders.items()},
         "latents": str(workdir / "latents.npy"),
         "batch": settings["batch"],
-        # latentrt's OpenVINO compiled models: a folder of this run's own, empty until the warm-up round
-        "latentrt_cache_dir": str(workdir / "latentrt-compiled"),
         "warmup": 1,
         "optimum_intel_model_cache": cfg.optimum_intel_model_cache,
     }
@@ -505,8 +496,6 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
             )
     load_after = os.getloadavg()
-    # latentrt's OpenVINO compiled models were for this run only (GBs at SD 1.5 size): not kept
-    shutil.rmtree(Path(worker_cfg["latentrt_cache_dir"]), ignore_errors=True)
 
     systems: dict[str, dict[str, Any]] = {}
     for system, runs in reports.items():
@@ -519,7 +508,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
             "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
             "import_s": statistics.median(run["import_s"] for run in runs),
-            # the discarded warm-up round's load: OS file cache cold, latentrt's OpenVINO models compiled (not cached)
+            # the discarded warm-up round's load: a fresh process, the OS file cache cold
             "first_load": first_loads.get(system),
             "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
             "modules_imported": runs[-1]["modules"],
@@ -757,8 +746,8 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
     first = {name: system.get("first_load") for name, system in systems.items() if system.get("first_load")}
     if first:
         lines += ["**First load** (the discarded warm-up round: a fresh process, the OS file cache cold for the model's "
-                  "files; latentrt's OpenVINO path compiles here and fills its compiled-model cache, which the timed runs "
-                  "import; optimum-intel compiles in every load, having no model cache on CPU by default): " + "; ".join(
+                  "files; latentrt's OpenVINO paths and optimum-intel compile in every load, neither using a compiled-model "
+                  "cache on CPU by default): " + "; ".join(
                       f"{name} {_fmt_s(value)}{'' if _fmt_s(value).endswith('ms') else ' s'}" for name, value in first.items()) + ".", ""]
     lines += _fast_path_lines(report.get("fast_path"))
     roof = report["roof"]

@@ -17,7 +17,7 @@ PANELS = (
     ("end_to_end", "end to end (s)"),
     ("peak_rss_mb", "peak RSS (MB)"),
 )
-COLORS = {"latentrt": "#1b9e77", "latentrt-openvino": "#0b6e4f", "latentrt-int8": "#66c2a5",
+COLORS = {"latentrt": "#1b9e77", "latentrt-openvino": "#0b6e4f", "latentrt-int8": "#66c2a5", "latentrt-openvino-int8": "#004d33",
           "diffusers": "#d95f02", "diffusers-bf16": "#fc8d62", "optimum": "#7570b3", "optimum-intel": "#e7298a"}
 
 

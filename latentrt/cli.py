@@ -44,8 +44,10 @@ def generate(
         "auto", "--precision", help="auto (the fastest the backend runs natively here: bf16 under OpenVINO on a bf16 CPU), fp32 (parity with PyTorch), bf16."
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Compiled-model cache (default: $LATENTRT_CACHE or ~/.cache/latentrt)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the compiled-model cache."),
+    cache_dir: Optional[Path] = typer.Option(
+        None, "--cache-dir", help="Cache OpenVINO's compiled models in this folder (default: $LATENTRT_CACHE if set, else none)."
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the compiled-model cache, even with $LATENTRT_CACHE."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:

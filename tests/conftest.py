@@ -8,19 +8,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session", autouse=True)
-def private_compiled_model_cache(tmp_path_factory):
-    """Compiled models (OpenVINO) go to a temporary cache, not the user's ~/.cache/latentrt (the peers'
-    virtual environments, also under $LATENTRT_CACHE, stay where they are: building them takes minutes)."""
-    from latentrt.runtime import backend
-
-    root = tmp_path_factory.mktemp("latentrt-cache")
-    original = backend.cache_root
-    backend.cache_root = lambda cache_dir=None: original(cache_dir if cache_dir is not None else root)
-    yield root
-    backend.cache_root = original
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
     """{"sd1": (diffusers folder, onnx folder), "sd2": (...)} with random weights."""

@@ -171,3 +171,11 @@ def test_info_says_what_auto_runs(tiny_sd1):
     runtime = json.loads(result.output)["runtime"]
     assert runtime["auto"] == {"provider": "openvino", "precision": "bf16" if HAS_BF16 else "fp32"}
     assert runtime["exact"] == {"provider": "cpu", "precision": "fp32"} and runtime["bf16"] == HAS_BF16
+
+
+def test_compiled_model_cache_is_opt_in(tiny_sd1, tmp_path, monkeypatch):
+    monkeypatch.delenv("LATENTRT_CACHE", raising=False)
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.cache is None
+    monkeypatch.setenv("LATENTRT_CACHE", str(tmp_path))
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.cache == tmp_path / "openvino"
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino", use_cache=False).backend.cache is None

@@ -3,11 +3,11 @@
     latentrt            ONNX Runtime, CPU provider, on latentrt's export (fp32)
     latentrt-openvino   the OpenVINO backend, precision="auto" (bf16 where the CPU runs it natively), same folder
     latentrt-int8       ONNX Runtime on the int8 folder `latentrt quantize` wrote from that export
+    latentrt-openvino-int8  the OpenVINO backend, precision="auto", on that int8 folder
 
 Load = `Pipeline.from_folder` + `Pipeline.compile(height, width, batch, guidance)`, what a server does after
-loading (OpenVINO compiles each network for the call's static shapes; nothing to do on ONNX Runtime). OpenVINO's
-compiled models go to the harness's per-run folder (`latentrt_cache_dir`): the discarded warm-up round compiles
-and writes them, the timed runs import them, as a user's second process does with latentrt's default cache.
+loading (OpenVINO compiles each network for the call's static shapes; nothing to do on ONNX Runtime). No
+compiled-model cache, as by default: importing a cached SD 1.5 UNet measured slower than compiling it (README).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ PATHS = {
     "latentrt": ("cpu", None, "latentrt"),
     "latentrt-openvino": ("openvino", "auto", "latentrt"),
     "latentrt-int8": ("cpu", None, "latentrt-int8"),
+    "latentrt-openvino-int8": ("openvino", "auto", "latentrt-int8"),
 }
 
 
@@ -49,10 +50,6 @@ class LatentrtSystem(System):
     def load(self) -> None:
         cfg = self.cfg
         options = {} if self.precision is None else {"precision": self.precision}
-        self.cached_models = None
-        if self.provider == "openvino" and cfg.get("latentrt_cache_dir"):
-            options["cache_dir"] = cfg["latentrt_cache_dir"]
-            self.cached_models = len(list(Path(cfg["latentrt_cache_dir"]).rglob("*.blob")))  # before this load
         self.pipe = self.Pipeline.from_folder(cfg["folders"][self.folder_key], provider=self.provider,
                                               threads=cfg["threads"], **options)
         self.pipe.compile(cfg["height"], cfg["width"], int(cfg.get("batch", 1)), cfg["guidance"])
@@ -101,7 +98,6 @@ class LatentrtSystem(System):
             "precision": self.pipe.precision,  # what the pipeline actually runs: "fp32", "bf16", "int8+fp32"
             "folder": self.cfg["folders"][self.folder_key],
             "providers": getattr(self.pipe.unet, "providers", None),
-            "compiled_models_in_cache_before_load": self.cached_models,  # OpenVINO: 0 = compiled in this load
             "intra_op_threads": self.cfg["threads"],
             "pipeline_timings": getattr(self, "timings", None),
         }

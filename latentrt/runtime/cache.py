@@ -1,4 +1,4 @@
-"""Where latentrt keeps what makes the next load fast (OpenVINO's compiled models), and how entries are named.
+"""Where latentrt keeps compiled models (OpenVINO's, opt-in: see `backend.compiled_model_cache`), and how entries are named.
 
 The root is `cache_dir=` / `--cache-dir`, else `$LATENTRT_CACHE`, else `~/.cache/latentrt`. An entry's key
 hashes everything that could make it stale: the model files (the manifest's sha256, or path, size and mtime

@@ -45,8 +45,8 @@ class Pipeline:
 
     provider: "auto" (OpenVINO when the openvino extra is installed, else ONNX Runtime on CPU), "cpu",
     "openvino", "cuda", ...; precision: "auto" (bf16 under OpenVINO on a CPU with bf16, else fp32), "fp32"
-    (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). OpenVINO's compiled models are cached
-    on disk under `cache_dir` (default $LATENTRT_CACHE or ~/.cache/latentrt) unless `use_cache=False`.
+    (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). With `cache_dir` (or $LATENTRT_CACHE)
+    OpenVINO's compiled models are cached on disk there (opt-in: see `backend.compiled_model_cache`).
     """
 
     def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
