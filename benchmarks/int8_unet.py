@@ -1,14 +1,15 @@
 """One UNet call, fp32 folder against its `latentrt quantize` folder: time and error, in one process.
 
     python -m benchmarks.int8_unet /work/bench-cache/sd15-onnx /work/bench-cache/sd15-int8 \
-        [--sizes 256,512] [--threads 2] [--runs 3] [--json benchmarks/results/int8-sd15.json]
+        [--sizes 256,512] [--threads 2] [--runs 3] [--profile] [--json benchmarks/results/int8-sd15.json]
 
-Inputs: batch 2 (a CFG pair), Gaussian latents, the fp32 folder's text encoder on a prompt and on "" for
-encoder_hidden_states, timesteps 999, 500 and 50 (the error is reported for each; the time at 500).
-Per size: load seconds, median (min-max) of ``--runs`` calls, fp32 and int8 alternating; the int8 output's
-max abs difference relative to the fp32 output's max abs, and the rms difference relative to its rms. With
-``--profile``, ONNX Runtime's per-op-type time of one int8 call, which shows whether the integer kernels
-(QLinearConv, MatMulIntegerToFloat, QLinearMatMul...) actually run.
+Inputs: what the UNet sees in use, recorded from a generation of the fp32 folder's own pipeline at each size
+(batch 2: a CFG pair; a prompt and seed that the calibration did not use; the folder's scheduler, 10 steps):
+the first, middle and last calls. The error is reported for each (the int8 output's max abs difference relative
+to the fp32 output's max abs, and the rms difference relative to its rms); the time on the middle one.
+Per size: load seconds, median (min-max) of ``--runs`` calls, fp32 and int8 alternating. With ``--profile``,
+ONNX Runtime's per-op-type time of one int8 call, which shows whether the integer kernels (QLinearConv,
+QLinearMatMul, ...) actually run.
 """
 
 from __future__ import annotations
@@ -38,14 +39,27 @@ def session(path: Path, threads: int, profile: bool = False):
     return sess, time.perf_counter() - t0
 
 
-def text_embeddings(folder: Path) -> np.ndarray:
-    from latentrt.runtime.session import OnnxModel
-    from latentrt.runtime.tokenizer import ClipTokenizer
+PROMPT = "a lighthouse on a cliff above a stormy sea, oil painting"  # not in the calibration's list
+SEED = 1234
 
-    tokenizer = ClipTokenizer.from_folder(folder / "tokenizer")
-    encoder = OnnxModel("text_encoder", folder / "text_encoder" / "model.onnx", ["CPUExecutionProvider"])
-    ids = tokenizer.encode(["", "a watercolor painting of a fox in a snowy forest"])
-    return encoder(input_ids=ids.astype(np.int64))["last_hidden_state"]  # (2, 77, 768)
+
+def trajectory_inputs(folder: Path, side: int, threads: int) -> list[dict]:
+    """The first, middle and last UNet inputs of a 10-step CFG generation with the fp32 pipeline."""
+    from latentrt.runtime.pipeline import Pipeline
+
+    pipe = Pipeline.from_folder(folder, provider="cpu", threads=threads)
+    unet, calls = pipe.unet, []
+
+    class Recorder:
+        inputs, outputs = unet.inputs, unet.outputs
+
+        def __call__(self, **feeds):
+            calls.append({k: v.copy() for k, v in feeds.items()})
+            return unet(**feeds)
+
+    pipe.unet = Recorder()
+    pipe(PROMPT, height=side, width=side, steps=10, guidance_scale=7.5, seed=SEED)
+    return [calls[0], calls[len(calls) // 2], calls[-1]]
 
 
 def op_profile(sess, feeds) -> dict[str, float]:
@@ -72,26 +86,22 @@ def main() -> None:
 
     from benchmarks.harness import machine_info
 
-    ehs = text_embeddings(args.fp32)
+    inputs = {side: trajectory_inputs(args.fp32, side, args.threads) for side in (int(s) for s in args.sizes.split(","))}
     fp32, fp32_load = session(args.fp32 / "unet" / "model.onnx", args.threads)
     int8, int8_load = session(args.int8 / "unet" / "model.onnx", args.threads)
-    report = {"machine": machine_info(), "threads": args.threads, "runs": args.runs,
+    report = {"machine": machine_info(), "threads": args.threads, "runs": args.runs, "prompt": PROMPT, "seed": SEED,
               "load_s": {"fp32": round(fp32_load, 2), "int8": round(int8_load, 2)}, "sizes": {}}
-    rng = np.random.default_rng(0)
-    for side in (int(s) for s in args.sizes.split(",")):
-        latent = rng.standard_normal((1, 4, side // 8, side // 8), dtype=np.float32)
-        sample = np.concatenate([latent, latent])  # (2, 4, h, w): the CFG pair
+    for side, feeds_list in inputs.items():
         errors = {}
-        for t in (999.0, 500.0, 50.0):
-            feeds = {"sample": sample, "timestep": np.full((2,), t, np.float32), "encoder_hidden_states": ehs}
+        for feeds in feeds_list:
             a = fp32.run(None, feeds)[0].astype(np.float64)
             b = int8.run(None, feeds)[0].astype(np.float64)
-            errors[str(int(t))] = {
+            errors[f"t={float(np.ravel(feeds['timestep'])[0]):g}"] = {
                 "max_rel_error": float(np.abs(b - a).max() / np.abs(a).max()),
                 "rms_rel_error": float(np.sqrt(np.mean((b - a) ** 2)) / np.sqrt(np.mean(a**2))),
                 "finite": bool(np.isfinite(b).all()),
             }
-        feeds = {"sample": sample, "timestep": np.full((2,), 500.0, np.float32), "encoder_hidden_states": ehs}
+        feeds = feeds_list[1]
         times = {"fp32": [], "int8": []}
         for _ in range(args.runs):
             for name, sess in (("fp32", fp32), ("int8", int8)):
@@ -106,9 +116,7 @@ def main() -> None:
         report["sizes"][str(side)] = row
         print(json.dumps({side: row}, indent=1), flush=True)
     if args.profile:
-        side = int(args.sizes.split(",")[0])
-        sample = rng.standard_normal((2, 4, side // 8, side // 8), dtype=np.float32)
-        feeds = {"sample": sample, "timestep": np.full((2,), 500.0, np.float32), "encoder_hidden_states": ehs}
+        feeds = next(iter(inputs.values()))[1]
         del int8
         prof, _ = session(args.int8 / "unet" / "model.onnx", args.threads, profile=True)
         report["int8_op_seconds"] = op_profile(prof, feeds)

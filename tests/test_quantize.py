@@ -143,6 +143,7 @@ def test_bad_input_gives_clear_errors(tmp_path):
     existing = tmp_path / "existing"
     existing.mkdir()
     assert "--force" in run(SHAPES, existing)
+    assert "must be a new folder outside MODEL" in run(SHAPES, SHAPES, "--force")
     blank = tmp_path / "blank.txt"
     blank.write_text("\n   \n\n")
     assert "no prompts" in run(SHAPES, tmp_path / "o2", "--prompts", blank)
@@ -163,3 +164,23 @@ def test_plan_spreads_samples_over_prompts_and_the_whole_trajectory():
     assert full == {0: [0, 1, 2], 1: [0, 1, 2]}
     with pytest.raises(QuantizeError, match="more prompts"):
         plan_samples(prompts=2, calls=3, samples=7)
+
+
+def test_reads_weights_from_a_hard_linked_data_file(tmp_path):
+    """onnx.load refuses external data with several hard links (a bench cache links exported folders)."""
+    import os
+
+    from latentrt.export.quantize import load_float_unet
+
+    model = onnx.load(str(SHAPES / "unet" / "model.onnx"))
+    onnx.save_model(model, str(tmp_path / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx_data", size_threshold=1024)
+    os.link(tmp_path / "model.onnx_data", tmp_path / "linked.onnx_data")
+    with pytest.raises(Exception, match="hard link"):
+        onnx.load(str(tmp_path / "model.onnx"))
+    loaded = load_float_unet(tmp_path / "model.onnx")
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in loaded.graph.initializer}
+    reference = load_float_unet(SHAPES / "unet" / "model.onnx")
+    assert len(weights) == len(reference.graph.initializer) > 100
+    for t in reference.graph.initializer:
+        np.testing.assert_array_equal(weights[t.name], onnx.numpy_helper.to_array(t))

