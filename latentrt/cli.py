@@ -152,7 +152,7 @@ def quantize(
             samples=samples, steps=steps, guidance_scale=guidance, scheduler=scheduler, height=height, width=width,
             seed=seed, float_parts=parts, force=force, report=typer.echo,
         )
-    except (QuantizeError, FileExistsError) as exc:
+    except (QuantizeError, ValueError, FileExistsError) as exc:  # QuantizeError: a ValueError that says the fix
         _fail(str(exc))
     sizes = result.sizes
     typer.echo(

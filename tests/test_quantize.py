@@ -184,3 +184,20 @@ def test_reads_weights_from_a_hard_linked_data_file(tmp_path):
     assert len(weights) == len(reference.graph.initializer) > 100
     for t in reference.graph.initializer:
         np.testing.assert_array_equal(weights[t.name], onnx.numpy_helper.to_array(t))
+
+
+def test_quantize_imports_no_torch(tmp_path):
+    """The quantizer is onnx + onnxruntime + latentrt's runtime: it runs without torch, diffusers, transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from latentrt.export.quantize import quantize_folder; "
+        "from latentrt.models import default_model_path; "
+        f"quantize_folder(default_model_path(), Path({str(tmp_path / 'o')!r}), samples=2, steps=2); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "o" / "unet" / "model.onnx").is_file()

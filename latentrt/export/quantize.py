@@ -220,6 +220,8 @@ class _UNetRecorder:
         self.wanted, self.calls = wanted, 0
 
     def __getattr__(self, name):  # anything else the pipeline may ask of its session
+        if name == "session":
+            raise AttributeError(name)
         return getattr(self.session, name)
 
     def __call__(self, **feeds):
@@ -289,13 +291,6 @@ class _Reader:
     def __len__(self) -> int:
         return len(self.samples)
 
-    def set_range(self, start_index: int, end_index: int) -> None:
-        self.samples = self.samples[start_index:end_index]
-        self.index = 0
-
-    def rewind(self) -> None:
-        self.index = 0
-
 
 # --- the graph ----------------------------------------------------------------------------------------------
 
@@ -308,7 +303,6 @@ def load_float_unet(path: Path):
     - ONNX's shape inference does not know com.microsoft ops; their outputs are declared float here so that
       the calibrator knows the type of every tensor it measures.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     model = _load_model(Path(path))
