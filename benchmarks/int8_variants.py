@@ -25,6 +25,8 @@ import numpy as np
 VARIANTS = {
     "default": {},
     "all": {"float_parts": ()},
+    "edges-float": {"float_parts": ("conv_in", "conv_out")},
+    "time-float": {"float_parts": ("time_embedding",)},
     "default+text": {"float_parts": ("conv_in", "conv_out", "time_embedding", "text_projections")},
     "conv-only": {"op_types": ("Conv",)},
     "matmul-float-out": {"extra_options": {"OpTypesToExcludeOutputQuantization": ["MatMul"]}},

@@ -16,8 +16,11 @@ works:
 
 - ``conv_in``: the Conv that reads the ``sample`` input;
 - ``conv_out``: the Conv whose output is the UNet's output (through shape-only ops at most);
+  quantized, these two cost the most: the shipped model's worst image against fp32 falls from 43 to 19 dB,
+  SD 1.5's one-call error rises from 13.5% to 16.4%;
 - ``time_embedding``: every Conv/MatMul/Gemm whose input depends on ``timestep`` but not on ``sample``
-  (the timestep MLP and each ResNet's time projection: a (B, C) vector, no compute worth saving);
+  (the timestep MLP and each ResNet's time projection): quantizing it measured neutral, and gains nothing
+  (Gemms on (B, C) vectors, 4 ms of a 0.7 s SD 1.5 call);
 - ``text_projections`` (opt-in): MatMuls that depend only on ``encoder_hidden_states`` (the
   cross-attention keys and values).
 

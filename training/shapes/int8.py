@@ -31,6 +31,8 @@ log = logging.getLogger("int8")
 VARIANTS: dict[str, dict] = {
     "default": {},  # conv_in, conv_out and the time embedding in float; Conv + MatMul + Gemm quantized
     "all": {"float_parts": ()},
+    "edges-float": {"float_parts": ("conv_in", "conv_out")},  # the time embedding quantized
+    "time-float": {"float_parts": ("time_embedding",)},  # conv_in and conv_out quantized
     "default+text": {"float_parts": ("conv_in", "conv_out", "time_embedding", "text_projections")},
     "conv-only": {"op_types": ("Conv",)},
     "matmul-float-out": {"extra_options": {"OpTypesToExcludeOutputQuantization": ["MatMul"]}},
