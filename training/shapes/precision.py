@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +39,8 @@ def psnr_per_image(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def measure_path(label: str, pipe, splits: dict, reference: dict | None) -> tuple[dict, dict]:
-    t0 = time.perf_counter()
-    drawn = draw(pipe, splits)
-    seconds = time.perf_counter() - t0
-    row: dict = {"path": label, "backend": pipe.provider, "precision": pipe.precision, "seconds": round(seconds, 1)}
+    drawn = draw(pipe, splits)  # speed is the benchmarks' job (benchmarks/results), not this file's
+    row: dict = {"path": label, "backend": pipe.provider, "precision": pipe.precision}
     everything = []
     for split, (images, attrs) in drawn.items():
         row[split] = {"images": len(images), **{k: round(v, 4) for k, v in score(list(images), attrs).items()}}
@@ -64,18 +60,6 @@ def measure_path(label: str, pipe, splits: dict, reference: dict | None) -> tupl
     return row, drawn
 
 
-def time_per_image(pipe, runs: int = 20) -> float:
-    prompt = "a red circle at the top left on a white background"
-    for seed in range(3):
-        pipe(prompt, seed=seed)
-    times = []
-    for seed in range(runs):
-        t0 = time.perf_counter()
-        pipe(prompt, seed=seed)
-        times.append(time.perf_counter() - t0)
-    return round(statistics.median(times), 4)
-
-
 def markdown(report: dict) -> str:
     cols = (*ATTRIBUTES, "all")
     fp32 = report["rows"][0]["all_images"]["all"]
@@ -91,8 +75,8 @@ def markdown(report: dict) -> str:
         f"{GATE_POINTS:g} point of fp32 on `all` (all four attributes right).",
         "",
         "| path | backend | precision | images | " + " | ".join(cols) + " | Δ all vs fp32 (points) | gate | "
-        "identical to fp32 | PSNR median / min (dB) | s per image |",
-        "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | --- | ---: | ---: | ---: |",
+        "identical to fp32 | PSNR median / min (dB) |",
+        "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | --- | ---: | ---: |",
     ]
     for row in report["rows"]:
         r = row["all_images"]
@@ -103,7 +87,7 @@ def markdown(report: dict) -> str:
         gate = "met" if delta >= -GATE_POINTS - 1e-9 else "MISSED"
         lines.append(f"| {row['path']} | {row['backend']} | {row['precision']} | {r['images']} | "
                      + " | ".join(f"{100 * r[c]:.1f}%" for c in cols)
-                     + f" | {delta:+.1f} | {gate} | {same} | {psnr} | {row['seconds_per_image']:.3f} |")
+                     + f" | {delta:+.1f} | {gate} | {same} | {psnr} |")
     lines += ["", "Per split (in-distribution / held-out, `all`): " + "; ".join(
         f"{row['path']} {100 * row['in_distribution']['all']:.1f}% / {100 * row['held_out']['all']:.1f}%" for row in report["rows"]
     ) + ".", ""]
@@ -134,7 +118,6 @@ def main() -> None:
     for label, folder, provider, precision in paths:
         pipe = Pipeline.from_folder(folder, provider=provider, precision=precision, use_cache=False)
         row, drawn = measure_path(label, pipe, splits, reference)
-        row["seconds_per_image"] = time_per_image(pipe)
         reference = reference or drawn
         rows.append(row)
         print(json.dumps(row), flush=True)
