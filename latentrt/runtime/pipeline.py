@@ -77,11 +77,10 @@ class Pipeline:
                 guidance_scale: float | None = None) -> None:
         """Compile every network for one call's shapes now (OpenVINO compiles per shape; ONNX Runtime needs nothing).
 
-        A server or benchmark calls it after loading, so that the first generation at this size does not pay
-        for compilation.
+        `batch` is the number of prompts of that call (with num_images=1). A server or benchmark calls it after
+        loading, so that the first generation at this size does not pay for compilation.
         """
-        compile_for = getattr(self.unet, "compile", None)
-        if compile_for is None:
+        if not hasattr(self.unet, "compile"):  # ONNX Runtime sessions take any shape as they are
             return
         height, width = self._check_size(height, width)
         guidance_scale = self.folder.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
