@@ -29,6 +29,11 @@ pytestmark = [
 ]
 
 TOL = 1e-5
+# Two ill-conditioned configs (zero terminal SNR: the first sigma is ~4096; squaredcos betas predicting the
+# sample) amplify float32 rounding, and numpy/torch take different SIMD code paths on different CPUs: under
+# 1e-5 on the Intel Xeon (AMX) this suite was written on, 6.5e-5 and 3.0e-5 on an AMD EPYC (Zen 4).
+VARIANT_TOL = {"trailing-zsnr-v": 1e-4, "linspace-cos-sample": 1e-4}
+ZSNR_TOL = 5e-4  # the same for any zero-terminal-SNR knob: 1.8e-4 measured on the AMD EPYC
 SHAPE = (1, 4, 8, 8)
 STEPS = (1, 4, 20, 50)
 
@@ -261,7 +266,7 @@ def test_config_variants_match_diffusers(name: str, variant: str) -> None:
         if np.isfinite(expected).all():
             err = rel_err(out, expected)
             _REPORT[f"{name}/{variant}/{steps}"] = err
-            assert err < TOL, f"{name} {variant} {steps} steps: relative error {err:.2e}"
+            assert err < VARIANT_TOL.get(variant, TOL), f"{name} {variant} {steps} steps: relative error {err:.2e}"
 
 
 # Every other key the schedulers honour, one at a time on top of SD 1.5's config (built by diffusers class name,
@@ -321,11 +326,13 @@ def test_config_knobs_match_diffusers(cls_name: str, overrides: dict[str, Any]) 
         expected = run_diffusers(ref, steps, x0, noise_rng=seeds[1])
         assert ours.timesteps.dtype == ref.timesteps.numpy().dtype
         # exact, except Euler's 0.25 * log(sigma) timesteps, where torch's float32 log may differ in the last bit
-        np.testing.assert_allclose(ours.timesteps, ref.timesteps.numpy(), rtol=1e-6, atol=0)
+        # (atol: those timesteps cross zero, where a last-bit difference is a large relative one)
+        np.testing.assert_allclose(ours.timesteps, ref.timesteps.numpy(), rtol=1e-6, atol=1e-6)
         assert ours.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-6)
         err = rel_err(out, expected)
         _REPORT[f"{cls_name}/{'+'.join(overrides)}/{steps}"] = err
-        assert err < TOL, f"{cls_name} {overrides} {steps} steps: relative error {err:.2e}"
+        tol = ZSNR_TOL if overrides.get("rescale_betas_zero_snr") else TOL
+        assert err < tol, f"{cls_name} {overrides} {steps} steps: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("folder_class", sorted({c for c, _ in REFERENCE.values()}))
