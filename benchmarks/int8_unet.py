@@ -1,6 +1,6 @@
 """One UNet call, fp32 folder against its `latentrt quantize` folder: time and error, in one process.
 
-    python -m benchmarks.int8_unet /work/bench-cache/sd15-onnx /work/bench-cache/sd15-int8 \
+    python -m benchmarks.int8_unet <bench-cache>/sd15-onnx <bench-cache>/sd15-int8 \
         [--sizes 256,512] [--threads 2] [--runs 3] [--profile] [--json benchmarks/results/int8-sd15.json]
 
 Inputs: what the UNet sees in use, recorded from a generation of the fp32 folder's own pipeline at each size

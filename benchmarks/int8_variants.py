@@ -1,6 +1,6 @@
 """Which UNet nodes to keep in float, on a big model: one calibration, several choices, one-call error vs fp32.
 
-    python -m benchmarks.int8_variants /work/bench-cache/sd15-onnx /work/q/variants [--samples 32] \
+    python -m benchmarks.int8_variants <bench-cache>/sd15-onnx <out>/variants [--samples 32] \
         [--variants default,all,matmul-float-out,default+text,conv-only]
 
 The calibration inputs are gathered once (`latentrt quantize`'s defaults: built-in prompts, 10 steps, guidance 7.5,
