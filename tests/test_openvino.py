@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from latentrt import Pipeline
 from latentrt.cli import app
-from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from latentrt.export.validate import image_psnr
 from latentrt.runtime import backend as backend_module
 from latentrt.runtime.backends import openvino as ov_backend
 from latentrt.runtime.images import read_parameters
