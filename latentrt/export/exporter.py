@@ -23,7 +23,7 @@ from latentrt import __version__
 from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
-from latentrt.export.folder_io import EXTERNAL_DATA_NAME, partial_folder, replace_folder, save_component_model
+from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
 from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.runtime.folder import file_sha256
@@ -95,10 +95,7 @@ def export_pipeline(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     started = time.perf_counter()
-    tmp = partial_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_folder(out) as tmp:
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
         rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
@@ -106,10 +103,6 @@ def export_pipeline(
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.seconds = time.perf_counter() - started
     return result
 

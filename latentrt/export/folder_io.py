@@ -6,9 +6,11 @@ Torch-free (onnx only): the exporter and the int8 quantizer both write folders t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000  # protobuf's hard limit is 2 GiB; stay under it
 EXTERNAL_DATA_NAME = "model.onnx_data"
@@ -45,6 +47,21 @@ def save_component_model(model, folder: Path) -> list[str]:
         return ["model.onnx", EXTERNAL_DATA_NAME]
     onnx.save_model(model, str(target))
     return ["model.onnx"]
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Build a folder in a hidden temporary path beside ``out`` (not yet created) and rename it into place when
+    the block ends; any error (or Ctrl-C) removes it and leaves ``out`` as it was."""
+    tmp = partial_folder(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def partial_folder(out: Path) -> Path:

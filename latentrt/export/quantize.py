@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from latentrt import __version__
-from latentrt.export.folder_io import EXTERNAL_DATA_NAME, partial_folder, replace_folder, save_component_model
+from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
 from latentrt.runtime.folder import ModelFolder, ModelFolderError, file_sha256
 
 logger = logging.getLogger(__name__)
@@ -616,10 +616,7 @@ def quantize_folder(
     plan_samples(len(prompts), _calls_per_generation(folder, settings), settings.samples)  # too many samples: fail now
 
     result = QuantizeReport(out=out)
-    tmp = partial_folder(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with staged_folder(out) as tmp:  # calibration runs inside: a Ctrl-C leaves nothing behind
         t0 = time.perf_counter()
         feeds = gather_samples(folder, settings, report)
         result.calibration_seconds = time.perf_counter() - t0
@@ -646,10 +643,6 @@ def quantize_folder(
         timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds if "timestep" in f})
         manifest = _manifest(folder, tmp, settings, done, result, timesteps)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     result.seconds = time.perf_counter() - started
     return result
 
