@@ -201,3 +201,17 @@ def test_quantize_imports_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "o" / "unet" / "model.onnx").is_file()
+
+
+def test_quantize_without_the_export_extra_says_which_to_install(monkeypatch, tmp_path):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from latentrt.cli import app
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx now raises ImportError
+    monkeypatch.delitem(sys.modules, "latentrt.export.quantize")  # imported afresh by the command
+    result = CliRunner().invoke(app, ["quantize", "latentrt/models/shapes", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "latentrt[export]" in result.output
+    assert not (tmp_path / "out").exists()

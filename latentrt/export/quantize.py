@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
+import onnx  # the export extra: missing, the import fails here and the CLI says which extra to install
 from numpy.typing import NDArray
 
 from latentrt import __version__
@@ -161,7 +162,6 @@ def check_model(model: str | Path) -> ModelFolder:
 
 
 def graph_is_quantized(path: Path) -> bool:
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)  # the graph only, cheap even for 3.4 GB UNets
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
@@ -345,7 +345,6 @@ def _load_model(path: Path):
     a link), and a benchmark cache or `cp -al` links exported folders. The guard's intent is kept: only files
     inside the model's own folder are read.
     """
-    import onnx
 
     model = onnx.load(str(path), load_external_data=False)
     folder = path.parent.resolve()
@@ -459,7 +458,6 @@ def quantize_unet(
     """
     import inspect
 
-    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     scratch = Path(scratch) if scratch is not None else target / ".scratch"
@@ -668,7 +666,6 @@ def _skip_unet_model_files(model: Path):
 
 def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, done: dict, result: QuantizeReport,
               timesteps: list[float]) -> dict:
-    import onnx
     import onnxruntime
 
     manifest = json.loads(json.dumps(folder.manifest)) if folder.manifest else {"format": "latentrt-onnx/1", "components": {}}
