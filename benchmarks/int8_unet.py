@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    from benchmarks.harness import machine_info
+    from latentrt.bench.harness import machine_info
 
     inputs = {side: trajectory_inputs(args.fp32, side, args.threads) for side in (int(s) for s in args.sizes.split(","))}
     fp32, fp32_load = session(args.fp32 / "unet" / "model.onnx", args.threads)

@@ -211,7 +211,9 @@ def demo_model(
 
 @app.command()
 def bench(
-    src: Path = typer.Argument(..., help="Local diffusers StableDiffusionPipeline folder (exported once into the cache)."),
+    src: Path = typer.Argument(
+        ..., help="Local diffusers StableDiffusionPipeline folder (exported once into the cache), or a latentrt model folder (latentrt paths only)."
+    ),
     steps: int = typer.Option(20, "--steps"),
     height: Optional[int] = typer.Option(None, "--height", help="Default: the model's native size."),
     width: Optional[int] = typer.Option(None, "--width"),
@@ -231,16 +233,13 @@ def bench(
     note: Optional[str] = typer.Option(None, "--note", help="Conditions to record with the results."),
 ) -> None:
     """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings."""
+    import importlib.util
     import shlex
 
-    import latentrt
+    from latentrt.bench.harness import DEFAULT_NEGATIVE, DEFAULT_PROMPT, BenchConfig, BenchError, render_markdown, run_bench, write_outputs
 
-    root = Path(latentrt.__file__).resolve().parents[1]
-    if not (root / "benchmarks" / "harness.py").is_file():
-        _fail("latentrt bench needs a source checkout of latentrt (benchmarks/ is not installed with the package)")
-    sys.path.insert(0, str(root))
-    from benchmarks.harness import DEFAULT_NEGATIVE, DEFAULT_PROMPT, BenchConfig, BenchError, render_markdown, run_bench, write_outputs
-
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        _fail("--plot needs matplotlib, not installed here: pip install matplotlib (or 'latentrt[dev]')")
     config = BenchConfig(
         src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
         threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,

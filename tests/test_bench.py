@@ -6,6 +6,8 @@ The timings themselves are not asserted (the machine is shared and noisy); see b
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -127,11 +129,88 @@ def test_bench_latentrt_paths(tiny_src, tmp_path):
     assert ov_int8["info"]["precision"].startswith("int8+")
 
 
+def test_bench_on_a_model_folder(tmp_path):
+    """SRC a latentrt model folder (the shipped model): the latentrt path runs it as it is, no export, no torch."""
+    from latentrt.models import default_model_path
+
+    model = default_model_path()
+    out = tmp_path / "bench.json"
+    args = ["bench", str(model), "--runs", "1", "--steps", "1", "--threads", "1", "--systems", "latentrt",
+            "--cache", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "bench.md")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+    assert list(report["systems"]) == ["latentrt"] and report["folders"] == {"latentrt": str(model.resolve())}
+    _check_system(report["systems"]["latentrt"])
+    assert report["systems"]["latentrt"]["modules_imported"] == []
+    assert report["roof"]["flops_source"].startswith("manifest")
+    assert report["agreement_vs_reference"] == {} and report["ratios"] == {}
+    assert (report["settings"]["height"], report["settings"]["width"]) == (64, 64)  # the model's native size
+    assert "| latentrt |" in (tmp_path / "bench.md").read_text()
+    assert not list((tmp_path / "cache").glob("*/latentrt"))  # nothing exported
+
+
+def test_bench_imports_nothing_heavy():
+    """The harness, its roof and plot modules, the workers' protocol and the CLI import neither torch nor onnx."""
+    script = (
+        "import sys, latentrt.cli, latentrt.bench.harness, latentrt.bench.roof, latentrt.bench.plot, "
+        "latentrt.bench.systems.protocol; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'diffusers', 'transformers', 'onnx', 'optimum', 'matplotlib')))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_roof_model_is_what_onnx_helper_builds(tmp_path):
+    """The GEMM model is written without the onnx package, byte for byte what onnx.helper builds."""
+    import numpy as np
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from latentrt.bench.roof import build_gemm_model, measure
+
+    m, k, n = 3, 5, 4
+    path = build_gemm_model(tmp_path / "gemm.onnx", m, k, n)
+    w = np.random.default_rng(0).standard_normal((k, n), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"])], "gemm_roof",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert path.read_bytes() == model.SerializeToString()
+    onnx.checker.check_model(onnx.load(str(path)))
+    assert measure(path, threads=1, repeats=1)["m"] == m
+
+
+def test_systems_the_source_cannot_run_are_clear_errors(tiny_src, tmp_path, monkeypatch):
+    from latentrt.bench import harness
+    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.models import default_model_path
+
+    model = default_model_path()
+    with pytest.raises(BenchError, match="diffusers, diffusers-bf16 need a diffusers folder as SRC"):
+        resolve_settings(BenchConfig(src=model, systems=("latentrt", "diffusers", "diffusers-bf16")))
+    with pytest.raises(BenchError, match="nor a latentrt model folder"):
+        resolve_settings(BenchConfig(src=tmp_path, systems=("latentrt",)))
+    # a wheel install: no benchmarks/peers beside the package
+    monkeypatch.setattr(harness, "SOURCE_ROOT", tmp_path)
+    with pytest.raises(BenchError, match=r"optimum-intel run in virtual environments built from benchmarks/peers/.*source checkout"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "optimum-intel")))
+    # diffusers without torch and diffusers installed
+    monkeypatch.setitem(harness.SYSTEM_MODULES, "diffusers", ("latentrt_no_such_module",))
+    with pytest.raises(BenchError, match="diffusers needs latentrt_no_such_module, not installed here"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "diffusers")))
+
+
 # ------------------------------------------------------------------ the harness's tables (no process started)
 
 
 def test_every_system_has_a_worker():
-    from benchmarks.harness import LATENTRT_PATHS, PEERS, SYSTEMS, WORKERS
+    from latentrt.bench.harness import LATENTRT_PATHS, PEERS, SYSTEMS, WORKERS
 
     assert set(WORKERS) == set(SYSTEMS) and set(LATENTRT_PATHS) <= set(SYSTEMS)
     for name, path in WORKERS.items():
@@ -143,7 +222,7 @@ def test_every_system_has_a_worker():
 
 
 def test_bad_systems_and_fast_path_are_clear_errors(tiny_src):
-    from benchmarks.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
 
     with pytest.raises(BenchError, match="unknown systems"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "pytorch")))
@@ -157,7 +236,7 @@ def _system(load: float, unet: float, e2e: float, precision: str = "fp32") -> di
 
 
 def test_fast_path_figures_met_and_missed():
-    from benchmarks.harness import LATENTRT_PATHS, _fast_path, _fast_path_lines, _ratios
+    from latentrt.bench.harness import LATENTRT_PATHS, _fast_path, _fast_path_lines, _ratios
 
     systems = {
         "latentrt": _system(10.0, 2.0, 30.0),

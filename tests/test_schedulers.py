@@ -19,7 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
-from benchmarks.systems.protocol import DIFFUSERS_SCHEDULERS  # noqa: E402
+from latentrt.bench.systems.protocol import DIFFUSERS_SCHEDULERS  # noqa: E402
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler, model_timestep  # noqa: E402
 
 # diffusers' own schedulers (the reference) trip NumPy 2 / deprecation warnings that are not ours to fix

@@ -68,7 +68,7 @@ def test_parity_with_diffusers_on_the_reference_checkpoint():
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from benchmarks.systems.protocol import diffusers_scheduler, to_uint8
+    from latentrt.bench.systems.protocol import diffusers_scheduler, to_uint8
 
     pipe = Pipeline.default(provider="cpu")  # ONNX Runtime fp32: the parity path
     defaults = pipe.folder.defaults

@@ -98,7 +98,7 @@ def main() -> None:
     import shlex
     import sys
 
-    from benchmarks.harness import machine_info
+    from latentrt.bench.harness import machine_info
     from latentrt import Pipeline
     from latentrt.runtime.backends.openvino import supports_bf16
 

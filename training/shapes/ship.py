@@ -208,7 +208,7 @@ def markdown(report: dict, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from benchmarks.harness import machine_info
+    from latentrt.bench.harness import machine_info
     from latentrt import Pipeline
     from latentrt.export.exporter import export_pipeline
 

@@ -3,7 +3,7 @@
 optimum-intel 2.2.0 pins transformers < 5.6 and huggingface_hub < 1.22, which latentrt's main environment
 (transformers 5.24, huggingface_hub 2.x, diffusers 0.42) does not accept, so it lives in a venv of its own
 under `$LATENTRT_CACHE/optimum-intel-venv` (default `~/.cache/latentrt/optimum-intel-venv`); `worker.py`
-(export) and benchmarks/systems/optimum_intel_worker.py (the bench system) run in it.
+(export) and latentrt/bench/systems/optimum_intel_worker.py (the bench system) run in it.
 
     from benchmarks.peers.optimum_intel.env import ENV
     ENV.run_worker(["export", "my-diffusers-folder", "my-openvino-folder"])

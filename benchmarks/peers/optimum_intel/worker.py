@@ -7,7 +7,7 @@ Never imported by latentrt: `ENV.run_worker([...])` (env.py) runs it with that v
                                  tokenizers converted), atomically (OUT appears only when complete)
     worker.py versions           (JSON: library versions)
 
-The bench system itself is benchmarks/systems/optimum_intel_worker.py (same venv).
+The bench system itself is latentrt/bench/systems/optimum_intel_worker.py (same venv).
 Everything is local: HF_HUB_OFFLINE=1 is set before any Hugging Face import, so nothing is fetched.
 """
 
@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 
 # folders saved with transformers 5.24 (main venv) read by this venv's transformers 5.5
 from benchmarks.peers.compat import export_atomically, go_offline  # noqa: E402
-from benchmarks.systems.protocol import versions  # noqa: E402
+from latentrt.bench.systems.protocol import versions  # noqa: E402
 
 go_offline()  # before any Hugging Face import
 

@@ -2,7 +2,7 @@
 
     latentrt bench SRC [--steps N --height H --width W --runs R --guidance G --scheduler S --threads T
                         --systems latentrt,diffusers,optimum --json PATH --markdown PATH --plot PATH]
-    python -m benchmarks.harness SRC ...          (the same, without the CLI)
+    python -m latentrt.bench.harness SRC ...      (the same, without the CLI)
 
 Systems (SYSTEMS below; each names its worker in WORKERS):
 - latentrt paths: `latentrt` (ONNX Runtime fp32), `latentrt-openvino` (the OpenVINO backend, precision
@@ -10,18 +10,20 @@ Systems (SYSTEMS below; each names its worker in WORKERS):
   `latentrt-openvino-int8` (the OpenVINO backend, precision "auto", on that int8 folder).
 - PyTorch: `diffusers` (fp32, the reference for image agreement) and `diffusers-bf16` (the same pipeline
   under `torch.autocast("cpu", dtype=torch.bfloat16)`).
-- Peers in virtual environments of their own (benchmarks/peers/): `optimum` (ORTStableDiffusionPipeline on
+- Peers in virtual environments of their own, built from a source checkout's benchmarks/peers/ (an
+  installed wheel has none: asking for a peer is then a clear error): `optimum` (ORTStableDiffusionPipeline on
   optimum's ONNX export) and `optimum-intel` (OVStableDiffusionPipeline on `optimum-cli export openvino`,
   reshaped to the benchmark's static shapes and compiled, bf16 by OpenVINO's default where the CPU has it).
 
 Method (issue 5):
 - SRC is a diffusers folder. latentrt's export of it (and optimum's, optimum-intel's and latentrt's int8
   folder, for those rows) is made once into a cache keyed by SRC's resolved path and its files' latest
-  mtime, then reused.
+  mtime, then reused. SRC may instead be a latentrt model folder (ONNX, e.g. the shipped model): the
+  latentrt paths run it as it is (no export, no torch needed); the other systems need a diffusers folder.
 - Every system gets the same prompt, negative prompt, initial latents (drawn here from --seed and saved
   to latents.npy), scheduler, steps, guidance, size and thread count (ORT intra-op threads, inter-op 1;
   torch.set_num_threads; OMP/MKL variables).
-- Each system runs in a process of its own, a fresh one per run (benchmarks/systems/*_worker.py): it
+- Each system runs in a process of its own, a fresh one per run (latentrt/bench/systems/*_worker.py): it
   imports its libraries, loads the pipeline (timed: `load`), warms each component up once (untimed, same
   shapes), then times one whole generation to uint8 images (`end_to_end`) with the pipeline's own stage
   functions wrapped by timers: `text_encoder` (tokenize + encode the prompt and, with CFG, the negative
@@ -30,7 +32,7 @@ Method (issue 5):
   the latentrt worker's report lists the heavy modules it imported (none).
 - A warm-up round (load only: fills the OS file cache) is discarded; then R runs, systems interleaved
   A/B within each run and the order rotated from run to run. Medians are quoted with min–max.
-- The roof: ONNX Runtime's fp32 GEMM throughput (benchmarks/roof.py), one sample per run, interleaved
+- The roof: ONNX Runtime's fp32 GEMM throughput (latentrt/bench/roof.py), one sample per run, interleaved
   with the systems. The UNet's FLOPs come from the export's manifest (counted once at export time by
   latentrt/export/flops.py) or are counted here at the benchmark's size; achieved GFLOP/s = FLOPs of one
   UNet call / its median time.
@@ -42,6 +44,7 @@ Method (issue 5):
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -56,9 +59,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+# A source checkout: the folder holding the latentrt package (an editable install); its benchmarks/peers/
+# builds the peers' virtual environments. An installed wheel's is site-packages, which has none.
+SOURCE_ROOT = HERE.parents[1]
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ METRIC_LABELS = {
 }
 # system -> its worker script (one script serves several systems; the worker reads cfg["system"])
 WORKERS = {
-    name: ROOT / "benchmarks" / "systems" / f"{module}_worker.py"
+    name: HERE / "systems" / f"{module}_worker.py"
     for name, module in {
         "latentrt": "latentrt", "latentrt-openvino": "latentrt", "latentrt-int8": "latentrt", "latentrt-openvino-int8": "latentrt",
         "diffusers": "diffusers", "diffusers-bf16": "diffusers",
@@ -86,7 +90,7 @@ WORKERS = {
 }
 # systems that run in a peer's own virtual environment: system -> the module holding its PeerEnv (ENV)
 PEERS = {"optimum": "benchmarks.peers.optimum.env", "optimum-intel": "benchmarks.peers.optimum_intel.env"}
-ROOF = ROOT / "benchmarks" / "roof.py"
+ROOF = HERE / "roof.py"
 WORKER_TIMEOUT_S = 3600
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
 DEFAULT_NEGATIVE = "blurry, low quality"
@@ -111,6 +115,9 @@ FAST_PATH_TARGETS = (
     ("load", "optimum-intel", 1.0),  # load <= optimum-intel's
 )
 PSNR_CAP_DB = 100.0
+# What a system's worker (or latentrt's export of a diffusers SRC) imports beyond latentrt's own dependencies
+SYSTEM_MODULES = {"diffusers": ("torch", "diffusers", "transformers"), "diffusers-bf16": ("torch", "diffusers", "transformers")}
+EXPORT_MODULES = ("torch", "diffusers", "transformers", "onnx")
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -168,7 +175,7 @@ def _run_logged(cmd: Sequence[str], log: Path, env: dict[str, str] | None = None
         fh.write(f"\n$ {shlex.join(map(str, cmd))}\n")
         fh.flush()
         proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout,
-                              cwd=ROOT, check=False)
+                              check=False)
     if proc.returncode != 0:
         raise BenchError(f"{shlex.join(map(str, cmd[:4]))}... failed (exit {proc.returncode}); its output:\n{_tail(log)}")
 
@@ -195,11 +202,29 @@ def _current_export(out: Path) -> bool:
     return manifest.get("rewrites", {}).get("fused_attention") is True
 
 
-def _peer_env(system: str):
-    """The PeerEnv of a system that runs in a peer's own virtual environment."""
-    import importlib
+def peers_available() -> bool:
+    """True in a source checkout (benchmarks/peers/ beside the package), where the peers' venvs can be built."""
+    return (SOURCE_ROOT / "benchmarks" / "peers" / "venv.py").is_file()
 
+
+def _peer_env(system: str):
+    """The PeerEnv of a system that runs in a peer's own virtual environment (from the source checkout)."""
+    if not peers_available():
+        raise BenchError(_no_peers_message([system]))
+    if str(SOURCE_ROOT) not in sys.path:
+        sys.path.insert(0, str(SOURCE_ROOT))
     return importlib.import_module(PEERS[system]).ENV
+
+
+def _no_peers_message(systems: Sequence[str]) -> str:
+    return (f"{', '.join(systems)} run in virtual environments built from benchmarks/peers/, which is in latentrt's "
+            f"source checkout, not in the installed package ({SOURCE_ROOT} has none): clone the repository and "
+            "install it with `pip install -e .`, or leave them out of --systems")
+
+
+def _missing(modules: Sequence[str]) -> list[str]:
+    """Those of `modules` this interpreter cannot import (looked up, not imported: torch stays out)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
 
 
 def _peer_export(cfg: BenchConfig, system: str, out: Path, log: Path) -> None:
@@ -220,6 +245,10 @@ def _ensure_int8(cfg: BenchConfig, folder: Path, fp32: Path) -> Path:
     source = hashlib.sha256((fp32 / "manifest.json").read_bytes()).hexdigest()
     if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().strip() == source:
         return out
+    missing = _missing(("onnx",))
+    if missing:
+        raise BenchError(f"the int8 paths quantize {fp32} with `latentrt quantize`, which needs the export extra "
+                         f"({', '.join(missing)} missing): pip install 'latentrt[export]'")
     cfg.progress(f"quantizing {fp32} with latentrt quantize into {out} (once; cached)")
     shutil.rmtree(out, ignore_errors=True)
     stamp.unlink(missing_ok=True)
@@ -236,9 +265,15 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
     """latentrt's export of SRC (and each peer's, and the int8 folder) under `folder`, made once; the paths each system reads."""
     folders: dict[str, Path] = {}
     folder.mkdir(parents=True, exist_ok=True)
-    if {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
+    if is_model_folder(cfg.src):  # a latentrt model folder: run as it is (resolve_settings allows only latentrt paths)
+        folders["latentrt"] = Path(cfg.src).resolve()
+    elif {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
         out = folder / "latentrt"
         if not _current_export(out):
+            missing = _missing(EXPORT_MODULES)
+            if missing:
+                raise BenchError(f"exporting {cfg.src} needs the export extra ({', '.join(missing)} missing): "
+                                 "pip install 'latentrt[export]', or give a latentrt model folder (ONNX) as SRC")
             cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
             shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
             # in a process of its own: the harness itself never imports torch
@@ -269,23 +304,42 @@ def _read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+def is_model_folder(src: Path) -> bool:
+    """A latentrt model folder (ONNX graphs, what `latentrt export` writes), not a diffusers folder."""
+    return (Path(src) / "unet" / "model.onnx").is_file()
+
+
 def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
     """Size, scheduler and thread count made explicit, checked before anything runs."""
     from latentrt.runtime.schedulers import create_scheduler
 
     src = Path(cfg.src)
-    if not (src / "model_index.json").is_file():
-        raise BenchError(f"{src} is not a diffusers folder (no model_index.json): give a local StableDiffusionPipeline folder")
+    model_folder = is_model_folder(src)
+    if not model_folder and not (src / "model_index.json").is_file():
+        raise BenchError(f"{src} is not a diffusers folder (no model_index.json) nor a latentrt model folder (no "
+                         "unet/model.onnx): give a local StableDiffusionPipeline folder, or a folder `latentrt export` wrote")
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown or not cfg.systems:
         raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    others = [s for s in cfg.systems if s not in LATENTRT_PATHS]
+    if model_folder and others:
+        raise BenchError(f"{', '.join(others)} need a diffusers folder as SRC: {src} is a latentrt model folder (ONNX), "
+                         f"which only the latentrt paths run ({', '.join(LATENTRT_PATHS)})")
+    peers = [s for s in cfg.systems if s in PEERS]
+    if peers and not peers_available():
+        raise BenchError(_no_peers_message(peers))
+    for system in cfg.systems:
+        missing = _missing(SYSTEM_MODULES.get(system, ()))
+        if missing:
+            raise BenchError(f"{system} needs {', '.join(missing)}, not installed here: pip install 'latentrt[export]', "
+                             "or leave it out of --systems")
     if cfg.fast_path is not None and (cfg.fast_path not in LATENTRT_PATHS or cfg.fast_path not in cfg.systems):
         raise BenchError(f"fast path {cfg.fast_path!r} must be one of the latentrt paths in --systems")
     for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
         if value < 1:
             raise BenchError(f"--{name} must be at least 1, got {value}")
     unet = _read_json(src / "unet" / "config.json")
-    vae = _read_json(src / "vae" / "config.json")
+    vae = _read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
     native = int(unet["sample_size"]) * factor
     height, width = cfg.height or native, cfg.width or native
@@ -294,7 +348,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
             raise BenchError(f"--{name} must be a multiple of {factor} for this model, got {value}")
     scheduler_config = _read_json(src / "scheduler" / "scheduler_config.json")
     scheduler = create_scheduler(cfg.scheduler, scheduler_config).name  # None -> the folder's own
-    from benchmarks.systems.protocol import DIFFUSERS_SCHEDULERS
+    from latentrt.bench.systems.protocol import DIFFUSERS_SCHEDULERS
 
     if scheduler not in DIFFUSERS_SCHEDULERS:
         raise BenchError(f"scheduler {scheduler!r} has no diffusers counterpart to compare with: use one of {', '.join(DIFFUSERS_SCHEDULERS)}")
@@ -341,7 +395,7 @@ def unet_flops(settings: dict, src: Path, latentrt_folder: Path | None, log: Pat
            src, "--height", settings["height"], "--width", settings["width"],
            "--batch", settings["unet_batch"], "--vae-batch", b]
     with open(out, "w") as fh:
-        proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.DEVNULL, cwd=ROOT, timeout=900, check=False)
+        proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.DEVNULL, timeout=900, check=False)
     if proc.returncode != 0:
         return {"unet": None, "vae_decoder": None, "source": "could not be counted"}
     counted = _read_json(out)
@@ -383,7 +437,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def harness_versions() -> dict[str, str | None]:
-    from benchmarks.systems.protocol import versions
+    from latentrt.bench.systems.protocol import versions
 
     return versions("latentrt", "numpy", "onnxruntime", "onnx")
 
@@ -404,9 +458,9 @@ def _thread_env(threads: int, base: dict[str, str] | None = None) -> dict[str, s
 
 def _interpreter(system: str) -> tuple[str, dict[str, str]]:
     if system in PEERS:
+        env = _peer_env(system)  # puts the source checkout on sys.path
         from benchmarks.peers.venv import clean_env
 
-        env = _peer_env(system)
         return str(env.python(env.ensure())), clean_env()
     return sys.executable, dict(os.environ)
 
@@ -446,7 +500,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     import numpy as np
 
     from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
-    from benchmarks.roof import build_gemm_model
+    from latentrt.bench.roof import build_gemm_model
 
     started = time.time()
     settings = resolve_settings(cfg)
@@ -816,7 +870,7 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m latentrt.bench.harness", description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--height", type=int, default=None)
@@ -841,7 +895,7 @@ def main(argv: list[str] | None = None) -> None:
         src=args.src, steps=args.steps, height=args.height, width=args.width, runs=args.runs, guidance=args.guidance,
         scheduler=args.scheduler, threads=args.threads, systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
         cache=args.cache, note=args.note, optimum_intel_model_cache=args.optimum_intel_model_cache,
-        fast_path=args.fast_path, command="python -m benchmarks.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
+        fast_path=args.fast_path, command="python -m latentrt.bench.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )
     report = run_bench(cfg)
@@ -855,7 +909,7 @@ def write_outputs(report: dict, json_path: Path | None, markdown_path: Path | No
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(report, indent=1) + "\n")
     if plot_path:
-        from benchmarks.plot import plot
+        from latentrt.bench.plot import plot
 
         plot(report, Path(plot_path), title)
     if markdown_path:

@@ -1,6 +1,6 @@
 """The worker side of the benchmark harness: one system, one run, one process.
 
-The harness (benchmarks/harness.py) starts a fresh process per system and per run, with a JSON
+The harness (latentrt/bench/harness.py) starts a fresh process per system and per run, with a JSON
 config file; the process imports its libraries, loads the pipeline (timed), warms up each
 component once (one call each, untimed, same shapes), then times one whole generation to uint8
 images. During that generation the system's own stage functions are wrapped with timers: its

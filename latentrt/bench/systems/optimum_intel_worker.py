@@ -24,12 +24,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # holds the latentrt package: importable where not installed (a peer's venv)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.systems.diffusers_worker import DiffusersSystem  # noqa: E402
-from benchmarks.systems.protocol import System, run, versions  # noqa: E402
+from latentrt.bench.systems.diffusers_worker import DiffusersSystem  # noqa: E402
+from latentrt.bench.systems.protocol import System, run, versions  # noqa: E402
 
 
 class OptimumIntelSystem(DiffusersSystem):

@@ -11,11 +11,11 @@ import importlib.util
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # holds the latentrt package: importable where not installed (a peer's venv)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.systems.protocol import System, diffusers_scheduler, run, to_uint8, versions  # noqa: E402
+from latentrt.bench.systems.protocol import System, diffusers_scheduler, run, to_uint8, versions  # noqa: E402
 
 PEER = ROOT / "benchmarks" / "peers" / "optimum" / "worker.py"
 

@@ -1,6 +1,6 @@
 """PNG of a benchmark report: time per component per system (median, min–max bars) and peak memory.
 
-    python -m benchmarks.plot REPORT.json OUT.png [--title T]
+    python -m latentrt.bench.plot REPORT.json OUT.png [--title T]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def plot(report: dict, out: Path, title: str | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.plot", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m latentrt.bench.plot", description=__doc__.split("\n\n")[0])
     p.add_argument("report", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--title", default=None)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]  # holds the latentrt package: importable where not installed (a peer's venv)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.systems.protocol import System, run, versions  # noqa: E402
+from latentrt.bench.systems.protocol import System, run, versions  # noqa: E402
 
 
 # system name -> (provider, precision, the harness's folder key); precision None: the backend's only one

@@ -1,1 +1,0 @@
-"""One module per benchmarked system; each runs in a process of its own (see protocol.py)."""
