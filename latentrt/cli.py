@@ -1,4 +1,4 @@
-"""The `latentrt` command: generate, export, info, demo-model (bench arrives with the benchmarks)."""
+"""The `latentrt` command: generate, export, quantize, info, cache, demo-model, bench."""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ def generate(
     ),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
     cache_dir: Optional[Path] = typer.Option(
-        None, "--cache-dir", help="Cache OpenVINO's compiled models in this folder (default: $LATENTRT_CACHE if set, else none)."
+        None, "--cache-dir",
+        help="Cache of optimized models, which makes the next load fast (default: $LATENTRT_CACHE, else ~/.cache/latentrt); "
+        "OpenVINO's compiled models are cached only when this or $LATENTRT_CACHE is given.",
     ),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the compiled-model cache, even with $LATENTRT_CACHE."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -185,6 +187,44 @@ def info(
     from latentrt.runtime.info import render
 
     typer.echo(render(description))
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="The cache of optimized and compiled models (what makes loads fast).")
+app.add_typer(cache_app, name="cache")
+_CACHE_DIR_HELP = "Cache folder (default: $LATENTRT_CACHE if set, else ~/.cache/latentrt)."
+
+
+@cache_app.command("info")
+def cache_info(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the cache's entries and their sizes."""
+    from latentrt.runtime.cache import cache_entries, cache_root, entry_source
+
+    root = cache_root(cache_dir)
+    entries = cache_entries(root) if root.is_dir() else []
+    total = sum(size for *_, size in entries)
+    rows = [{"backend": b, "entry": e.name, "bytes": size, "source": entry_source(e)} for b, e, size in entries]
+    if as_json:
+        typer.echo(json.dumps({"root": str(root), "entries": rows, "bytes": total}, indent=2))
+        return
+    typer.echo(f"{root}: {len(entries)} entries, {total / 1e6:.1f} MB")
+    for row in rows:
+        typer.echo(f"  {row['backend']}/{row['entry']}  {row['bytes'] / 1e6:.1f} MB  {row['source']}")
+
+
+@cache_app.command("clear")
+def cache_clear(cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP)) -> None:
+    """Remove every cached model (the next load of each folder rebuilds its entry); the benchmarks' files stay."""
+    from latentrt.runtime.cache import cache_root, clear_cache
+
+    root = cache_root(cache_dir)
+    try:
+        count, size = clear_cache(root) if root.is_dir() else (0, 0)
+    except OSError as exc:
+        _fail(f"could not clear {root}: {exc}")
+    typer.echo(f"removed {count} entries ({size / 1e6:.1f} MB) from {root}")
 
 
 @app.command("demo-model")

@@ -175,7 +175,7 @@ def test_info_says_what_auto_runs(tiny_sd1):
 
 def test_compiled_model_cache_is_opt_in(tiny_sd1, tmp_path, monkeypatch):
     monkeypatch.delenv("LATENTRT_CACHE", raising=False)
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.cache is None
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.compiled_cache is None
     monkeypatch.setenv("LATENTRT_CACHE", str(tmp_path))
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.cache == tmp_path / "openvino"
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino", use_cache=False).backend.cache is None
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.compiled_cache == tmp_path / "openvino"
+    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino", use_cache=False).backend.compiled_cache is None

@@ -1,10 +1,12 @@
-"""Where latentrt keeps compiled models (OpenVINO's, opt-in: see `backend.compiled_model_cache`), and how entries are named.
+"""Where latentrt keeps what makes the next load fast, and how entries are named.
 
-The root is `cache_dir=` / `--cache-dir`, else `$LATENTRT_CACHE`, else `~/.cache/latentrt`. An entry's key
-hashes everything that could make it stale: the model files (the manifest's sha256, or path, size and mtime
-for folders without one), the backend's version, the compile options and the CPU (model name and
-instruction-set flags), so that a stale entry is never found. Writes are atomic (a temporary file renamed
-into place), so two processes filling the same entry both succeed.
+The root is `cache_dir=` / `--cache-dir`, else `$LATENTRT_CACHE`, else `~/.cache/latentrt`. Each backend has
+its folder under it (`MODEL_CACHES`): `onnxruntime/` holds ONNX Runtime's optimized models with their
+prepacked weights (session.py), `openvino/` OpenVINO's compiled models (opt-in, backends/openvino.py).
+An entry's key hashes everything that could make it stale: the model files (the manifest's sha256, or path,
+size and mtime for folders without one), the backend's version, its options and the CPU (model name and
+instruction-set flags), so that a stale entry is never found. Writes are atomic (a temporary file or folder
+renamed into place), so two processes filling the same entry both succeed.
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+MODEL_CACHES = ("onnxruntime", "openvino")  # the folders `latentrt cache clear` empties; the rest of the root is the bench's
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -67,3 +72,57 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_folder(entry: Path, build: Callable[[Path], None]) -> None:
+    """Build an entry folder beside `entry`, then rename it into place in one step.
+
+    Readers never see a half-written entry; when two processes build the same entry at once, the first rename
+    wins and the other process drops its copy and uses the winner's.
+    """
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp"))
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        try:
+            os.rename(tmp, entry)
+        except OSError:
+            if not entry.is_dir():  # not a lost race: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def entry_source(entry: Path) -> str:
+    """The model file an entry was made from, as its `source.json` records it ("" when it has none)."""
+    try:
+        return json.loads((entry / "source.json").read_text()).get("model", "")
+    except (OSError, ValueError):
+        return ""
+
+
+def cache_entries(root: Path) -> list[tuple[str, Path, int]]:
+    """(backend, entry, bytes) for every model-cache entry under the root; half-written ones (.tmp) included."""
+    out = []
+    for backend in MODEL_CACHES:
+        folder = root / backend
+        if folder.is_dir():
+            for entry in sorted(folder.iterdir()):
+                out.append((backend, entry, folder_size(entry) if entry.is_dir() else entry.stat().st_size))
+    return out
+
+
+def clear_cache(root: Path) -> tuple[int, int]:
+    """Remove every model-cache entry under the root; returns (entries, bytes) removed."""
+    entries = cache_entries(root)
+    for _, entry, _ in entries:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return len(entries), sum(size for *_, size in entries)

@@ -6,13 +6,18 @@ Every backend (ONNX Runtime here, OpenVINO in `backends/openvino.py`) describes 
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
+
+from latentrt.runtime.cache import cpu_signature, entry_key, publish_folder
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +79,11 @@ class TensorInfo:
         return len(self.shape)
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
@@ -85,19 +92,34 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class OnnxModel:
-    """An ONNX Runtime session for one component, called with keyword arrays."""
+    """An ONNX Runtime session for one component, called with keyword arrays.
 
-    def __init__(self, name: str, path: Path, providers: list[str], threads: int | None = None):
+    With a `cache` folder (CPU provider only), the first load saves ONNX Runtime's optimized graph with its
+    weights and prepacked weights in an external data file (`optimized_copy`); every load then opens that copy
+    with graph optimization off, its weights memory-mapped. Measured on SD 1.5's UNet (2 vCPUs): 11 s to create
+    the session from model.onnx, 0.7-1.2 s from the cached copy, same outputs.
+    """
+
+    def __init__(self, name: str, path: Path, providers: list[str], threads: int | None = None,
+                 cache: Path | None = None, identity: dict[str, Any] | None = None):
         self.name = name
         self.path = Path(path)
-        try:
-            self.session = ort.InferenceSession(str(self.path), session_options(threads), providers=providers)
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
-            reason = str(exc).strip().splitlines()[0][:300]
-            raise ModelLoadError(
-                f"{name}: {self.path} could not be loaded ({reason}). The file is corrupted or truncated, "
-                "or its model.onnx_data is missing: re-export the folder with `latentrt export`"
-            ) from exc
+        self.threads = threads
+        self.session = None
+        for _ in range(2 if cache is not None else 0):  # a corrupt entry is rebuilt once
+            copy = optimized_copy(name, self.path, providers, cache, identity)
+            if copy is None:
+                break
+            try:
+                self.session = ort.InferenceSession(str(copy / "model.onnx"), session_options(threads, optimize=False), providers=providers)
+                logger.info("%s: loaded the optimized copy in %s", name, copy)
+                break
+            except Exception as exc:  # truncated or corrupted
+                logger.warning("%s: the cached optimized model %s cannot be loaded (%s); rebuilding it",
+                               name, copy, _reason(exc))
+                shutil.rmtree(copy, ignore_errors=True)
+        if self.session is None:
+            self.session = _load(name, self.path, session_options(threads), providers)
         self.providers = self.session.get_providers()
         logger.info("%s: running on %s", name, self.providers[0])
         if self.providers[0] != providers[0]:
@@ -129,6 +151,56 @@ def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, 
         for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
             if isinstance(want, int) and want != got:
                 raise ValueError(f"{component}: input {name!r} axis {axis} must be {want}, got shape {value.shape}")
+
+
+def _load(name: str, path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise ModelLoadError(
+            f"{name}: {path} could not be loaded ({_reason(exc)}). The file is corrupted or truncated, "
+            "or its model.onnx_data is missing: re-export the folder with `latentrt export`"
+        ) from exc
+
+
+def _reason(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def optimized_copy(name: str, path: Path, providers: list[str], cache: Path, identity: dict[str, Any] | None) -> Path | None:
+    """The cache entry holding this component's optimized graph for these providers on this CPU: found, or made now.
+
+    None when it cannot be made (a read-only or full cache folder, another provider than the CPU): the caller
+    loads the model itself, and the generation goes on.
+    """
+    if providers[0] != "CPUExecutionProvider":  # prepacked weights and ORT's CPU layouts are this provider's own
+        return None
+    key = entry_key(component=name, files=identity or {}, onnxruntime=ort.__version__, providers=providers,
+                    level="all", prepacked=True, cpu=cpu_signature())
+    entry = cache / "onnxruntime" / f"{name}-{key}"
+    if (entry / "model.onnx").is_file():
+        return entry
+
+    def build(folder: Path) -> None:
+        options = session_options()
+        options.optimized_model_filepath = str(folder / "model.onnx")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx_data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
+        ort.InferenceSession(str(path), options, providers=providers)  # writes the optimized copy as it loads
+        if not (folder / "model.onnx").is_file():
+            raise OSError(f"onnxruntime wrote no optimized model to {folder}")
+        (folder / "source.json").write_text(json.dumps({"model": str(path.resolve()), "onnxruntime": ort.__version__}))
+
+    try:
+        publish_folder(entry, build)
+    except Exception as exc:  # read-only or full folder, onnxruntime failing to write, or a bad source model
+        # (a bad source model fails again in the caller's own load, with the error that says so)
+        logger.warning("%s: could not write the optimized model to the cache %s (%s); loading without it",
+                       name, entry.parent, _reason(exc))
+        return None
+    logger.info("%s: optimized model cached in %s", name, entry)
+    return entry
 
 
 def _info(arg) -> TensorInfo:
