@@ -217,9 +217,11 @@ def _peer_env(system: str):
 
 
 def _no_peers_message(systems: Sequence[str]) -> str:
-    return (f"{', '.join(systems)} run in virtual environments built from benchmarks/peers/, which is in latentrt's "
-            f"source checkout, not in the installed package ({SOURCE_ROOT} has none): clone the repository and "
-            "install it with `pip install -e .`, or leave them out of --systems")
+    one = len(systems) == 1
+    return (f"{', '.join(systems)} {'runs in a virtual environment' if one else 'run in virtual environments'} built "
+            f"from benchmarks/peers/, which only latentrt's source checkout has (the installed package, in {SOURCE_ROOT}, "
+            f"has none): clone the repository and install it with `pip install -e .`, or leave "
+            f"{'it' if one else 'them'} out of --systems")
 
 
 def _missing(modules: Sequence[str]) -> list[str]:
@@ -323,7 +325,8 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
     others = [s for s in cfg.systems if s not in LATENTRT_PATHS]
     if model_folder and others:
-        raise BenchError(f"{', '.join(others)} need a diffusers folder as SRC: {src} is a latentrt model folder (ONNX), "
+        raise BenchError(f"{', '.join(others)} {'needs' if len(others) == 1 else 'need'} a diffusers folder as SRC: "
+                         f"{src} is a latentrt model folder (ONNX), "
                          f"which only the latentrt paths run ({', '.join(LATENTRT_PATHS)})")
     peers = [s for s in cfg.systems if s in PEERS]
     if peers and not peers_available():
