@@ -50,6 +50,11 @@ def generate(
         "OpenVINO's compiled models are cached only when this or $LATENTRT_CACHE is given.",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
+    low_memory: bool = typer.Option(False, "--low-memory", help="Keep one network in memory at a time (slower: each is loaded when needed)."),
+    vae_tiling: Optional[bool] = typer.Option(
+        None, "--vae-tiling/--no-vae-tiling", help="Decode in overlapping tiles (default: automatic, for images over 4x the VAE's native area or that would not fit)."
+    ),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (height x width) than this."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -63,7 +68,8 @@ def generate(
     if existing and not force:
         _fail(f"{', '.join(existing)} already exists: choose another --output or pass --force to overwrite")
     try:
-        options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache)
+        options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
+                       low_memory=low_memory, vae_tiling=vae_tiling, max_pixels=max_pixels)
         pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
         with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
 

@@ -7,7 +7,10 @@ package. Randomness comes only from an explicit `np.random.Generator`.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,8 +22,10 @@ from PIL import Image
 from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.folder import ModelFolder
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
+from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
+from latentrt.runtime.tiling import decode_tiled, default_tile
 from latentrt.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
@@ -40,31 +45,62 @@ class PipelineResult:
         return np.stack([np.asarray(image) for image in self.images])  # (B, H, W, 3)
 
 
+NETWORKS = ("text_encoder", "unet", "vae_decoder")
+AUTO_TILING_AREA = 4  # vae_tiling=None tiles images larger than 4x the VAE's native area (1024x1024 for SD 1.5)
+
+
+class ImageTooLargeError(ValueError):
+    """A call asks for more memory than the machine has, or more pixels than `max_pixels`; the message gives the fix."""
+
+
 class Pipeline:
     """A model folder's three networks on one backend.
 
     provider: "auto" (OpenVINO when the openvino extra is installed, else ONNX Runtime on CPU), "cpu",
     "openvino", "cuda", ...; precision: "auto" (bf16 under OpenVINO on a CPU with bf16, else fp32), "fp32"
-    (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). With `cache_dir` (or $LATENTRT_CACHE)
-    OpenVINO's compiled models are cached on disk there (opt-in: see `backend.compiled_model_cache`).
+    (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). `cache_dir` (else $LATENTRT_CACHE, else
+    ~/.cache/latentrt) holds what makes the next load fast; `use_cache=False` neither reads nor writes it.
+
+    low_memory: one network resident at a time, loaded when a call needs it and released after (a load from the
+    cache takes about a second on ONNX Runtime; OpenVINO compiles again each time). vae_tiling: decode in
+    overlapping tiles (True), never (False), or when the image is larger than AUTO_TILING_AREA times the VAE's
+    native area or the untiled decode would not fit in memory (None). max_pixels: refuse images with more
+    pixels (height x width) than this, for an app that bounds its requests; every call is also refused when its
+    estimated memory exceeds what the machine has available (`latentrt.runtime.memory`).
+
+    Threads: one pipeline may be called from several threads at once (the images are those of serial calls);
+    `threads` sets the CPU threads each network uses. `close()` (or `with ... as pipe:`) frees the networks.
     """
 
     def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
-                 precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True):
+                 precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True,
+                 low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None):
         self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache)
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a positive integer (height x width), got {max_pixels!r}")
+        if vae_tiling not in (None, True, False):
+            raise ValueError(f"vae_tiling must be True, False or None (automatic), got {vae_tiling!r}")
         self.folder = folder
         self.provider = self.backend.provider
         self.precision = self.backend.label(folder)  # e.g. "bf16", "fp32", "int8+fp32"
+        self.low_memory = bool(low_memory)
+        self.vae_tiling = vae_tiling
+        self.max_pixels = None if max_pixels is None else int(max_pixels)
+        self.vae_tile = default_tile(folder.components["vae_decoder"].config.get("sample_size", 512),
+                                     folder.components["vae_decoder"].config.get("block_out_channels") or [0, 0, 0, 0])
         self.tokenizer = ClipTokenizer.from_folder(folder.path / "tokenizer")
-        self.text_encoder = self.backend.open(folder.components["text_encoder"])
-        self.unet = self.backend.open(folder.components["unet"])
-        self.vae_decoder = self.backend.open(folder.components["vae_decoder"])
+        self._models: dict[str, object] = {}
+        self._users = dict.fromkeys(NETWORKS, 0)
+        self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
+        self._closed = False
+        if not self.low_memory:
+            for name in NETWORKS:
+                self._models[name] = self.backend.open(folder.components[name])
 
     @classmethod
-    def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, *,
-                    precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True) -> "Pipeline":
-        return cls(ModelFolder.open(path), provider=provider, threads=threads, precision=precision,
-                   cache_dir=cache_dir, use_cache=use_cache)
+    def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
+        """Options as `Pipeline(...)`: precision, cache_dir, use_cache, low_memory, vae_tiling, max_pixels."""
+        return cls(ModelFolder.open(path), provider=provider, threads=threads, **options)
 
     @classmethod
     def default(cls, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
@@ -73,6 +109,45 @@ class Pipeline:
 
         return cls.from_folder(default_model_path(), provider=provider, threads=threads, **options)
 
+    # --- the networks: resident, or opened per use with low_memory -------------------------------------------
+    @contextmanager
+    def _network(self, name: str):
+        """The network, opened if it is not resident; with low_memory, released when its last user is done."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this pipeline is closed: create a new one with Pipeline.from_folder(...)")
+            model = self._models.get(name)
+            if model is None:
+                model = self._models[name] = self.backend.open(self.folder.components[name])
+            self._users[name] += 1
+        try:
+            yield model
+        finally:
+            with self._lock:
+                self._users[name] -= 1
+                if self.low_memory and self._users[name] == 0:
+                    self._models.pop(name, None)
+
+    def _get(self, name: str):
+        with self._network(name) as model:  # with low_memory, opened for the question and released again
+            return model
+
+    text_encoder = property(lambda self: self._get("text_encoder"), lambda self, m: self._models.__setitem__("text_encoder", m))
+    unet = property(lambda self: self._get("unet"), lambda self, m: self._models.__setitem__("unet", m))
+    vae_decoder = property(lambda self: self._get("vae_decoder"), lambda self, m: self._models.__setitem__("vae_decoder", m))
+
+    def close(self) -> None:
+        """Free the networks (their sessions and weights); later calls raise. Calls still running finish first."""
+        with self._lock:
+            self._closed = True
+            self._models.clear()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def compile(self, height: int | None = None, width: int | None = None, batch: int = 1,
                 guidance_scale: float | None = None) -> None:
         """Compile every network for one call's shapes now (OpenVINO compiles per shape; ONNX Runtime needs nothing).
@@ -80,8 +155,8 @@ class Pipeline:
         `batch` is the number of prompts of that call (with num_images=1). A server or benchmark calls it after
         loading, so that the first generation at this size does not pay for compilation.
         """
-        if not hasattr(self.unet, "compile"):  # ONNX Runtime sessions take any shape as they are
-            return
+        if self.low_memory or not hasattr(self._models["unet"], "compile"):
+            return  # ONNX Runtime sessions take any shape as they are; low_memory keeps no network to compile
         height, width = self._check_size(height, width)
         guidance_scale = self.folder.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
         texts = batch * (2 if guidance_scale > 1.0 else 1)
@@ -122,10 +197,11 @@ class Pipeline:
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
         negatives = self._negatives(negative_prompt, len(prompts))
         steps = defaults.steps if steps is None else steps
-        guidance_scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
         height, width = self._check_size(height, width)
         _check_positive_int("steps", steps)
         _check_positive_int("num_images", num_images)
+        tiled = self._check_memory(height, width, len(prompts) * num_images, guidance_scale > 1.0)
         sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
         if seed is None and rng is None and latents is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -136,7 +212,8 @@ class Pipeline:
         # 2. encode prompt: one text-encoder call for both halves; (2B, L, D) with CFG, else (B, L, D)
         t0 = time.perf_counter()
         texts = (negatives + prompts) if do_cfg else prompts
-        embeddings = self._encode(texts)
+        with self._network("text_encoder"):
+            embeddings = self._encode(texts)
         embeddings = np.repeat(embeddings, num_images, axis=0)  # prompt i's images stay together
         timings["text_encoder"] = time.perf_counter() - t0
 
@@ -154,22 +231,23 @@ class Pipeline:
         # 4. denoise
         t0 = time.perf_counter()
         timesteps = sampler.timesteps
-        for i, t in enumerate(timesteps):
-            x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
-            x_in = sampler.scale_model_input(x_in, t)
-            noise = self._unet(x_in.astype(np.float32, copy=False), t, embeddings)
-            if do_cfg:
-                uncond, cond = np.split(noise, 2)
-                noise = uncond + np.float32(guidance_scale) * (cond - uncond)
-            x = sampler.step(noise, t, x, rng)
-            if progress is not None:
-                progress(i + 1, len(timesteps))
+        with self._network("unet"):  # resident for the whole loop, also with low_memory
+            for i, t in enumerate(timesteps):
+                x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
+                x_in = sampler.scale_model_input(x_in, t)
+                noise = self._unet(x_in.astype(np.float32, copy=False), t, embeddings)
+                if do_cfg:
+                    uncond, cond = np.split(noise, 2)
+                    noise = uncond + np.float32(guidance_scale) * (cond - uncond)
+                x = sampler.step(noise, t, x, rng)
+                if progress is not None:
+                    progress(i + 1, len(timesteps))
         timings["denoise"] = time.perf_counter() - t0
         timings["unet_step"] = timings["denoise"] / max(len(timesteps), 1)
 
         # 5. decode
         t0 = time.perf_counter()
-        images = decoded_to_uint8(self._decode(x))  # (B, H, W, 3)
+        images = decoded_to_uint8(self._decode(x, tiled))  # (B, H, W, 3)
         timings["vae_decode"] = time.perf_counter() - t0
 
         # 6. package
@@ -213,29 +291,97 @@ class Pipeline:
             sides.append(int(value))
         return sides[0], sides[1]
 
+    def _check_memory(self, height: int, width: int, images: int, do_cfg: bool) -> bool:
+        """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles."""
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: h * w <= self.max_pixels)
+            raise ImageTooLargeError(
+                f"{width}x{height} is {height * width:,} pixels, over this pipeline's max_pixels={self.max_pixels:,}: "
+                f"the largest size that fits at this aspect ratio is {side}"
+            )
+        texts = images * (2 if do_cfg else 1)
+        native = self.vae_tile * self.folder.vae.scale_factor
+        tiled = self.vae_tiling if self.vae_tiling is not None else height * width > AUTO_TILING_AREA * native * native
+
+        def need(h: int, w: int, tile: bool) -> int:
+            return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,
+                            vae_tile=self.vae_tile if tile else None).peak
+
+        available = available_memory()
+        if need(height, width, tiled) > available and self.vae_tiling is None and not tiled and need(height, width, True) <= available:
+            tiled = True  # automatic tiling: the untiled decode would not fit, the tiled one does
+        if need(height, width, tiled) > available:
+            side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
+            raise ImageTooLargeError(
+                f"{width}x{height} with {images} image(s){' and guidance' if do_cfg else ''} needs about "
+                f"{gib(need(height, width, tiled))} of memory and {gib(available)} is available: the largest size "
+                f"that fits at this aspect ratio is {side}"
+                + ("" if tiled else " (vae_tiling=True / --vae-tiling lowers the decode's share)")
+                + ("" if self.low_memory else " (low_memory=True / --low-memory keeps one network in memory at a time)")
+            )
+        return tiled
+
     def _encode(self, texts: list[str]) -> NDArray[np.float32]:
+        with self._network("text_encoder") as text_encoder:
+            return self._encode_with(text_encoder, texts)
+
+    def _encode_with(self, text_encoder, texts: list[str]) -> NDArray[np.float32]:
         ids = self.tokenizer.encode(texts)  # (N, L) int64
         name = "input_ids"
-        dtype = self.text_encoder.inputs[name].dtype  # int32 in diffusers' legacy exports, int64 in optimum's
-        out = self.text_encoder(**{name: ids.astype(dtype)})
+        dtype = text_encoder.inputs[name].dtype  # int32 in diffusers' legacy exports, int64 in optimum's
+        out = text_encoder(**{name: ids.astype(dtype)})
         hidden = out.get("last_hidden_state", next(iter(out.values())))
         return hidden.astype(np.float32, copy=False)  # (N, L, D)
 
     def _unet(self, sample: NDArray[np.float32], t, embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
-        info = self.unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
-        shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
-        timestep = model_timestep(t, info.dtype, shape)
-        out = self.unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
-        return next(iter(out.values()))
+        with self._network("unet") as unet:
+            info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
+            shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
+            timestep = model_timestep(t, info.dtype, shape)
+            out = unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
+            return next(iter(out.values()))
 
-    def _decode(self, latents: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
         vae = self.folder.vae
         z = latents / np.float32(vae.scaling_factor)
         if vae.shift_factor is not None:
             z = z + np.float32(vae.shift_factor)
-        name = next(iter(self.vae_decoder.inputs))  # "latent_sample"
-        out = self.vae_decoder(**{name: z.astype(np.float32, copy=False)})
-        return next(iter(out.values()))  # (B, 3, H, W)
+        z = z.astype(np.float32, copy=False)
+        with self._network("vae_decoder") as decoder:
+            name = next(iter(decoder.inputs))  # "latent_sample"
+
+            def decode(tile: NDArray[np.float32]) -> NDArray[np.float32]:
+                return next(iter(decoder(**{name: np.ascontiguousarray(tile)}).values()))  # (B, 3, h*f, w*f)
+
+            if tiled:
+                return decode_tiled(decode, z, vae.scale_factor, self.vae_tile)
+            return decode(z)
+
+
+def _check_guidance(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
+    return float(value)
+
+
+def _largest_side(height: int, width: int, multiple: int, fits: Callable[[int, int], bool]) -> str:
+    """The largest "WxH" at this aspect ratio (sides multiples of `multiple`) that `fits`, or a sentence when none does."""
+    def size(k: int) -> tuple[int, int]:  # k steps of `multiple` along the longer side
+        longer = max(height, width)
+        return (max(multiple, height * k * multiple // longer // multiple * multiple),
+                max(multiple, width * k * multiple // longer // multiple * multiple))
+
+    low, high = 0, max(height, width) // multiple
+    while low < high:  # the largest k whose size fits
+        mid = (low + high + 1) // 2
+        if fits(*size(mid)):
+            low = mid
+        else:
+            high = mid - 1
+    if low == 0:
+        return "none: even the smallest image does not fit; close other programs or use a machine with more memory"
+    h, w = size(low)
+    return f"{w}x{h}"
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -243,4 +389,4 @@ def _check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
 
 
-__all__ = ["Pipeline", "PipelineResult", "available_schedulers"]
+__all__ = ["ImageTooLargeError", "Pipeline", "PipelineResult", "available_schedulers"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,20 +82,30 @@ class OpenVinoModel:
         self.inputs = {port.get_any_name(): _info(port) for port in self.model.inputs}
         self.outputs = {port.get_any_name(): _info(port) for port in self.model.outputs}
         self._compiled: dict[tuple, Any] = {}
+        self._idle: dict[int, list] = {}  # idle infer requests per compiled model (they keep their buffers)
+        self._lock = threading.Lock()  # one compilation per shape, one thread per request
         logger.info("%s: OpenVINO %s, %s", name, version(), precision)
 
     def __call__(self, **feeds: NDArray) -> dict[str, NDArray]:
         check_feeds(self.name, self.inputs, feeds)
         compiled = self.compile({name: value.shape for name, value in feeds.items()})
-        result = compiled(feeds)
-        return {name: result[port] for name, port in zip(self.outputs, compiled.outputs)}
+        with self._lock:  # a request must not be shared between threads: take an idle one, or a new one
+            idle = self._idle.setdefault(id(compiled), [])
+            request = idle.pop() if idle else compiled.create_infer_request()
+        try:
+            result = request.infer(feeds)  # outputs copied out of the request (share_outputs=False)
+            return {name: result[port] for name, port in zip(self.outputs, compiled.outputs)}
+        finally:
+            with self._lock:
+                idle.append(request)
 
     def compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
         """The compiled model for these input shapes: from this process, the disk cache, or compiled now."""
         key = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items()))
-        if key not in self._compiled:
-            self._compiled[key] = self._load_or_compile(dict(key))
-        return self._compiled[key]
+        with self._lock:
+            if key not in self._compiled:
+                self._compiled[key] = self._load_or_compile(dict(key))
+            return self._compiled[key]
 
     def _load_or_compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
         blob = self._blob_path(shapes)

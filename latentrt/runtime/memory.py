@@ -1,0 +1,121 @@
+"""How much memory a call will take, estimated from the model's shapes before anything is allocated.
+
+The guard (`check_fits`) compares the estimate with the memory this machine has available and refuses what
+cannot fit, naming the estimate and the largest size that fits: a server survives `--height 100000`.
+
+The estimate is structural (it grows with the latents, the channels and the attention maps, read from the
+folder's configs) with per-network constants measured on the SD 1.5 architecture at 256-768 px on both
+backends (benchmarks/results/memory_guard.md has the estimate against the measured peak):
+- UNet: `UNET_BYTES_PER_VALUE` float32 values of the widest feature map (batch x channels x latent area)
+  live at its peak, plus the largest self-attention score map (batch x heads x tokens^2) when the backend
+  materialises it;
+- VAE decoder: `VAE_BYTES_PER_VALUE` of its full-resolution feature map (channels of its last block x pixels),
+  plus its mid-block attention map (latent tokens^2), at the tile size when decoding in tiles;
+- weights: the component files' sizes, all resident by default, one network at a time with `low_memory`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentrt.runtime.folder import ModelFolder
+
+UNET_BYTES_PER_VALUE = 4 * 12.0  # measured: see the module docstring
+VAE_BYTES_PER_VALUE = 4 * 4.0
+ATTENTION_BYTES = 4  # one float32 score
+TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a call adds, by phase; `peak` is what the guard compares with the available memory."""
+
+    text_encoder: int
+    unet: int
+    vae: int
+    weights_loaded_per_phase: dict[str, int]  # weights a phase must load first (low_memory); {} when all resident
+
+    @property
+    def peak(self) -> int:
+        phases = {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decoder": self.vae}
+        return max(act + self.weights_loaded_per_phase.get(name, 0) for name, act in phases.items())
+
+
+def component_bytes(folder: ModelFolder, name: str) -> int:
+    model = folder.components[name].model
+    return sum(p.stat().st_size for p in model.parent.glob(model.name + "*") if p.is_file())
+
+
+def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: int, *,
+             low_memory: bool = False, vae_tile: int | None = None) -> MemoryEstimate:
+    """Memory of one call: `texts` UNet batch rows (2 per image with CFG), `images` decoded images."""
+    unet_cfg = folder.components["unet"].config
+    vae_cfg = folder.components["vae_decoder"].config
+    factor = folder.vae.scale_factor
+    lh, lw = height // factor, width // factor
+    channels = list(unet_cfg.get("block_out_channels") or [320])
+    unet = UNET_BYTES_PER_VALUE * texts * channels[0] * lh * lw
+    unet += ATTENTION_BYTES * texts * _largest_attention_map(unet_cfg, lh, lw)
+    th, tw = (min(lh, vae_tile), min(lw, vae_tile)) if vae_tile else (lh, lw)
+    vae_channels = list(vae_cfg.get("block_out_channels") or [128])[0]
+    vae = VAE_BYTES_PER_VALUE * vae_channels * (th * factor) * (tw * factor)
+    if vae_cfg.get("mid_block_add_attention", True):
+        vae += ATTENTION_BYTES * (th * tw) ** 2
+    vae *= 1 if vae_tile else images  # tiles are decoded one image at a time
+    vae += 12 * images * height * width  # the float32 output (and its uint8 copy) of the whole image
+    weights = {}
+    if low_memory:
+        weights = {name: component_bytes(folder, name) for name in ("text_encoder", "unet", "vae_decoder")}
+    return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(vae), weights)
+
+
+def _largest_attention_map(cfg: dict, lh: int, lw: int) -> int:
+    """heads x tokens^2 of the UNet's largest self-attention (at the finest level that has attention)."""
+    blocks = cfg.get("down_block_types") or []
+    channels = cfg.get("block_out_channels") or []
+    head_dims = cfg.get("num_attention_heads") or cfg.get("attention_head_dim") or 8
+    for level, block in enumerate(blocks):
+        if "CrossAttn" in block:
+            tokens = (lh // 2**level) * (lw // 2**level)
+            if cfg.get("num_attention_heads"):  # heads given outright
+                heads = _at(head_dims, level)
+            elif isinstance(cfg.get("attention_head_dim"), list):  # SD 2.x: per-level head width
+                heads = max(int(channels[level]) // int(_at(head_dims, level)), 1)
+            else:  # SD 1.x: diffusers' legacy name, attention_head_dim is the number of heads
+                heads = int(_at(head_dims, level))
+            return int(heads) * tokens * tokens
+    return 0
+
+
+def _at(value, index: int):
+    return value[index] if isinstance(value, (list, tuple)) else value
+
+
+def available_memory() -> int:
+    """Bytes this process can still take: MemAvailable, capped by a cgroup (container) limit when there is one."""
+    available = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if available is None:  # not Linux
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 1 << 62  # unknown: the guard only applies max_pixels
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            available = min(available, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def gib(value: int) -> str:
+    return f"{value / (1 << 30):.1f} GiB"
