@@ -4,14 +4,18 @@ The guard (`check_fits`) compares the estimate with the memory this machine has 
 cannot fit, naming the estimate and the largest size that fits: a server survives `--height 100000`.
 
 The estimate is structural (it grows with the latents, the channels and the attention maps, read from the
-folder's configs) with per-network constants measured on the SD 1.5 architecture at 256-768 px on both
-backends (benchmarks/results/memory_guard.md has the estimate against the measured peak):
-- UNet: `UNET_BYTES_PER_VALUE` float32 values of the widest feature map (batch x channels x latent area)
-  live at its peak, plus the largest self-attention score map (batch x heads x tokens^2) when the backend
-  materialises it;
-- VAE decoder: `VAE_BYTES_PER_VALUE` of its full-resolution feature map (channels of its last block x pixels),
-  plus its mid-block attention map (latent tokens^2), at the tile size when decoding in tiles;
-- weights: the component files' sizes, all resident by default, one network at a time with `low_memory`.
+folder's configs) with per-network constants measured on the SD 1.5 architecture at 256, 512 and 768 px
+(peak RSS of one call over the resident weights, ONNX Runtime and OpenVINO, the larger kept;
+benchmarks/results/memory_guard.md has the estimate against whole generations):
+- UNet: `UNET_BYTES_PER_VALUE` bytes per value of its widest feature map (batch x channels x latent area):
+  measured 95-106 on ONNX Runtime, 46 on OpenVINO. Its self-attention score maps (batch x heads x tokens^2)
+  are added only for graphs without fused attention (optimum's, plain exports): the fused MultiHeadAttention
+  never holds them whole (measured: linear in the pixels up to 768 px);
+- VAE decoder: `VAE_BYTES_PER_VALUE` per value of its full-resolution feature map (channels of its first block
+  x pixels; measured 29-32 with its mid-block attention map, latent tokens^2, added), at the tile size when
+  decoding in tiles;
+- weights: the component files' sizes, all resident by default, one network at a time with `low_memory`;
+  a backend that compiles per shape (OpenVINO) adds a compiled copy of the UNet for a new size.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from pathlib import Path
 
 from latentrt.runtime.folder import ModelFolder
 
-UNET_BYTES_PER_VALUE = 4 * 12.0  # measured: see the module docstring
-VAE_BYTES_PER_VALUE = 4 * 4.0
+UNET_BYTES_PER_VALUE = 110  # measured: see the module docstring
+VAE_BYTES_PER_VALUE = 30
 ATTENTION_BYTES = 4  # one float32 score
 TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
+RUNTIME_OVERHEAD = 256 << 20  # allocator slack and per-call copies (latents, noise, images)
 
 
 @dataclass(frozen=True)
@@ -49,22 +54,28 @@ def component_bytes(folder: ModelFolder, name: str) -> int:
 
 
 def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: int, *,
-             low_memory: bool = False, vae_tile: int | None = None) -> MemoryEstimate:
-    """Memory of one call: `texts` UNet batch rows (2 per image with CFG), `images` decoded images."""
+             low_memory: bool = False, vae_tile: int | None = None, compiles: bool = False) -> MemoryEstimate:
+    """Memory one call adds: `texts` UNet batch rows (2 per image with CFG), `images` decoded images.
+
+    compiles: the backend compiles the networks for this shape (OpenVINO at a size it has not seen).
+    """
     unet_cfg = folder.components["unet"].config
     vae_cfg = folder.components["vae_decoder"].config
     factor = folder.vae.scale_factor
     lh, lw = height // factor, width // factor
     channels = list(unet_cfg.get("block_out_channels") or [320])
-    unet = UNET_BYTES_PER_VALUE * texts * channels[0] * lh * lw
-    unet += ATTENTION_BYTES * texts * _largest_attention_map(unet_cfg, lh, lw)
+    unet = UNET_BYTES_PER_VALUE * texts * channels[0] * lh * lw + RUNTIME_OVERHEAD
+    if not (folder.components["unet"].manifest or {}).get("fused_attention"):
+        unet += ATTENTION_BYTES * texts * _largest_attention_map(unet_cfg, lh, lw)
+    if compiles:
+        unet += component_bytes(folder, "unet")
     th, tw = (min(lh, vae_tile), min(lw, vae_tile)) if vae_tile else (lh, lw)
     vae_channels = list(vae_cfg.get("block_out_channels") or [128])[0]
     vae = VAE_BYTES_PER_VALUE * vae_channels * (th * factor) * (tw * factor)
     if vae_cfg.get("mid_block_add_attention", True):
         vae += ATTENTION_BYTES * (th * tw) ** 2
     vae *= 1 if vae_tile else images  # tiles are decoded one image at a time
-    vae += 12 * images * height * width  # the float32 output (and its uint8 copy) of the whole image
+    vae += 12 * images * height * width + RUNTIME_OVERHEAD  # the float32 output (and uint8 copy) of the whole image
     weights = {}
     if low_memory:
         weights = {name: component_bytes(folder, name) for name in ("text_encoder", "unet", "vae_decoder")}

@@ -10,6 +10,7 @@ import logging
 import math
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,15 +164,18 @@ class Pipeline:
         length = self.tokenizer.max_length
         factor = self.folder.vae.scale_factor
         latent = (self.folder.unet.in_channels, height // factor, width // factor)
-        self.text_encoder.compile({"input_ids": (texts, length)})
         timestep = self.unet.inputs["timestep"]
-        self.unet.compile({
-            "sample": (texts, *latent),
-            "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
-            "encoder_hidden_states": (texts, length, self.folder.unet.cross_attention_dim),
-        })
-        name = next(iter(self.vae_decoder.inputs))
-        self.vae_decoder.compile({name: (batch, self.folder.vae.latent_channels, height // factor, width // factor)})
+        jobs = [
+            (self.unet, {
+                "sample": (texts, *latent),
+                "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
+                "encoder_hidden_states": (texts, length, self.folder.unet.cross_attention_dim),
+            }),
+            (self.text_encoder, {"input_ids": (texts, length)}),
+            (self.vae_decoder, {next(iter(self.vae_decoder.inputs)): (batch, self.folder.vae.latent_channels, *latent[1:])}),
+        ]
+        with ThreadPoolExecutor(len(jobs)) as pool:  # OpenVINO compiles in native code: the three overlap
+            list(pool.map(lambda job: job[0].compile(job[1]), jobs))
 
     def __call__(
         self,
@@ -303,9 +307,11 @@ class Pipeline:
         native = self.vae_tile * self.folder.vae.scale_factor
         tiled = self.vae_tiling if self.vae_tiling is not None else height * width > AUTO_TILING_AREA * native * native
 
+        compiles = self.provider == "openvino"  # a new size compiles a copy of each network (counted once: conservative)
+
         def need(h: int, w: int, tile: bool) -> int:
             return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,
-                            vae_tile=self.vae_tile if tile else None).peak
+                            vae_tile=self.vae_tile if tile else None, compiles=compiles).peak
 
         available = available_memory()
         if need(height, width, tiled) > available and self.vae_tiling is None and not tiled and need(height, width, True) <= available:
