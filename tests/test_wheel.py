@@ -41,8 +41,10 @@ def _run(cmd: list, cwd: Path, venv: Path | None = None, timeout: float = 900, c
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict[str, Path]:
-    """{"wheel", "venv", "work"}: the wheel, a fresh venv holding it and its dependencies, an empty folder."""
+def installed(tmp_path_factory):
+    """{"wheel", "venv", "work"}: the wheel, a fresh venv holding it and its dependencies, an empty folder.
+
+    Removed after the module's tests (a few hundred MB that pytest would otherwise keep for three runs)."""
     tmp = tmp_path_factory.mktemp("wheel")
     # Built from a copy of what the wheel is made of (the top-level files and latentrt/): an in-tree build
     # would leave build/ in the checkout, and setuptools would package whatever stale modules it holds.
@@ -63,7 +65,8 @@ def installed(tmp_path_factory) -> dict[str, Path]:
          cwd=tmp, venv=venv)
     work = tmp / "work"  # the commands run here: outside the checkout, nothing of the source tree
     work.mkdir()
-    return {"wheel": wheel, "venv": venv, "work": work}
+    yield {"wheel": wheel, "venv": venv, "work": work}
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_wheel_contents(installed):
