@@ -268,6 +268,11 @@ def bench(
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Default: the folder's own."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every system (default: all cores)."),
     systems: str = typer.Option("latentrt,diffusers", "--systems", help="Comma-separated, from: latentrt, latentrt-openvino, latentrt-int8 (latentrt's paths: ONNX Runtime fp32, OpenVINO precision auto, ONNX Runtime int8); diffusers, diffusers-bf16 (PyTorch fp32 / bf16 autocast); optimum, optimum-intel (peers, each in its own venv)."),
+    modes: str = typer.Option(
+        "default", "--modes",
+        help="Comma-separated, from: default, low_memory (one network resident at a time). Each latentrt path runs once "
+        "per mode, as a row of its own; the other systems have no modes.",
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot."),
@@ -278,7 +283,8 @@ def bench(
     title: Optional[str] = typer.Option(None, "--title", help="Heading of the markdown and the plot."),
     note: Optional[str] = typer.Option(None, "--note", help="Conditions to record with the results."),
 ) -> None:
-    """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings."""
+    """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings: load (cold and warm load
+    cache), stages, end to end, time to first image and peak RSS."""
     import importlib.util
     import shlex
 
@@ -289,6 +295,7 @@ def bench(
     config = BenchConfig(
         src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
         threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
         seed=seed, note=note, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
         progress=lambda message: typer.echo(message, err=True),

@@ -34,7 +34,7 @@ def _bench(src, tmp_path, systems: str) -> dict:
             "--plot", str(tmp_path / "bench.png")]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
-    assert (tmp_path / "bench.md").read_text().count("| latentrt |") == 2  # times table, roof table
+    assert (tmp_path / "bench.md").read_text().count("| latentrt |") == 3  # times table, load/TTFI table, roof table
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     return json.loads(out.read_text())
 
@@ -115,7 +115,11 @@ def test_bench_latentrt_paths(tiny_src, tmp_path):
     _check_system(ov)
     assert ov["info"]["provider"] == "openvino" and ov["modules_imported"] == []
     assert ov["info"]["precision"] in ("bf16", "fp32")  # auto: bf16 where the CPU runs it natively
-    assert ov["first_load"] > 0
+    assert ov["first_load"] is None and ov["load_cold"] > 0  # latentrt rows' first process: the cold-cache load
+    assert ov["load_cache_written_mb"] is None and ov["info"]["load_cache"] is None  # OpenVINO: no load cache
+    assert ov["info"]["compiled_model_cache"] is False  # the opt-in blob cache stays off
+    for name in paths:
+        assert report["systems"][name]["ttfi"] > 0 and report["systems"][name]["ttfi_psnr_vs_run_db"] == 100, name
     assert report["agreement_vs_reference"]["latentrt-openvino"]["psnr_db"] > 20
     assert report["ratios"] == {}  # `ratios` is against latentrt (ONNX Runtime fp32), not run here
     assert set(report["ratios_by_latentrt_path"]) == set(paths)
@@ -127,6 +131,85 @@ def test_bench_latentrt_paths(tiny_src, tmp_path):
     ov_int8 = report["systems"]["latentrt-openvino-int8"]
     assert ov_int8["info"]["folder"] == int8["info"]["folder"] and ov_int8["info"]["provider"] == "openvino"
     assert ov_int8["info"]["precision"].startswith("int8+")
+
+
+def test_bench_modes_load_cache_and_time_to_first_image(tiny_src, tmp_path, monkeypatch):
+    """--modes default,low_memory: a row per latentrt mode, each with its cold and warm load, time to first image
+    (a fresh `latentrt generate`, diffusers' --first-image script) and peak RSS; the load cache is the run's own
+    (a temporary folder, removed after), never the user's."""
+    import tempfile
+
+    user_cache = tmp_path / "user-cache"
+    monkeypatch.setenv("LATENTRT_CACHE", str(user_cache))  # what the workers must not use
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))  # where the run's load cache is made
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    args = ["bench", str(tiny_src), "--runs", "1", "--steps", "2", "--threads", "1", "--systems", "latentrt,diffusers",
+            "--modes", "default,low_memory", "--cache", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(md)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = json.loads(out.read_text())
+    rows = ["latentrt", "latentrt (low_memory)", "diffusers"]
+    assert list(report["systems"]) == rows and report["settings"]["modes"] == ["default", "low_memory"]
+    for name in rows[:2]:
+        m = report["systems"][name]
+        _check_system(m)
+        for key in ("load_cold", "load_warm", "ttfi", "peak_rss_mb", "ttfi_peak_rss_mb", "load_cache_written_mb"):
+            assert m[key] > 0, (name, key)
+        assert m["load_warm"] == m["load"] and m["min"]["ttfi"] <= m["ttfi"] <= m["max"]["ttfi"]
+        assert m["info"]["load_cache"] == "onnxruntime" and m["modules_imported"] == []
+        assert m["ttfi_psnr_vs_run_db"] == 100  # the first image is the timed run's image
+        assert report["embedding"]["rows"][name]["ttfi"] == m["ttfi"]
+        assert report["embedding"]["vs_reference"][name]["ttfi"] > 0
+        assert report["embedding"]["vs_reference"][name]["peak_rss"] > 0
+        assert report["embedding"]["ttfi_commands"][name].startswith("latentrt generate ")
+    default, low = report["systems"]["latentrt"], report["systems"]["latentrt (low_memory)"]
+    assert (default["mode"], low["mode"], low["system"]) == ("default", "low_memory", "latentrt")
+    assert low["info"]["low_memory"] is True and default["info"]["low_memory"] is False
+    assert low["cache_fill_after_load_s"] > 0 and default["cache_fill_after_load_s"] is None
+    assert "--low-memory" in report["embedding"]["ttfi_commands"]["latentrt (low_memory)"]
+    assert "--low-memory" not in report["embedding"]["ttfi_commands"]["latentrt"]
+    assert report["agreement_vs_reference"]["latentrt (low_memory)"]["psnr_db"] >= IMAGE_MIN_PSNR_DB
+    ref = report["systems"]["diffusers"]
+    assert ref["ttfi"] > 0 and ref["ttfi_peak_rss_mb"] > 0 and ref["ttfi_psnr_vs_run_db"] > 40
+    assert ref["load_cold"] is None and ref["load_warm"] is None and ref["mode"] == "default"
+    assert "--first-image" in report["embedding"]["ttfi_commands"]["diffusers"]
+    assert set(report["ratios_by_latentrt_path"]) == {"latentrt", "latentrt (low_memory)"}
+    text = md.read_text()
+    assert "| system (mode) | load, cold cache | load, warm cache | time to first image | peak RSS |" in text
+    assert text.count("| latentrt (low_memory) |") == 3  # times table, load/TTFI table, roof table
+    assert "| diffusers / latentrt (low_memory) (time), latentrt (low_memory) / diffusers (RSS) |" in text
+    assert not list(temp.iterdir())  # the run's load cache is gone
+    assert not (user_cache / "onnxruntime").exists()  # and the user's was never touched
+
+
+def test_bad_modes_are_clear_errors(tiny_src, tmp_path):
+    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+
+    args = ["bench", str(tiny_src), "--systems", "latentrt", "--modes", "default,lowmem", "--cache", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "unknown modes ['lowmem']: --modes takes a comma-separated list of default, low_memory" in result.output
+    assert not (tmp_path / "cache").exists()  # refused before anything ran
+    with pytest.raises(BenchError, match="unknown modes"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), modes=()))
+    with pytest.raises(BenchError, match="names a mode twice"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), modes=("low_memory", "low_memory")))
+    with pytest.raises(BenchError, match="default-mode row"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), modes=("low_memory",), fast_path="latentrt"))
+
+
+def test_rows_per_mode():
+    from latentrt.bench.harness import bench_rows
+
+    assert bench_rows(("latentrt-openvino-int8", "diffusers", "optimum"), ("default", "low_memory")) == [
+        ("latentrt-openvino-int8", "latentrt-openvino-int8", "default"),
+        ("latentrt-openvino-int8 (low_memory)", "latentrt-openvino-int8", "low_memory"),
+        ("diffusers", "diffusers", "default"),  # the other systems have no modes: one row each
+        ("optimum", "optimum", "default"),
+    ]
+    assert bench_rows(("latentrt",), ("low_memory",)) == [("latentrt (low_memory)", "latentrt", "low_memory")]
 
 
 def test_bench_on_a_model_folder(tmp_path):

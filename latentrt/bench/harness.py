@@ -1,7 +1,8 @@
 """latentrt against the PyTorch reference (diffusers) and what a user would pick instead, side by side.
 
     latentrt bench SRC [--steps N --height H --width W --runs R --guidance G --scheduler S --threads T
-                        --systems latentrt,diffusers,optimum --json PATH --markdown PATH --plot PATH]
+                        --systems latentrt,diffusers,optimum --modes default,low_memory
+                        --json PATH --markdown PATH --plot PATH]
     python -m latentrt.bench.harness SRC ...      (the same, without the CLI)
 
 Systems (SYSTEMS below; each names its worker in WORKERS):
@@ -39,6 +40,26 @@ Method (issue 5):
 - Image agreement: PSNR and max abs difference of each system's uint8 image against diffusers'.
 - Ratios: every latentrt path against every other system; and the issue-9 figures for the fastest
   latentrt path present (lowest end to end) against PyTorch fp32, PyTorch bf16 and optimum-intel.
+
+Embedding (issue 10): load with a cold and a warm cache, time to first image, peak RSS, per mode:
+- Modes (`--modes`, MODES): each latentrt path runs once per mode as its own row, `default` named as the path
+  (`latentrt-openvino-int8`), the others with the mode (`latentrt-openvino-int8 (low_memory)`: Pipeline(...,
+  low_memory=True), one network resident at a time). The other systems have no modes: one row each.
+- The load cache: every latentrt row loads from a folder made for this run (a temporary folder, removed at the
+  end: SD 1.5's UNet entry alone is about 4.5 GB), never the user's. `load_cold`: the row's first process, on an
+  empty cache folder of its own, after the model's files were read into the OS file cache (the figure is the
+  load cache's, not the disk's): ONNX Runtime optimizes each network and writes its optimized copy (a
+  low_memory row then opens each network once, untimed, to fill the cache as the default mode does). `load`
+  (= `load_warm`): every timed run, a new process on the cache that load filled. Both include
+  `pipe.compile(H, W, batch, guidance)`. The OpenVINO rows use no load cache (its compiled-model cache is
+  opt-in, left off as by default: $LATENTRT_CACHE is removed from their environment), so both of their loads
+  compile.
+- `ttfi`, time to first image: in every run, after each row's timed run, a fresh process that makes one image
+  with the benchmark's settings and latents (seed) and writes the PNG, timed from its start (Popen) to its exit
+  (the PNG checked): `latentrt generate ...` (the console script beside this interpreter) with the warm cache
+  for latentrt rows, `diffusers_worker.py --first-image` (from_pretrained, one pipeline call, the PNG) for
+  diffusers and diffusers-bf16; not measured for the peers. Its peak RSS (the child's ru_maxrss) is
+  `ttfi_peak_rss_mb`; the PNG is compared with the row's timed image (`ttfi_psnr_vs_run_db`).
 """
 
 from __future__ import annotations
@@ -54,6 +75,8 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +92,10 @@ logger = logging.getLogger(__name__)
 SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8", "diffusers", "diffusers-bf16",
            "optimum", "optimum-intel")
 LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8")
+# latentrt's modes (--modes): each latentrt path runs once per mode, as a row of its own
+MODES = ("default", "low_memory")
+# systems whose time to first image is measured (latentrt's CLI; diffusers' worker with --first-image)
+TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
 METRIC_LABELS = {
@@ -136,6 +163,7 @@ class BenchConfig:
     scheduler: str | None = None  # default: the folder's own (a latentrt short name)
     threads: int | None = None  # default: every core
     systems: tuple[str, ...] = ("latentrt", "diffusers")
+    modes: tuple[str, ...] = ("default",)  # MODES: each latentrt path runs once per mode; other systems ignore them
     prompt: str = DEFAULT_PROMPT
     negative: str = DEFAULT_NEGATIVE
     seed: int = 0
@@ -311,6 +339,20 @@ def is_model_folder(src: Path) -> bool:
     return (Path(src) / "unet" / "model.onnx").is_file()
 
 
+def row_name(system: str, mode: str) -> str:
+    """A row's name in the report and the tables: the path for the default mode, else "path (mode)"."""
+    return system if mode == "default" else f"{system} ({mode})"
+
+
+def bench_rows(systems: Sequence[str], modes: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(row, system, mode) in --systems order: each latentrt path once per mode, every other system once."""
+    rows = []
+    for system in systems:
+        for mode in (modes if system in LATENTRT_PATHS else ("default",)):
+            rows.append((row_name(system, mode), system, mode))
+    return rows
+
+
 def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
     """Size, scheduler and thread count made explicit, checked before anything runs."""
     from latentrt.runtime.schedulers import create_scheduler
@@ -336,8 +378,15 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         if missing:
             raise BenchError(f"{system} needs {', '.join(missing)}, not installed here: pip install 'latentrt[export]', "
                              "or leave it out of --systems")
+    bad_modes = [m for m in cfg.modes if m not in MODES]
+    if bad_modes or not cfg.modes:
+        raise BenchError(f"unknown modes {bad_modes or '(none)'}: --modes takes a comma-separated list of {', '.join(MODES)}")
+    if len(set(cfg.modes)) != len(cfg.modes):
+        raise BenchError(f"--modes names a mode twice: {', '.join(cfg.modes)}")
     if cfg.fast_path is not None and (cfg.fast_path not in LATENTRT_PATHS or cfg.fast_path not in cfg.systems):
         raise BenchError(f"fast path {cfg.fast_path!r} must be one of the latentrt paths in --systems")
+    if cfg.fast_path is not None and "default" not in cfg.modes:
+        raise BenchError("the fast path is a default-mode row: add default to --modes")
     for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
         if value < 1:
             raise BenchError(f"--{name} must be at least 1, got {value}")
@@ -372,6 +421,8 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "runs": cfg.runs,
         "warmup": "a discarded load-only round; in every run, one call of each component before timing",
         "systems": list(cfg.systems),
+        "modes": list(cfg.modes),
+        "rows": [row for row, _, _ in bench_rows(cfg.systems, cfg.modes)],
         "dtype": "float32",
         "device": "cpu",
         "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
@@ -468,24 +519,128 @@ def _interpreter(system: str) -> tuple[str, dict[str, str]]:
     return sys.executable, dict(os.environ)
 
 
+def _slug(system: str, mode: str = "default") -> str:
+    """A row's file-name stem in the workdir: the system, with `.mode` for the other modes."""
+    return system if mode == "default" else f"{system}.{mode}"
+
+
+def _worker_env(system: str, threads: int, base_env: dict[str, str]) -> dict[str, str]:
+    env = _thread_env(threads, base_env)
+    if system in LATENTRT_PATHS:  # the harness names the load cache itself (and OpenVINO's stays off)
+        env.pop("LATENTRT_CACHE", None)
+    return env
+
+
 def run_worker(system: str, worker_cfg: dict, workdir: Path, tag: str) -> dict:
     python, base_env = _interpreter(system)
     worker_cfg = {**worker_cfg, "system": system}
-    cfg_path = workdir / f"{system}-{tag}.config.json"
-    out_path = workdir / f"{system}-{tag}.json"
+    mode = worker_cfg.get("mode", "default")
+    stem = _slug(system, mode)
+    label = row_name(system, mode)
+    cfg_path = workdir / f"{stem}-{tag}.config.json"
+    out_path = workdir / f"{stem}-{tag}.json"
     cfg_path.write_text(json.dumps(worker_cfg, indent=1, default=str))
     out_path.unlink(missing_ok=True)
-    log = workdir / f"{system}.log"
-    env = _thread_env(worker_cfg["threads"], base_env)
+    log = workdir / f"{stem}.log"
+    env = _worker_env(system, worker_cfg["threads"], base_env)
     try:
         _run_logged([python, WORKERS[system], cfg_path, out_path], log, env=env)
     except BenchError as exc:
         report = _read_json(out_path) if out_path.is_file() else {}
-        raise BenchError(f"{system} ({tag}) failed: {report.get('error') or exc}") from None
+        raise BenchError(f"{label} ({tag}) failed: {report.get('error') or exc}") from None
     report = _read_json(out_path)
     if not report.get("ok"):
-        raise BenchError(f"{system} ({tag}) failed: {report.get('error')}")
+        raise BenchError(f"{label} ({tag}) failed: {report.get('error')}")
     return report
+
+
+# ------------------------------------------------------------------------- load cache, time to first image
+
+
+def _uses_load_cache(system: str) -> bool:
+    """The latentrt paths on ONNX Runtime's CPU provider: their loads read (and the first one writes) the load cache."""
+    from latentrt.bench.systems.latentrt_worker import PATHS
+
+    return system in PATHS and PATHS[system][0] == "cpu"
+
+
+def _read_through(folders: Sequence[Path]) -> None:
+    """Read every file of the model folders once, so that the cold-cache loads do not wait for the disk."""
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("*")):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    while fh.read(16 << 20):
+                        pass
+
+
+def _merge_cache(cold: Path, warm: Path) -> int:
+    """Move the entries a cold load wrote into the shared warm cache (those it lacks); returns the bytes written."""
+    from latentrt.runtime.cache import cache_entries, folder_size
+
+    written = folder_size(cold) if cold.is_dir() else 0
+    for backend, entry, _ in cache_entries(cold) if cold.is_dir() else []:
+        target = warm / backend / entry.name
+        if not target.exists() and not entry.name.endswith(".tmp"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            entry.rename(target)
+    shutil.rmtree(cold, ignore_errors=True)
+    return written
+
+
+def _latentrt_command() -> list[str]:
+    """How a user starts latentrt: the console script beside this interpreter (else the CLI module by -c)."""
+    script = Path(sys.executable).with_name("latentrt")
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; sys.argv[0] = 'latentrt'; from latentrt.cli import app; app()"]
+
+
+def _ttfi_command(system: str, mode: str, settings: dict, worker_cfg: dict, cfg_path: Path, png: Path,
+                  cache_dir: Path | None) -> tuple[list[str], list[str]]:
+    """(the command, the same with placeholders for the report) that makes the row's first image into `png`."""
+    if system in LATENTRT_PATHS:
+        from latentrt.bench.systems.latentrt_worker import PATHS
+
+        provider, precision, folder_key = PATHS[system]
+        folder = worker_cfg["folders"][folder_key]
+        tail = ["--negative", settings["negative"], "--provider", provider, "--precision", precision or "auto",
+                "--threads", settings["threads"], "--seed", settings["seed"], "--steps", settings["steps"],
+                "--height", settings["height"], "--width", settings["width"], "--guidance", settings["guidance"],
+                "--scheduler", settings["scheduler"], *(["--low-memory"] if mode == "low_memory" else [])]
+        cache = ["--cache-dir", cache_dir] if cache_dir is not None else []
+        cmd = [*_latentrt_command(), "generate", settings["prompt"], "-m", folder, "-o", png, *tail, *cache]
+        shown = ["latentrt", "generate", settings["prompt"], "-m", f"<{folder_key} folder>", "-o", "<out>.png", *tail,
+                 *(["--cache-dir", "<load cache, filled>"] if cache else [])]
+        return [str(c) for c in cmd], [str(c) for c in shown]
+    python, _ = _interpreter(system)
+    cmd = [python, WORKERS[system], "--first-image", cfg_path, png]
+    shown = ["python", f"latentrt/bench/systems/{WORKERS[system].name}", "--first-image", f"<{system} config>.json",
+             "<out>.png"]
+    return [str(c) for c in cmd], shown
+
+
+def run_ttfi(cmd: Sequence[str], env: dict[str, str], png: Path, log: Path, timeout: float = WORKER_TIMEOUT_S) -> dict[str, float]:
+    """Time to first image: wall-clock from starting the process to its exit, the PNG checked; and its peak RSS."""
+    png.unlink(missing_ok=True)
+    with open(log, "a") as fh:
+        fh.write(f"\n$ {shlex.join(map(str, cmd))}\n")
+        fh.flush()
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=fh, stderr=subprocess.STDOUT, env=env)
+        killer = threading.Timer(timeout, proc.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage: its peak RSS
+        finally:
+            killer.cancel()
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise BenchError(f"{shlex.join(map(str, cmd[:3]))}... failed (exit {proc.returncode}); its output:\n{_tail(log)}")
+    if not png.is_file() or png.read_bytes()[:8] != b"\x89PNG\r\n\x1a\n":
+        raise BenchError(f"{shlex.join(map(str, cmd[:3]))}... exited without writing the PNG {png}; its output:\n{_tail(log)}")
+    return {"ttfi": seconds, "ttfi_peak_rss_mb": usage.ru_maxrss / 1024.0}
 
 
 def run_roof(model: Path, threads: int, workdir: Path, tag: str) -> dict:
@@ -507,6 +662,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     started = time.time()
     settings = resolve_settings(cfg)
+    rows = bench_rows(cfg.systems, cfg.modes)
     src = Path(cfg.src).resolve()
     key_dir = cache_root(cfg.cache) / source_key(src)
     folders = ensure_exports(cfg, key_dir)
@@ -515,6 +671,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     latents = rng.standard_normal(settings["latent_shape"], dtype=np.float32)
     np.save(workdir / "latents.npy", latents)
+    np.save(workdir / "ttfi-latents.npy", latents[:1])  # time to first image: one image, the seed's first latents
     roof_model = build_gemm_model(workdir / "gemm.onnx")
     flops = unet_flops(settings, src, folders.get("latentrt"), workdir / "flops.log")
 
@@ -529,69 +686,138 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
     load_before = os.getloadavg()
     first_loads: dict[str, float] = {}
-    if cfg.warmup_round:
-        for system in cfg.systems:
-            cfg.progress(f"warm-up round: {system} (load only)")
-            first_loads[system] = run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")["load"]
-            cfg.progress(f"warm-up round: {system:<17} load {first_loads[system]:.2f} s (first process, discarded)")
-    reports: dict[str, list[dict]] = {s: [] for s in cfg.systems}
+    cold: dict[str, dict[str, Any]] = {}  # latentrt row -> its cold-cache load
+    reports: dict[str, list[dict]] = {row: [] for row, _, _ in rows}
+    ttfis: dict[str, list[dict]] = {row: [] for row, system, _ in rows if system in TTFI_SYSTEMS}
+    ttfi_shown: dict[str, str] = {}
     roofs: list[dict] = []
-    participants = list(cfg.systems) + ["roof"]
-    for r in range(cfg.runs):
-        order = participants[r % len(participants):] + participants[: r % len(participants)]  # rotate A/B order
-        for system in order:
-            if system == "roof":
-                roofs.append(run_roof(roof_model, settings["threads"], workdir, f"run{r}"))
-                cfg.progress(f"run {r + 1}/{cfg.runs}: GEMM roof {roofs[-1]['gflops']:.0f} GFLOP/s")
-                continue
-            image = workdir / f"{system}-run{r}.npy"
-            report = run_worker(system, {**worker_cfg, "image_out": str(image), "run": r}, workdir, f"run{r}")
-            report["image"] = str(image)
-            reports[system].append(report)
-            cfg.progress(
-                f"run {r + 1}/{cfg.runs}: {system:<17} load {report['load']:.2f} s, UNet {report['unet_step']:.3f} s, "
-                f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
-            )
+    # The load cache of this run: a temporary folder, removed at the end whatever happens (GBs for SD 1.5)
+    load_cache = Path(tempfile.mkdtemp(prefix="latentrt-bench-load-cache-"))
+    warm = load_cache / "warm"
+    try:
+        if cfg.warmup_round:
+            for row, system, _ in rows:
+                if system in LATENTRT_PATHS:
+                    continue  # their first process is the cold-cache load below
+                cfg.progress(f"warm-up round: {system} (load only)")
+                first_loads[row] = run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")["load"]
+                cfg.progress(f"warm-up round: {system:<17} load {first_loads[row]:.2f} s (first process, discarded)")
+        latentrt_rows = [(row, system, mode) for row, system, mode in rows if system in LATENTRT_PATHS]
+        if latentrt_rows:
+            from latentrt.bench.systems.latentrt_worker import PATHS
+
+            _read_through(sorted({folders[PATHS[system][2]] for _, system, _ in latentrt_rows}))
+        for row, system, mode in latentrt_rows:
+            uses_cache = _uses_load_cache(system)
+            empty = load_cache / f"cold-{_slug(system, mode)}"
+            report = run_worker(system, {**worker_cfg, "load_only": True, "mode": mode, "fill_cache": uses_cache,
+                                         "cache_dir": str(empty) if uses_cache else None}, workdir, "cold")
+            written = _merge_cache(empty, warm) if uses_cache else 0
+            if uses_cache and not written:
+                raise BenchError(f"{row}: its cold load wrote no load cache into {empty} (see {workdir / _slug(system, mode)}.log)")
+            cold[row] = {"load_cold": report["load"], "load_cache_written_mb": written / 2**20 if uses_cache else None,
+                         "cache_fill_after_load_s": report.get("fill_cache_s") if mode != "default" else None}
+            cfg.progress(f"cold load cache: {row:<38} load {report['load']:.2f} s"
+                         + (f" ({written / 2**20:,.0f} MB of cache written)" if uses_cache else " (no load cache)"))
+
+        participants: list[tuple[str, str, str] | None] = [*rows, None]  # None: the GEMM roof
+        for r in range(cfg.runs):
+            order = participants[r % len(participants):] + participants[: r % len(participants)]  # rotate A/B order
+            for entry in order:
+                if entry is None:
+                    roofs.append(run_roof(roof_model, settings["threads"], workdir, f"run{r}"))
+                    cfg.progress(f"run {r + 1}/{cfg.runs}: GEMM roof {roofs[-1]['gflops']:.0f} GFLOP/s")
+                    continue
+                row, system, mode = entry
+                stem = _slug(system, mode)
+                cache_dir = warm if _uses_load_cache(system) else None
+                row_cfg = {**worker_cfg, "mode": mode, "cache_dir": str(cache_dir) if cache_dir else None} if system in LATENTRT_PATHS else worker_cfg
+                image = workdir / f"{stem}-run{r}.npy"
+                report = run_worker(system, {**row_cfg, "image_out": str(image), "run": r}, workdir, f"run{r}")
+                report["image"] = str(image)
+                reports[row].append(report)
+                cfg.progress(
+                    f"run {r + 1}/{cfg.runs}: {row:<17} load {report['load']:.2f} s, UNet {report['unet_step']:.3f} s, "
+                    f"end to end {report['end_to_end']:.2f} s, peak RSS {report['peak_rss_mb']:.0f} MB"
+                )
+                if row not in ttfis:
+                    continue
+                ttfi_cfg = workdir / f"{stem}-ttfi.config.json"  # diffusers' script reads it; latentrt's CLI takes options
+                ttfi_cfg.write_text(json.dumps({**row_cfg, "system": system, "latents": str(workdir / "ttfi-latents.npy")},
+                                               indent=1, default=str))
+                png = workdir / f"{stem}-ttfi-run{r}.png"
+                cmd, shown = _ttfi_command(system, mode, settings, worker_cfg, ttfi_cfg, png, cache_dir)
+                ttfi_shown[row] = shlex.join(shown)
+                env = _worker_env(system, settings["threads"], _interpreter(system)[1])
+                measured = run_ttfi(cmd, env, png, workdir / f"{stem}-ttfi.log")
+                measured["png"] = str(png)
+                ttfis[row].append(measured)
+                cfg.progress(f"run {r + 1}/{cfg.runs}: {row:<17} time to first image {measured['ttfi']:.2f} s, "
+                             f"peak RSS {measured['ttfi_peak_rss_mb']:.0f} MB")
+    finally:
+        shutil.rmtree(load_cache, ignore_errors=True)
     load_after = os.getloadavg()
 
     systems: dict[str, dict[str, Any]] = {}
-    for system, runs in reports.items():
+    for row, system, mode in rows:
+        runs = reports[row]
         stats = {m: _summary([run[m] for run in runs]) for m in METRICS}
         rss = _summary([run["peak_rss_mb"] for run in runs])
-        systems[system] = {
+        systems[row] = {
+            "system": system,
+            "mode": mode,
             **{m: stats[m]["median"] for m in METRICS},
             "peak_rss_mb": rss["max"],
             "min": {**{m: stats[m]["min"] for m in METRICS}, "peak_rss_mb": rss["min"]},
             "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
             "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
             "import_s": statistics.median(run["import_s"] for run in runs),
-            # the discarded warm-up round's load: a fresh process, the OS file cache cold
-            "first_load": first_loads.get(system),
+            # the discarded warm-up round's load: a fresh process, the OS file cache cold (latentrt rows: load_cold)
+            "first_load": first_loads.get(row),
+            # latentrt rows: the load with an empty load cache (the row's first process) and with the filled one
+            # (= load, the timed runs'); None for the systems without a load cache
+            "load_cold": cold.get(row, {}).get("load_cold"),
+            "load_warm": stats["load"]["median"] if row in cold else None,
+            "load_cache_written_mb": cold.get(row, {}).get("load_cache_written_mb"),
+            "cache_fill_after_load_s": cold.get(row, {}).get("cache_fill_after_load_s"),
+            "ttfi": None,
+            "ttfi_peak_rss_mb": None,
             "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
         }
+        if ttfis.get(row):
+            t = _summary([x["ttfi"] for x in ttfis[row]])
+            t_rss = _summary([x["ttfi_peak_rss_mb"] for x in ttfis[row]])
+            systems[row].update(ttfi=t["median"], ttfi_peak_rss_mb=t_rss["max"])
+            for key, value in (("min", (t["min"], t_rss["min"])), ("max", (t["max"], t_rss["max"])), ("runs", (t["runs"], t_rss["runs"]))):
+                systems[row][key].update(ttfi=value[0], ttfi_peak_rss_mb=value[1])
         if flops.get("unet"):
-            systems[system]["unet_gflops"] = flops["unet"] / stats["unet_step"]["median"] / 1e9
+            systems[row]["unet_gflops"] = flops["unet"] / stats["unet_step"]["median"] / 1e9
         if flops.get("vae_decoder"):
-            systems[system]["vae_decode_gflops"] = flops["vae_decoder"] / stats["vae_decode"]["median"] / 1e9
+            systems[row]["vae_decode_gflops"] = flops["vae_decoder"] / stats["vae_decode"]["median"] / 1e9
 
     # image agreement against the reference (the last run's images; each system is deterministic)
     agreement: dict[str, dict[str, float]] = {}
-    images = {s: np.load(reports[s][-1]["image"]) for s in cfg.systems}
-    for system in cfg.systems:
-        runs_equal = all(np.array_equal(np.load(run["image"]), images[system]) for run in reports[system])
-        systems[system]["deterministic_across_runs"] = bool(runs_equal)
-        if REFERENCE in images and system != REFERENCE:
+    images = {row: np.load(reports[row][-1]["image"]) for row, _, _ in rows}
+    for row, _, _ in rows:
+        runs_equal = all(np.array_equal(np.load(run["image"]), images[row]) for run in reports[row])
+        systems[row]["deterministic_across_runs"] = bool(runs_equal)
+        if REFERENCE in images and row != REFERENCE:
             ref = images[REFERENCE]
-            psnr = image_psnr(images[system], ref)
-            agreement[system] = {
+            psnr = image_psnr(images[row], ref)
+            agreement[row] = {
                 "psnr_db": min(psnr, PSNR_CAP_DB),  # identical images: inf, written as the cap
-                "max_abs_diff": int(np.abs(images[system].astype(np.int16) - ref.astype(np.int16)).max()),
+                "max_abs_diff": int(np.abs(images[row].astype(np.int16) - ref.astype(np.int16)).max()),
                 "image_min_psnr_db": IMAGE_MIN_PSNR_DB,
             }
-    for system, image in images.items():
-        _save_png(image[0], workdir / f"{system}.png")
+        if ttfis.get(row):  # the first image is the timed run's first image (same settings and latents)
+            from PIL import Image
+
+            firsts = [np.asarray(Image.open(x["png"]).convert("RGB")) for x in ttfis[row]]
+            systems[row]["ttfi_psnr_vs_run_db"] = min(min(image_psnr(f, images[row][0]), PSNR_CAP_DB) for f in firsts)
+    for row, image in images.items():
+        _save_png(image[0], workdir / f"{_slug(systems[row]['system'], systems[row]['mode'])}.png")
 
     gemm = _summary([r["gflops"] for r in roofs])
     roof = {
@@ -605,11 +831,12 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     if "latentrt" in systems and flops.get("unet"):
         roof["latentrt_unet_gflops"] = systems["latentrt"]["unet_gflops"]
         roof["fraction_of_roof"] = systems["latentrt"]["unet_gflops"] / gemm["median"]
-    for system in systems:
+    for row in systems:
         if flops.get("unet"):
-            systems[system]["fraction_of_roof"] = systems[system]["unet_gflops"] / gemm["median"]
+            systems[row]["fraction_of_roof"] = systems[row]["unet_gflops"] / gemm["median"]
 
-    ratios_by_path = {path: _ratios(systems, path) for path in LATENTRT_PATHS if path in systems}
+    # every latentrt row (path and mode) against every other row; `fast_path` among the default-mode paths
+    ratios_by_path = {row: _ratios(systems, row) for row, system, _ in rows if system in LATENTRT_PATHS}
     ratios = ratios_by_path.get("latentrt", {})
     report = {
         "schema": "latentrt-bench/1",
@@ -621,6 +848,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "ratios": ratios,  # against `latentrt` (ONNX Runtime fp32)
         "ratios_by_latentrt_path": ratios_by_path,
         "fast_path": _fast_path(systems, ratios_by_path, cfg.fast_path),
+        "embedding": _embedding(systems, ttfi_shown),
         "roof": roof,
         "targets": _targets(ratios, roof),
         "settings": settings,
@@ -637,6 +865,39 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     }
     (workdir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
     return json.loads(json.dumps(report, default=_json_default))  # plain JSON types only
+
+
+def _embedding(systems: dict[str, dict], ttfi_commands: dict[str, str]) -> dict[str, Any]:
+    """Issue 10's figures per row: load with a cold and a warm cache, time to first image, peak RSS; and the
+    ratios of TTFI and peak RSS to the reference's (row / diffusers: < 1 is faster, or less memory)."""
+    ref = systems.get(REFERENCE)
+    vs: dict[str, dict[str, float | None]] = {}
+    if ref is not None:
+        for row, system in systems.items():
+            if row == REFERENCE:
+                continue
+            vs[row] = {
+                "ttfi": system["ttfi"] / ref["ttfi"] if system.get("ttfi") and ref.get("ttfi") else None,
+                "peak_rss": system["peak_rss_mb"] / ref["peak_rss_mb"],
+                "ttfi_peak_rss": (system["ttfi_peak_rss_mb"] / ref["ttfi_peak_rss_mb"]
+                                  if system.get("ttfi_peak_rss_mb") and ref.get("ttfi_peak_rss_mb") else None),
+            }
+    return {
+        "rows": {row: {k: system.get(k) for k in EMBEDDING_FIELDS} for row, system in systems.items()},
+        "vs_reference": vs,
+        "ttfi_commands": ttfi_commands,
+        "load_cache": ("a temporary folder made for the run and removed after it; each latentrt row's first process "
+                       "(load_cold) loads with an empty one of its own, the timed runs (load = load_warm) and the "
+                       "TTFI processes with the entries those loads wrote; OpenVINO rows use none (compiled-model "
+                       "cache opt-in, off)"),
+        "load_includes": "Pipeline.from_folder + pipe.compile(height, width, batch, guidance)",
+        "ttfi": ("wall-clock from starting a fresh process to its exit, the PNG written and checked: one image at "
+                 "the bench's size, steps, guidance, scheduler and seed, with the warm load cache"),
+    }
+
+
+EMBEDDING_FIELDS = ("system", "mode", "load_cold", "load_warm", "ttfi", "peak_rss_mb", "ttfi_peak_rss_mb",
+                    "load_cache_written_mb", "cache_fill_after_load_s", "ttfi_psnr_vs_run_db")
 
 
 def _json_default(value):
@@ -754,6 +1015,79 @@ def _fast_path_lines(fast: dict | None) -> list[str]:
 
 
 
+def _seconds(value: float) -> str:
+    return f"{_fmt_s(value)}{'' if _fmt_s(value).endswith('ms') else ' s'}"
+
+
+def _embedding_lines(report: dict) -> list[str]:
+    """Issue 10's table: load with a cold and a warm cache, time to first image and peak RSS per row and mode."""
+    emb, systems = report.get("embedding"), report["systems"]
+    if not emb:
+        return []
+    vs = emb.get("vs_reference", {})
+    ref = report.get("reference", REFERENCE)
+    have_ref = ref in systems
+    head = ["system (mode)", "load, cold cache", "load, warm cache", "time to first image", "peak RSS",
+            "peak RSS, TTFI process"] + ([f"TTFI / {ref}", f"peak RSS / {ref}"] if have_ref else [])
+    lines = [
+        "**Load, time to first image (TTFI), peak RSS** per row and mode (issue 10; modes: "
+        + ", ".join(report["settings"].get("modes", ["default"])) + ").",
+        "",
+        "| " + " | ".join(head) + " |",
+        "| --- | " + " | ".join("---:" for _ in head[1:]) + " |",
+    ]
+    for name, system in systems.items():
+        latentrt_row = system.get("system", name) in LATENTRT_PATHS
+        cold = _seconds(system["load_cold"]) if system.get("load_cold") is not None else "–"
+        written = system.get("load_cache_written_mb")
+        if latentrt_row and written and system.get("cache_fill_after_load_s") is not None:  # low_memory: nothing opened
+            cold += f" (opens no network; their first opening {_seconds(system['cache_fill_after_load_s'])}, {written:,.0f} MB written)"
+        elif latentrt_row and written:
+            cold += f" ({written:,.0f} MB written)"
+        elif latentrt_row:
+            cold += " (no load cache)"
+        warm = _cell(system, "load") + ("" if latentrt_row else " (no load cache)")
+        ttfi = _cell(system, "ttfi") if system.get("ttfi") is not None else "not measured"
+        ttfi_rss = f"{system['ttfi_peak_rss_mb']:,.0f} MB" if system.get("ttfi_peak_rss_mb") is not None else "–"
+        cells = [name, cold, warm, ttfi, _cell(system, "peak_rss_mb"), ttfi_rss]
+        if have_ref:
+            ratio = vs.get(name, {})
+            cells += ["1" if name == ref else (f"{ratio['ttfi']:.2f}x" if ratio.get("ttfi") else "–"),
+                      "1" if name == ref else (f"{ratio['peak_rss']:.2f}" if ratio.get("peak_rss") else "–")]
+        lines.append("| " + " | ".join(cells) + " |")
+    modes = report["settings"].get("modes", ["default"])
+    lines += [
+        "",
+        "Load = `Pipeline.from_folder` + `pipe.compile(height, width, batch, guidance)` at the bench's size, in a new "
+        "process. **Cold cache**: the row's first process, with an empty load-cache folder made for it (ONNX Runtime "
+        "optimizes each network and writes its optimized copy with prepacked weights: the MB written), one sample, "
+        "after the model's files were read into the OS file cache. **Warm cache**: the main table's `load`, the timed "
+        "runs' (each a new process on the cache the cold load filled). The cache folders are temporary, removed after "
+        "the run. OpenVINO rows use no load cache (their compiled-model cache is opt-in and off, as by default): "
+        "both their loads compile the networks.",
+    ]
+    if "low_memory" in modes:
+        lines += [
+            "",
+            "`low_memory` (Pipeline(low_memory=True): one network resident at a time) opens no network at load, and "
+            "`pipe.compile` has nothing to compile: its load is the folder and the tokenizer; each network is opened "
+            "when a stage needs it and released after (from the load cache on ONNX Runtime; compiled again on "
+            "OpenVINO), in end to end and TTFI. Its cold row opened each network once after the timed load, untimed, "
+            "to fill the cache.",
+        ]
+    lines += [
+        "",
+        "**Time to first image**: wall-clock from starting a fresh process to its exit with the PNG written (checked), "
+        "one image at the bench's size, steps, guidance, scheduler and seed (the same latents), measured in every run "
+        "after the row's timed run, the load cache warm: `latentrt generate` for latentrt rows (the commands are in "
+        "the JSON, `embedding.ttfi_commands`), a script doing `StableDiffusionPipeline.from_pretrained` + one "
+        "pipeline call + the PNG for diffusers; not measured for the peers. Peak RSS, TTFI process: that process's "
+        f"ru_maxrss. Ratios: the row's figure / the reference's ({ref}; < 1: faster, or less memory).",
+        "",
+    ]
+    return lines
+
+
 def _fmt_s(value: float) -> str:
     if value >= 10:
         return f"{value:.1f}"
@@ -791,7 +1125,7 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(system, k) for k in (*METRICS, "peak_rss_mb")) + " |")
     for path, ratios in report.get("ratios_by_latentrt_path", {"latentrt": report["ratios"]}).items():
         for other, ratio in ratios.items():
-            if other in LATENTRT_PATHS:  # paths against each other: in the JSON
+            if systems.get(other, {}).get("system", other) in LATENTRT_PATHS:  # paths and modes against each other: in the JSON
                 continue
             cells = [f"{ratio['speedup'][k]:.2f}x" for k in METRICS] + [f"{ratio['peak_rss_ratio']:.2f}"]
             lines.append(f"| {other} / {path} (time), {path} / {other} (RSS) | " + " | ".join(cells) + " |")
@@ -806,6 +1140,7 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
                   "files; latentrt's OpenVINO paths and optimum-intel compile in every load, neither using a compiled-model "
                   "cache on CPU by default): " + "; ".join(
                       f"{name} {_fmt_s(value)}{'' if _fmt_s(value).endswith('ms') else ' s'}" for name, value in first.items()) + ".", ""]
+    lines += _embedding_lines(report)
     lines += _fast_path_lines(report.get("fast_path"))
     roof = report["roof"]
     if roof.get("unet_flops_per_call"):
@@ -883,6 +1218,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scheduler", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--systems", default="latentrt,diffusers")
+    p.add_argument("--modes", default="default", help=f"comma-separated, from: {', '.join(MODES)}")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
@@ -897,6 +1233,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = BenchConfig(
         src=args.src, steps=args.steps, height=args.height, width=args.width, runs=args.runs, guidance=args.guidance,
         scheduler=args.scheduler, threads=args.threads, systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
+        modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         cache=args.cache, note=args.note, optimum_intel_model_cache=args.optimum_intel_model_cache,
         fast_path=args.fast_path, command="python -m latentrt.bench.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
         progress=lambda message: print(message, file=sys.stderr, flush=True),

@@ -35,7 +35,7 @@ def plot(report: dict, out: Path, title: str | None = None) -> Path:
         lo = [systems[n][metric] - systems[n]["min"][metric] for n in names]
         hi = [systems[n]["max"][metric] - systems[n][metric] for n in names]
         bars = ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=3,
-                      color=[COLORS.get(n, "#999999") for n in names])
+                      color=[COLORS.get(systems[n].get("system", n), "#999999") for n in names])
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="y", labelsize=8)

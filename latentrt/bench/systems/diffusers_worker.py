@@ -3,6 +3,11 @@
 `diffusers-bf16` is what a PyTorch user on a CPU with bf16 instructions picks instead: the same pipeline, fp32
 weights, with every stage (text encoder, UNet, VAE decode, the whole generation) run under
 `torch.autocast("cpu", dtype=torch.bfloat16)`.
+
+    diffusers_worker.py CONFIG.json OUT.json               one benchmark run (protocol.run)
+    diffusers_worker.py --first-image CONFIG.json OUT.png  what a user's script does for one image: import,
+        StableDiffusionPipeline.from_pretrained, one generation with the config's settings and latents, the PNG
+        saved; the harness times this process from its start to its exit (time to first image)
 """
 
 from __future__ import annotations
@@ -114,5 +119,27 @@ class DiffusersBf16System(DiffusersSystem):
 VARIANTS = {cls.name: cls for cls in (DiffusersSystem, DiffusersBf16System)}
 
 
+def first_image(cfg: dict, png: Path) -> None:
+    """One image, as a script would make it: load the pipeline, generate with the config's settings, save the PNG."""
+    system = VARIANTS[cfg.get("system", "diffusers")](cfg)  # imports torch and diffusers, sets the threads
+    system.load()
+    pipe, torch = system.pipe, system.torch
+    pipe.scheduler = diffusers_scheduler(cfg["scheduler"], pipe.scheduler.config)
+    latents = torch.from_numpy(system.np.load(cfg["latents"]))  # the seed's latents, as every system gets them
+    with system._mode():
+        image = pipe(
+            cfg["prompt"], negative_prompt=cfg["negative"], num_inference_steps=cfg["steps"],
+            guidance_scale=cfg["guidance"], latents=latents, height=cfg["height"], width=cfg["width"],
+        ).images[0]
+    image.save(png)
+
+
 if __name__ == "__main__":
-    run(lambda cfg: VARIANTS[cfg.get("system", "diffusers")](cfg))
+    if sys.argv[1:2] == ["--first-image"]:
+        import json
+
+        if len(sys.argv) != 4:
+            raise SystemExit("usage: diffusers_worker.py --first-image CONFIG.json OUT.png")
+        first_image(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
+    else:
+        run(lambda cfg: VARIANTS[cfg.get("system", "diffusers")](cfg))
