@@ -47,7 +47,6 @@ class PipelineResult:
 
 
 NETWORKS = ("text_encoder", "unet", "vae_decoder")
-AUTO_TILING_AREA = 4  # vae_tiling=None tiles images larger than 4x the VAE's native area (1024x1024 for SD 1.5)
 
 
 class ImageTooLargeError(ValueError):
@@ -64,8 +63,8 @@ class Pipeline:
 
     low_memory: one network resident at a time, loaded when a call needs it and released after (a load from the
     cache takes about a second on ONNX Runtime; OpenVINO compiles again each time). vae_tiling: decode in
-    overlapping tiles (True), never (False), or when the image is larger than AUTO_TILING_AREA times the VAE's
-    native area or the untiled decode would not fit in memory (None). max_pixels: refuse images with more
+    overlapping tiles (True), never (False), or only when the untiled decode would not fit in the memory
+    available (None: tiling is not exact, and a VAE trained on small images draws a frame in every tile). max_pixels: refuse images with more
     pixels (height x width) than this, for an app that bounds its requests; every call is also refused when its
     estimated memory exceeds what the machine has available (`latentrt.runtime.memory`).
 
@@ -304,8 +303,7 @@ class Pipeline:
                 f"the largest size that fits at this aspect ratio is {side}"
             )
         texts = images * (2 if do_cfg else 1)
-        native = self.vae_tile * self.folder.vae.scale_factor
-        tiled = self.vae_tiling if self.vae_tiling is not None else height * width > AUTO_TILING_AREA * native * native
+        tiled = bool(self.vae_tiling)
 
         compiles = self.provider == "openvino"  # a new size compiles a copy of each network (counted once: conservative)
 
@@ -359,8 +357,8 @@ class Pipeline:
             def decode(tile: NDArray[np.float32]) -> NDArray[np.float32]:
                 return next(iter(decoder(**{name: np.ascontiguousarray(tile)}).values()))  # (B, 3, h*f, w*f)
 
-            if tiled:
-                return decode_tiled(decode, z, vae.scale_factor, self.vae_tile)
+            if tiled:  # one image at a time: the decode's memory is one tile's (memory.estimate counts it so)
+                return np.concatenate([decode_tiled(decode, z[i:i + 1], vae.scale_factor, self.vae_tile) for i in range(len(z))])
             return decode(z)
 
 
