@@ -62,11 +62,12 @@ class Pipeline:
     ~/.cache/latentrt) holds what makes the next load fast; `use_cache=False` neither reads nor writes it.
 
     low_memory: one network resident at a time, loaded when a call needs it and released after (a load from the
-    cache takes about a second on ONNX Runtime; OpenVINO compiles again each time). vae_tiling: decode in
-    overlapping tiles (True), never (False), or only when the untiled decode would not fit in the memory
-    available (None: tiling is not exact, and a VAE trained on small images draws a frame in every tile). max_pixels: refuse images with more
-    pixels (height x width) than this, for an app that bounds its requests; every call is also refused when its
-    estimated memory exceeds what the machine has available (`latentrt.runtime.memory`).
+    cache takes about a second on ONNX Runtime, 11 s for SD 1.5's UNet with use_cache=False; OpenVINO compiles
+    again each time). vae_tiling: decode in overlapping tiles (True), never (False), or only when the untiled
+    decode would not fit in the memory available (None: tiling is not exact, and a VAE trained on small images
+    draws a frame in every tile). max_pixels: refuse images with more pixels (height x width) than this, for an
+    app that bounds its requests; every call is also refused when its estimated memory exceeds what the
+    machine has available (`latentrt.runtime.memory`).
 
     Threads: one pipeline may be called from several threads at once (the images are those of serial calls);
     `threads` sets the CPU threads each network uses. `close()` (or `with ... as pipe:`) frees the networks.
