@@ -1041,7 +1041,8 @@ def _embedding_lines(report: dict) -> list[str]:
         cold = _seconds(system["load_cold"]) if system.get("load_cold") is not None else "–"
         written = system.get("load_cache_written_mb")
         if latentrt_row and written and system.get("cache_fill_after_load_s") is not None:  # low_memory: nothing opened
-            cold += f" (opens no network; their first opening {_seconds(system['cache_fill_after_load_s'])}, {written:,.0f} MB written)"
+            cold += (f" (opens no network; opening the three after it, cold cache: {_seconds(system['cache_fill_after_load_s'])}, "
+                     f"{written:,.0f} MB written)")
         elif latentrt_row and written:
             cold += f" ({written:,.0f} MB written)"
         elif latentrt_row:
