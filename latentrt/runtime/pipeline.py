@@ -316,13 +316,14 @@ class Pipeline:
         if need(height, width, tiled) > available and self.vae_tiling is None and not tiled and need(height, width, True) <= available:
             tiled = True  # automatic tiling: the untiled decode would not fit, the tiled one does
         if need(height, width, tiled) > available:
+            tiled = tiled or self.vae_tiling is None  # the size offered is one automatic tiling makes fit
             side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
+            remedies = ([] if tiled else ["vae_tiling=True (--vae-tiling) decodes in tiles"]) + (
+                [] if self.low_memory else ["low_memory=True (--low-memory) keeps one network in memory at a time"])
             raise ImageTooLargeError(
                 f"{width}x{height} with {images} image(s){' and guidance' if do_cfg else ''} needs about "
                 f"{gib(need(height, width, tiled))} of memory and {gib(available)} is available: the largest size "
-                f"that fits at this aspect ratio is {side}"
-                + ("" if tiled else " (vae_tiling=True / --vae-tiling lowers the decode's share)")
-                + ("" if self.low_memory else " (low_memory=True / --low-memory keeps one network in memory at a time)")
+                f"that fits at this aspect ratio is {side}" + (f"; {' and '.join(remedies)}, for larger sizes" if remedies else "")
             )
         return tiled
 
