@@ -216,8 +216,7 @@ class Pipeline:
         # 2. encode prompt: one text-encoder call for both halves; (2B, L, D) with CFG, else (B, L, D)
         t0 = time.perf_counter()
         texts = (negatives + prompts) if do_cfg else prompts
-        with self._network("text_encoder"):
-            embeddings = self._encode(texts)
+        embeddings = self._encode(texts)  # with low_memory the text encoder is released right after
         embeddings = np.repeat(embeddings, num_images, axis=0)  # prompt i's images stay together
         timings["text_encoder"] = time.perf_counter() - t0
 
