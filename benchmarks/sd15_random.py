@@ -5,7 +5,7 @@ CLIP's real BPE vocabulary (tests/assets/clip); tests/test_full_size.py builds i
 draw noise, but the graphs, shapes and FLOPs are SD 1.5's, which is what a speed benchmark needs.
 About 4.3 GB on disk.
 
-    python -m benchmarks.sd15_random /work/bench-cache/sd15-random-diffusers [--seed 0]
+    python -m benchmarks.sd15_random <bench-cache>/sd15-random-diffusers [--seed 0]
 """
 
 from __future__ import annotations
