@@ -123,6 +123,11 @@ def as_scalar(t: Any) -> float:
     return arr.reshape(()).item()
 
 
+def per_sample(values: NDArray[Any], ndim: int) -> NDArray[Any]:
+    """One value per sample (or one for all) shaped ``(batch, 1, ...)`` to broadcast over an ``ndim`` sample."""
+    return np.asarray(values).reshape(-1, *(1,) * (ndim - 1))
+
+
 class Scheduler:
     """Base class: holds the config, the training schedule and the state of one sampling run.
 
@@ -205,10 +210,16 @@ class Scheduler:
         return prev.astype(sample.dtype, copy=False)
 
     def add_noise(
-        self, original: NDArray[np.floating], noise: NDArray[np.floating], t: Any
+        self, original: NDArray[np.floating], noise: NDArray[np.floating], timesteps: Any
     ) -> NDArray[np.floating]:
-        """Forward process ``q(x_t | x_0)`` (Ho et al. 2020, eq. 4): ``sqrt(a_t) x_0 + sqrt(1 - a_t) noise``."""
-        a = self.alphas_cumprod.astype(original.dtype)[int(as_scalar(t))]
+        """Forward process ``q(x_t | x_0)`` (Ho et al. 2020, eq. 4): ``sqrt(a_t) x_0 + sqrt(1 - a_t) noise``.
+
+        ``timesteps``: one training timestep for the whole batch, or one per sample (shape ``(batch,)``), as in
+        diffusers' ``DDPMScheduler.add_noise``; computed in ``original``'s dtype. Needs no ``set_timesteps``.
+        """
+        original = np.asarray(original)
+        t = np.asarray(timesteps).astype(np.int64)
+        a = per_sample(self.alphas_cumprod.astype(original.dtype)[t], original.ndim)
         return (a**0.5 * original + (1 - a) ** 0.5 * noise).astype(original.dtype, copy=False)
 
     # --- for subclasses -----------------------------------------------------------------------------------
@@ -243,20 +254,51 @@ class Scheduler:
 class IndexedScheduler(Scheduler):
     """A scheduler that walks an array (sigmas, solver history) by position, like diffusers' ``step_index``.
 
-    The position is found from the first timestep it is called with, then advanced by one per ``step``. A run
-    that starts at ``timesteps[0]`` starts at position 0; a run started mid-schedule lands on the second match
-    where a timestep appears twice, as in diffusers. (diffusers applies the second-match rule to the first entry
-    too, which makes it skip a step and then fail with an IndexError when rounded Karras timesteps start with a
-    repeated value; latentrt does not copy that.)
+    The position is ``set_begin_index``'s, or else found from the first timestep it is called with; it advances
+    by one per ``step``. A run that starts at ``timesteps[0]`` starts at position 0; a run started mid-schedule
+    lands on the second match where a timestep appears twice, as in diffusers. (diffusers applies the
+    second-match rule to the first entry too, which makes it skip a step and then fail with an IndexError when
+    rounded Karras timesteps start with a repeated value; latentrt does not copy that.)
     """
 
     def _reset(self) -> None:
         self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at ``timesteps[begin_index]`` (diffusers' img2img passes ``t_start * order``).
+
+        Call after ``set_timesteps`` (which clears it). The first ``step`` then takes this position instead of
+        looking its timestep up, and ``add_noise`` uses this position's noise level (the current step's once the
+        run has started), as in diffusers.
+        """
+        self._check_ready()
+        n = len(self.timesteps)
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or not 0 <= begin_index < n:
+            raise ValueError(f"{self.name} scheduler: begin_index must be an integer in [0, {n}), got {begin_index!r}")
+        self._begin_index = int(begin_index)
 
     def _index(self, t: Any) -> int:
         if self._step_index is None:
-            self._step_index = self._lookup(t)
+            self._step_index = self._lookup(t) if self._begin_index is None else self._begin_index
         return self._step_index
+
+    def _noise_indices(self, timesteps: Any) -> NDArray[np.int64]:
+        """Positions of the noise levels ``add_noise`` uses, one per timestep given (diffusers' rule).
+
+        Without ``set_begin_index`` each timestep is looked up; with it, every sample gets the current step's
+        position, or ``begin_index`` before the first step.
+        """
+        self._check_ready()
+        ts = np.asarray(timesteps).reshape(-1)
+        if self._begin_index is None:
+            return np.array([self._lookup(t) for t in ts], dtype=np.int64)
+        i = self._begin_index if self._step_index is None else self._step_index
+        return np.full(len(ts), i, dtype=np.int64)
+
+    def _sigmas_at(self, timesteps: Any, like: NDArray[Any]) -> NDArray[Any]:
+        """The VE noise levels (``self.sigmas``) of ``timesteps``, per sample and in ``like``'s dtype."""
+        return per_sample(self.sigmas.astype(like.dtype)[self._noise_indices(timesteps)], like.ndim)
 
     def _lookup(self, t: Any) -> int:
         value = as_scalar(t)
@@ -296,8 +338,8 @@ class SigmaScheduler(IndexedScheduler):
         return (sample / ((sigma**2 + 1) ** 0.5)).astype(sample.dtype, copy=False)
 
     def add_noise(
-        self, original: NDArray[np.floating], noise: NDArray[np.floating], t: Any
+        self, original: NDArray[np.floating], noise: NDArray[np.floating], timesteps: Any
     ) -> NDArray[np.floating]:
-        """``x_0 + sigma_t * noise`` at a timestep of ``timesteps``."""
-        sigma = self.sigmas.astype(original.dtype)[self._lookup(t)]
-        return (original + noise * sigma).astype(original.dtype, copy=False)
+        """``x_0 + sigma_t * noise``, ``sigma_t`` found from ``timesteps`` as ``_noise_indices`` says."""
+        original = np.asarray(original)
+        return (original + noise * self._sigmas_at(timesteps, original)).astype(original.dtype, copy=False)

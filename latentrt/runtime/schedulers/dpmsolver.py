@@ -239,10 +239,11 @@ class MultistepScheduler(IndexedScheduler):
         self.lower_order_nums = 0
 
     def add_noise(
-        self, original: NDArray[np.floating], noise: NDArray[np.floating], t: Any
+        self, original: NDArray[np.floating], noise: NDArray[np.floating], timesteps: Any
     ) -> NDArray[np.floating]:
-        """``alpha_t x_0 + sigma_t noise`` at the noise level of a timestep of ``timesteps``."""
-        alpha_t, sigma_t = vp_alpha_sigma(self.sigmas.astype(original.dtype)[self._lookup(t)])
+        """``alpha_t x_0 + sigma_t noise`` at the VE noise level ``add_noise`` of sigma schedulers finds."""
+        original = np.asarray(original)
+        alpha_t, sigma_t = vp_alpha_sigma(self._sigmas_at(timesteps, original))
         return (alpha_t * original + sigma_t * noise).astype(original.dtype, copy=False)
 
     def _push(self, x0: NDArray[Any]) -> None:
