@@ -37,6 +37,12 @@ def generate(
     height: Optional[int] = typer.Option(None, "--height"),
     width: Optional[int] = typer.Option(None, "--width"),
     num_images: int = typer.Option(1, "-n", "--num-images"),
+    image: Optional[Path] = typer.Option(
+        None, "--image", help="Image to image: start from this picture (size: the image's, rounded down to the model's multiple, unless --height/--width resize it)."
+    ),
+    strength: Optional[float] = typer.Option(
+        None, "--strength", help="With --image: how much of it is redrawn, in (0, 1] (default 0.8; at 1 little of the image survives)."
+    ),
     provider: str = typer.Option(
         "auto", "--provider", help="auto (OpenVINO if installed, else ONNX Runtime CPU), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
     ),
@@ -58,7 +64,7 @@ def generate(
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Generate images from a prompt."""
+    """Generate images from a prompt (and, with --image, from a starting picture)."""
     from latentrt.runtime.images import save_png
     from latentrt.runtime.pipeline import Pipeline
 
@@ -80,6 +86,7 @@ def generate(
             result = pipe(
                 prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                 seed=seed, height=height, width=width, num_images=num_images, progress=progress,
+                image=image, strength=strength,
             )
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))

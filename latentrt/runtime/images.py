@@ -23,6 +23,7 @@ class GenerationParameters:
     model: str
     backend: str = "cpu"  # "openvino", or the ONNX Runtime provider
     precision: str = "fp32"  # what the networks computed in: "fp32", "bf16", "int8+fp32", ...
+    strength: float | None = None  # image to image's denoising strength; None for text to image
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
@@ -35,7 +36,7 @@ class GenerationParameters:
             f"Model: {self.model}",
             f"Backend: {self.backend}",
             f"Precision: {self.precision}",
-        ]
+        ] + ([f"Denoising strength: {self.strength:g}"] if self.strength is not None else [])
         return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 
 

@@ -1,7 +1,7 @@
-"""Text-to-image: ONNX Runtime or OpenVINO for the three networks, pure NumPy between them.
+"""Text-to-image and image-to-image: ONNX Runtime or OpenVINO for the networks, pure NumPy between them.
 
-A call reads as numbered steps: check inputs, encode prompt, prepare latents, denoise, decode,
-package. Randomness comes only from an explicit `np.random.Generator`.
+A call reads as numbered steps: check inputs, encode prompt, prepare latents (from noise, or from an encoded
+image for img2img), denoise, decode, package. Randomness comes only from an explicit `np.random.Generator`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
-from latentrt.runtime.folder import ModelFolder
+from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
@@ -91,7 +91,7 @@ class Pipeline:
                                      folder.components["vae_decoder"].config.get("block_out_channels") or [0, 0, 0, 0])
         self.tokenizer = ClipTokenizer.from_folder(folder.path / "tokenizer")
         self._models: dict[str, object] = {}
-        self._users = dict.fromkeys(NETWORKS, 0)
+        self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
         if not self.low_memory:
@@ -192,7 +192,16 @@ class Pipeline:
         latents: NDArray[np.float32] | None = None,
         rng: np.random.Generator | None = None,
         progress: ProgressCallback | None = None,
+        image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
+        strength: float | None = None,
     ) -> PipelineResult:
+        """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
+
+        img2img as diffusers' StableDiffusionImg2ImgPipeline: height/width default to the image's size rounded
+        down to a multiple of the VAE factor, and an image of another size is resized to them (Lanczos, as
+        diffusers' VaeImageProcessor); `strength` (default 0.8, in (0, 1]) is the fraction of the steps that run,
+        starting from the image's latents noised to that point (at 1, little of the image survives).
+        """
         timings: dict[str, float] = {}
         # 1. check inputs
         defaults = self.folder.defaults
@@ -202,9 +211,27 @@ class Pipeline:
         negatives = self._negatives(negative_prompt, len(prompts))
         steps = defaults.steps if steps is None else steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
+        pixels = None
+        if image is not None:
+            if latents is not None:
+                raise ValueError("give either image (image to image) or latents (text to image), not both")
+            strength = _check_strength(0.8 if strength is None else strength)
+            if "vae_encoder" not in self.folder.components:
+                raise ValueError(
+                    f"{self.folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
+                    "(it writes the VAE encoder)"
+                )
+            pixels, height, width = self._load_image(image, height, width)
+        elif strength is not None:
+            raise ValueError("strength applies to image to image only: give an image too (--image in the CLI)")
         height, width = self._check_size(height, width)
         _check_positive_int("steps", steps)
         _check_positive_int("num_images", num_images)
+        if pixels is not None and int(steps * strength) < 1:  # diffusers' get_timesteps would leave no step to run
+            raise ValueError(
+                f"strength {strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
+                f"raise strength to at least {1 / steps:.3g} or use more steps"
+            )
         tiled = self._check_memory(height, width, len(prompts) * num_images, guidance_scale > 1.0)
         sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
         if seed is None and rng is None and latents is None:
@@ -222,18 +249,26 @@ class Pipeline:
 
         # 3. prepare latents
         sampler.set_timesteps(steps)
+        timesteps = sampler.timesteps
         shape = (batch, self.folder.unet.in_channels, height // self.folder.vae.scale_factor, width // self.folder.vae.scale_factor)
-        if latents is None:
+        if pixels is not None:
+            t0 = time.perf_counter()
+            timesteps = _img2img_timesteps(sampler, steps, strength)
+            init = np.repeat(self._encode_image(pixels, rng), batch, axis=0)  # one encoding, repeated like diffusers
+            noise = rng.standard_normal(shape, dtype=np.float32)
+            x = sampler.add_noise(init, noise, np.repeat(timesteps[:1], batch)).astype(np.float32, copy=False)
+            timings["vae_encode"] = time.perf_counter() - t0
+        elif latents is None:
             latents = rng.standard_normal(shape, dtype=np.float32)
         else:
             latents = np.asarray(latents, dtype=np.float32)
             if latents.shape != shape:
                 raise ValueError(f"latents must have shape {shape} for this size and batch, got {latents.shape}")
-        x = latents * np.float32(sampler.init_noise_sigma)  # (B, C, H/f, W/f)
+        if pixels is None:
+            x = latents * np.float32(sampler.init_noise_sigma)  # (B, C, H/f, W/f)
 
         # 4. denoise
         t0 = time.perf_counter()
-        timesteps = sampler.timesteps
         with self._network("unet"):  # resident for the whole loop, also with low_memory
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
@@ -267,12 +302,59 @@ class Pipeline:
                 model=self.folder.name,
                 backend=self.provider,
                 precision=self.precision,
+                strength=strength,
             )
             for i in range(batch)
         ]
         return PipelineResult(images=to_pil(images), parameters=parameters, latents=x, timings=timings)
 
     # --- steps -------------------------------------------------------------------------------------------
+    def _load_image(self, image, height: int | None, width: int | None) -> tuple[NDArray[np.float32], int, int]:
+        """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]."""
+        if isinstance(image, (str, Path)):
+            path = Path(image)
+            if not path.is_file():
+                raise FileNotFoundError(f"image {path} does not exist")
+            try:
+                with Image.open(path) as opened:
+                    image = opened.copy()
+            except OSError as exc:
+                raise ValueError(f"image {path} is not an image file PIL can read: {exc}") from None
+        elif isinstance(image, np.ndarray):
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"an image array must be uint8 of shape (height, width, 3), got {image.dtype} {image.shape}")
+            image = Image.fromarray(image)
+        elif not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image, a uint8 array (height, width, 3) or a path, got {type(image).__name__}")
+        multiple = self.folder.size_multiple
+        height = image.height // multiple * multiple if height is None else height  # diffusers rounds down
+        width = image.width // multiple * multiple if width is None else width
+        if height == 0 or width == 0:
+            raise ValueError(f"the image is {image.width}x{image.height}: both sides must be at least {multiple} pixels for this model")
+        height, width = self._check_size(height, width)
+        if image.size != (width, height):
+            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+        array = np.asarray(image.convert("RGB")).astype(np.float32) / np.float32(255.0)  # (H, W, 3) in [0, 1]
+        return (2.0 * array - 1.0).transpose(2, 0, 1)[None].astype(np.float32), height, width
+
+    def _encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+        """A sample of the VAE's posterior for the image, scaled as the UNet sees latents (diffusers' retrieve_latents)."""
+        vae = self.folder.vae
+        with self._network("vae_encoder") as encoder:
+            out = encoder(**{next(iter(encoder.inputs)): np.ascontiguousarray(pixels)})
+        params = out.get("latent_parameters", next(iter(out.values()))).astype(np.float32, copy=False)
+        if params.shape[1] != 2 * vae.latent_channels:
+            raise ValueError(
+                f"the vae_encoder gives {params.shape[1]} channels, not the mean and log-variance "
+                f"({2 * vae.latent_channels}) image to image needs: {REEXPORT_HINT}"
+            )
+        mean, logvar = np.split(params, 2, axis=1)
+        std = np.exp(np.float32(0.5) * np.clip(logvar, -30.0, 20.0))  # diffusers' DiagonalGaussianDistribution
+        z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+        if vae.shift_factor is not None:
+            z = z - np.float32(vae.shift_factor)
+        return (z * np.float32(vae.scaling_factor)).astype(np.float32, copy=False)
+
     def _negatives(self, negative_prompt, count: int) -> list[str]:
         if negative_prompt is None:
             return [""] * count
@@ -367,6 +449,22 @@ def _check_guidance(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
     return float(value)
+
+
+def _check_strength(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 < value <= 1:
+        raise ValueError(f"strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {value!r}")
+    return float(value)
+
+
+def _img2img_timesteps(sampler, steps: int, strength: float) -> NDArray:
+    """diffusers' img2img get_timesteps: the last `int(steps * strength)` steps, and the scheduler told where they start."""
+    init_timestep = min(int(steps * strength), steps)
+    t_start = max(steps - init_timestep, 0)
+    begin = t_start * sampler.order
+    if hasattr(sampler, "set_begin_index"):
+        sampler.set_begin_index(begin)
+    return sampler.timesteps[begin:]
 
 
 def _largest_side(height: int, width: int, multiple: int, fits: Callable[[int, int], bool]) -> str:

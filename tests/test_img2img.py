@@ -1,0 +1,132 @@
+"""Image to image: latentrt's images equal diffusers' StableDiffusionImg2ImgPipeline for the same image and noises;
+bad input is refused in words; the CLI's --image / --strength."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from latentrt import Pipeline
+from latentrt.cli import app
+from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from latentrt.runtime.images import read_parameters
+from test_schedulers import REFERENCE
+
+PROMPT, NEGATIVE = "a blue circle at the top left on a white background", "blurry"
+
+
+def circle(size: int = 64, colour=(220, 30, 30)) -> np.ndarray:
+    """A uint8 (size, size, 3) image: a coloured disc on white."""
+    y, x = np.mgrid[:size, :size]
+    image = np.full((size, size, 3), 255, np.uint8)
+    image[(y - size / 3) ** 2 + (x - size / 3) ** 2 < (size / 4) ** 2] = colour
+    return image
+
+
+def diffusers_img2img(src, image: Image.Image, scheduler, steps, guidance, strength, seed, num_images, monkeypatch):
+    """diffusers' images, its randn_tensor drawing from NumPy in latentrt's order (the encoder's sample, then add_noise's)."""
+    import diffusers
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    rng = np.random.default_rng(seed)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
+
+    monkeypatch.setattr("diffusers.models.autoencoders.vae.randn_tensor", randn_tensor)
+    monkeypatch.setattr("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.randn_tensor", randn_tensor)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(src, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    cls_name, overrides = REFERENCE[scheduler]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+    with torch.no_grad():
+        out = pipe(
+            PROMPT, image=image, strength=strength, negative_prompt=NEGATIVE, num_inference_steps=steps,
+            guidance_scale=guidance, num_images_per_prompt=num_images, output_type="np",
+        ).images
+    return (out * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd1):
+    return Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("scheduler,steps,num_images", [("ddim", 5, 1), ("euler", 5, 2), ("dpm++2m", 6, 1)])
+def test_img2img_matches_diffusers(tiny_sd1, pipe, monkeypatch, scheduler, steps, num_images):
+    image = Image.fromarray(circle())
+    ours = pipe(PROMPT, negative_prompt=NEGATIVE, image=image, strength=0.6, steps=steps, guidance_scale=7.5,
+                scheduler=scheduler, seed=7, num_images=num_images)
+    reference = diffusers_img2img(tiny_sd1[0], image, scheduler, steps, 7.5, 0.6, 7, num_images, monkeypatch)
+    psnr = image_psnr(ours.arrays, reference)
+    print(f"img2img sd1 {scheduler} {steps} steps, strength 0.6, {num_images} image(s): PSNR {psnr:.1f} dB")
+    assert psnr >= IMAGE_MIN_PSNR_DB
+    assert ours.parameters[0].strength == 0.6 and "Denoising strength: 0.6" in ours.parameters[0].a1111()
+    # the parity check is sensitive: another strength gives another image
+    other = pipe(PROMPT, negative_prompt=NEGATIVE, image=image, strength=1.0, steps=steps, guidance_scale=7.5,
+                 scheduler=scheduler, seed=7, num_images=num_images)
+    assert image_psnr(other.arrays, reference) < IMAGE_MIN_PSNR_DB
+
+
+def test_image_inputs_agree_and_set_the_size(pipe, tmp_path):
+    array = circle(72)  # 72 is a multiple of the tiny VAE's factor; the size follows the image
+    path = tmp_path / "in.png"
+    Image.fromarray(array).save(path)
+    runs = [pipe("a red circle", image=source, steps=2, seed=1).arrays for source in (array, Image.fromarray(array), path, str(path))]
+    assert runs[0].shape == (1, 72, 72, 3)
+    for run in runs[1:]:
+        np.testing.assert_array_equal(run, runs[0])
+    resized = pipe("a red circle", image=array, steps=2, seed=1, height=64, width=64)  # resized like diffusers
+    assert resized.arrays.shape == (1, 64, 64, 3)
+
+
+def test_bad_input_is_refused_in_words(pipe, tiny_sd1, tmp_path):
+    image = circle()
+    for strength in (0, -0.1, 1.5, "0.5", True):
+        with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
+            pipe("x", image=image, strength=strength, steps=2)
+    with pytest.raises(ValueError, match="leaves no step to run.*raise strength to at least 0.25 or use more steps"):
+        pipe("x", image=image, strength=0.2, steps=4)
+    with pytest.raises(ValueError, match="strength applies to image to image only"):
+        pipe("x", strength=0.5, steps=2)
+    for bad in (42, image.astype(np.float32), image[..., :2], [image]):
+        with pytest.raises(ValueError, match="image must be|an image array must be"):
+            pipe("x", image=bad, steps=2)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pipe("x", image=tmp_path / "missing.png", steps=2)
+    (tmp_path / "not.png").write_text("hello")
+    with pytest.raises(ValueError, match="not an image file"):
+        pipe("x", image=tmp_path / "not.png", steps=2)
+    with pytest.raises(ValueError, match="multiple of"):
+        pipe("x", image=image, height=63, steps=2)
+    with pytest.raises(ValueError, match="either image .* or latents"):
+        pipe("x", image=image, latents=np.zeros((1, 4, 8, 8), np.float32), steps=2)
+    no_encoder = tmp_path / "no-encoder"
+    shutil.copytree(tiny_sd1[1], no_encoder, ignore=shutil.ignore_patterns("vae_encoder"))
+    with pytest.raises(ValueError, match="no vae_encoder/model.onnx.*latentrt export"):
+        Pipeline.from_folder(no_encoder, provider="cpu")("x", image=image, steps=2)
+
+
+def test_low_memory_img2img_gives_the_same_images_and_keeps_no_network(tiny_sd1, pipe):
+    reference = pipe("a red circle", image=circle(), steps=3, seed=2).arrays
+    lean = Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32", low_memory=True)
+    np.testing.assert_array_equal(lean("a red circle", image=circle(), steps=3, seed=2).arrays, reference)
+    assert lean._models == {}
+
+
+def test_cli_image_and_strength(tiny_sd1, tmp_path):
+    source, out = tmp_path / "in.png", tmp_path / "out.png"
+    Image.fromarray(circle()).save(source)
+    args = ["generate", "a blue circle", "-m", str(tiny_sd1[1]), "-o", str(out), "--steps", "4", "--seed", "5",
+            "--image", str(source), "--strength", "0.75", "--provider", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (64, 64)
+    assert "Denoising strength: 0.75" in read_parameters(out)
+    result = CliRunner().invoke(app, [*args[:-4], "--strength", "2", "--force"])
+    assert result.exit_code == 2 and "strength must be a number" in result.output
