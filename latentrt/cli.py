@@ -41,7 +41,10 @@ def generate(
         None, "--image", help="Image to image: start from this picture (size: the image's, rounded down to the model's multiple, unless --height/--width resize it)."
     ),
     strength: Optional[float] = typer.Option(
-        None, "--strength", help="With --image: how much of it is redrawn, in (0, 1] (default 0.8; at 1 little of the image survives)."
+        None, "--strength", help="With --image: how much of it is redrawn, in (0, 1] (default 0.8, with --mask 1; at 1 little of the image survives)."
+    ),
+    mask: Optional[Path] = typer.Option(
+        None, "--mask", help="With --image: inpaint; a mask of the image's size, white = repaint, black = keep (binarised at 50%)."
     ),
     provider: str = typer.Option(
         "auto", "--provider", help="auto (OpenVINO if installed, else ONNX Runtime CPU), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
@@ -64,7 +67,7 @@ def generate(
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Generate images from a prompt (and, with --image, from a starting picture)."""
+    """Generate images from a prompt (and, with --image, from a starting picture; with --mask too, inpaint it)."""
     from latentrt.runtime.images import save_png
     from latentrt.runtime.pipeline import Pipeline
 
@@ -86,7 +89,7 @@ def generate(
             result = pipe(
                 prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                 seed=seed, height=height, width=width, num_images=num_images, progress=progress,
-                image=image, strength=strength,
+                image=image, strength=strength, mask_image=mask,
             )
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))

@@ -194,6 +194,7 @@ class Pipeline:
         progress: ProgressCallback | None = None,
         image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
         strength: float | None = None,
+        mask_image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
     ) -> PipelineResult:
         """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
 
@@ -201,6 +202,13 @@ class Pipeline:
         down to a multiple of the VAE factor, and an image of another size is resized to them (Lanczos, as
         diffusers' VaeImageProcessor); `strength` (default 0.8, in (0, 1]) is the fraction of the steps that run,
         starting from the image's latents noised to that point (at 1, little of the image survives).
+
+        Inpainting when `mask_image` is given too (same kinds as `image`, the image's size; white = repaint), as
+        diffusers' StableDiffusionInpaintPipeline: the mask is made grayscale, resized with the image and binarised
+        at 0.5; strength defaults to 1 (pure noise). A 9-channel inpainting UNet sees the latents, the mask and the
+        masked image's latents concatenated; any other UNet denoises everything and, after every step, the
+        unmasked region is replaced by the image's latents noised to the next timestep. `padding_mask_crop` is
+        not supported.
         """
         timings: dict[str, float] = {}
         # 1. check inputs
@@ -211,17 +219,29 @@ class Pipeline:
         negatives = self._negatives(negative_prompt, len(prompts))
         steps = defaults.steps if steps is None else steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
-        pixels = None
+        pixels = mask = None
+        vae = self.folder.vae
+        inpaint_unet = self.folder.unet.in_channels == 2 * vae.latent_channels + 1  # latents, mask, masked latents
+        if mask_image is not None and image is None:
+            raise ValueError("mask_image needs the image to inpaint: give image= too (--image with --mask in the CLI)")
+        if inpaint_unet and mask_image is None:
+            raise ValueError(
+                f"{self.folder.path} has a {self.folder.unet.in_channels}-channel inpainting UNet: it needs an image "
+                "and a mask_image (--image and --mask in the CLI)"
+            )
         if image is not None:
             if latents is not None:
                 raise ValueError("give either image (image to image) or latents (text to image), not both")
-            strength = _check_strength(0.8 if strength is None else strength)
+            strength = _check_strength((0.8 if mask_image is None else 1.0) if strength is None else strength)
             if "vae_encoder" not in self.folder.components:
                 raise ValueError(
                     f"{self.folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
                     "(it writes the VAE encoder)"
                 )
-            pixels, height, width = self._load_image(image, height, width)
+            source = _as_pil(image, "image")
+            pixels, height, width = self._load_image(source, height, width)
+            if mask_image is not None:
+                mask = _load_mask(mask_image, source.size, height, width)  # (1, 1, H, W) of 0 and 1
         elif strength is not None:
             raise ValueError("strength applies to image to image only: give an image too (--image in the CLI)")
         height, width = self._check_size(height, width)
@@ -250,8 +270,30 @@ class Pipeline:
         # 3. prepare latents
         sampler.set_timesteps(steps)
         timesteps = sampler.timesteps
-        shape = (batch, self.folder.unet.in_channels, height // self.folder.vae.scale_factor, width // self.folder.vae.scale_factor)
-        if pixels is not None:
+        f = vae.scale_factor
+        shape = (batch, vae.latent_channels if inpaint_unet else self.folder.unet.in_channels, height // f, width // f)
+        if mask is not None:  # diffusers' inpainting prepare_latents and prepare_mask_latents, draws in its order
+            t0 = time.perf_counter()
+            timesteps = _img2img_timesteps(sampler, steps, strength)
+            full = strength == 1.0  # diffusers' is_strength_max: pure noise, the image only through the mask
+            init = np.repeat(self._encode_image(pixels, rng), batch, axis=0) if not (inpaint_unet and full) else None
+            inpaint_noise = rng.standard_normal(shape, dtype=np.float32)
+            if full:
+                x = inpaint_noise * np.float32(sampler.init_noise_sigma)
+            else:
+                x = sampler.add_noise(init, inpaint_noise, np.repeat(timesteps[:1], batch)).astype(np.float32, copy=False)
+            masked = pixels * (mask < 0.5).astype(np.float32)
+            if inpaint_unet:
+                masked_latents = np.repeat(self._encode_image(masked, rng), batch, axis=0)
+                mask_latents = np.repeat(mask[:, :, ::f, ::f], batch, axis=0)  # torch's 'nearest' at an integer factor
+                if do_cfg:
+                    masked_latents, mask_latents = np.concatenate([masked_latents] * 2), np.concatenate([mask_latents] * 2)
+                extra = np.concatenate([mask_latents, masked_latents], axis=1).astype(np.float32)
+            else:  # diffusers encodes the masked image here too (unused by a 4-channel UNet): draw its sample alike
+                rng.standard_normal((1, vae.latent_channels, height // f, width // f), dtype=np.float32)
+                blend = mask[:, :, ::f, ::f]  # (1, 1, h, w): 1 where the model paints
+            timings["vae_encode"] = time.perf_counter() - t0
+        elif pixels is not None:
             t0 = time.perf_counter()
             timesteps = _img2img_timesteps(sampler, steps, strength)
             init = np.repeat(self._encode_image(pixels, rng), batch, axis=0)  # one encoding, repeated like diffusers
@@ -273,11 +315,18 @@ class Pipeline:
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
                 x_in = sampler.scale_model_input(x_in, t)
+                if mask is not None and inpaint_unet:
+                    x_in = np.concatenate([x_in.astype(np.float32, copy=False), extra], axis=1)
                 noise = self._unet(x_in.astype(np.float32, copy=False), t, embeddings)
                 if do_cfg:
                     uncond, cond = np.split(noise, 2)
                     noise = uncond + np.float32(guidance_scale) * (cond - uncond)
                 x = sampler.step(noise, t, x, rng)
+                if mask is not None and not inpaint_unet:  # keep the known region: the image noised to the next step
+                    known = init
+                    if i < len(timesteps) - 1:
+                        known = sampler.add_noise(init, inpaint_noise, np.repeat(timesteps[i + 1:i + 2], batch))
+                    x = ((1 - blend) * known + blend * x).astype(np.float32, copy=False)
                 if progress is not None:
                     progress(i + 1, len(timesteps))
         timings["denoise"] = time.perf_counter() - t0
@@ -311,21 +360,7 @@ class Pipeline:
     # --- steps -------------------------------------------------------------------------------------------
     def _load_image(self, image, height: int | None, width: int | None) -> tuple[NDArray[np.float32], int, int]:
         """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]."""
-        if isinstance(image, (str, Path)):
-            path = Path(image)
-            if not path.is_file():
-                raise FileNotFoundError(f"image {path} does not exist")
-            try:
-                with Image.open(path) as opened:
-                    image = opened.copy()
-            except OSError as exc:
-                raise ValueError(f"image {path} is not an image file PIL can read: {exc}") from None
-        elif isinstance(image, np.ndarray):
-            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-                raise ValueError(f"an image array must be uint8 of shape (height, width, 3), got {image.dtype} {image.shape}")
-            image = Image.fromarray(image)
-        elif not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, a uint8 array (height, width, 3) or a path, got {type(image).__name__}")
+        image = _as_pil(image, "image")
         multiple = self.folder.size_multiple
         height = image.height // multiple * multiple if height is None else height  # diffusers rounds down
         width = image.width // multiple * multiple if width is None else width
@@ -449,6 +484,46 @@ def _check_guidance(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
     return float(value)
+
+
+def _as_pil(image, what: str) -> Image.Image:
+    """A PIL image from a PIL image, a path, or a uint8 array ((H, W, 3); a mask may also be (H, W))."""
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+        try:
+            with Image.open(path) as opened:
+                return opened.copy()
+        except OSError as exc:
+            raise ValueError(f"{what} {path} is not an image file PIL can read: {exc}") from None
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or not (image.ndim == 3 and image.shape[2] == 3 or what == "mask_image" and image.ndim == 2):
+            shapes = "(height, width) or (height, width, 3)" if what == "mask_image" else "(height, width, 3)"
+            article = "a mask_image" if what == "mask_image" else "an image"
+            raise ValueError(f"{article} array must be uint8 of shape {shapes}, got {image.dtype} {image.shape}")
+        return Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        extra = " (height, width) or" if what == "mask_image" else ""
+        raise ValueError(f"{what} must be a PIL image, a uint8 array{extra} (height, width, 3) or a path, got {type(image).__name__}")
+    return image
+
+
+def _load_mask(mask_image, image_size: tuple[int, int], height: int, width: int) -> NDArray[np.float32]:
+    """The mask as diffusers' mask_processor makes it: resized like the image, grayscale, binarised at 0.5."""
+    mask = _as_pil(mask_image, "mask_image")
+    if mask.size != image_size:
+        raise ValueError(
+            f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {image_size[0]}x{image_size[1]}: "
+            "give a mask of the image's size (white = repaint, black = keep)"
+        )
+    if mask.size != (width, height):
+        mask = mask.resize((width, height), resample=Image.Resampling.LANCZOS)
+    array = np.asarray(mask.convert("L")).astype(np.float32) / np.float32(255.0)
+    binary = (array >= 0.5).astype(np.float32)[None, None]  # (1, 1, H, W)
+    if not binary.any():
+        raise ValueError("the mask is all black: nothing to repaint (white marks the region to repaint)")
+    return binary
 
 
 def _check_strength(value) -> float:

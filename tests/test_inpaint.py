@@ -1,0 +1,134 @@
+"""Inpainting: latentrt's images equal diffusers' StableDiffusionInpaintPipeline for the same image, mask and
+noises (a 4-channel UNet: the known region re-noised and blended after every step; a 9-channel inpainting UNet
+exported from a StableDiffusionInpaintPipeline folder); the unmasked region keeps
+the image; bad input is refused in words; the CLI's --image / --mask."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from latentrt import Pipeline
+from latentrt.cli import app
+from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from test_img2img import NEGATIVE, PROMPT, circle
+from test_schedulers import REFERENCE
+
+
+def square_mask(size: int = 64, lo: int = 24, hi: int = 56) -> np.ndarray:
+    """A uint8 (size, size) mask: white (repaint) in a square off the latent grid's cell edges, black elsewhere."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[lo:hi, lo + 3:hi - 5] = 255
+    return mask
+
+
+def diffusers_inpaint(src, image, mask, scheduler, steps, guidance, strength, seed, num_images, monkeypatch):
+    """diffusers' images, its randn_tensor drawing from NumPy in call order (image sample, noise, masked-image sample)."""
+    import diffusers
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+
+    rng = np.random.default_rng(seed)
+
+    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
+
+    monkeypatch.setattr("diffusers.models.autoencoders.vae.randn_tensor", randn_tensor)
+    monkeypatch.setattr("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.randn_tensor", randn_tensor)
+    pipe = StableDiffusionInpaintPipeline.from_pretrained(src, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    cls_name, overrides = REFERENCE[scheduler]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+    with torch.no_grad():
+        out = pipe(
+            PROMPT, image=image, mask_image=mask, strength=strength, negative_prompt=NEGATIVE, height=image.height,
+            width=image.width, num_inference_steps=steps, guidance_scale=guidance, num_images_per_prompt=num_images,
+            output_type="np",
+        ).images
+    return (out * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_sd1):
+    return Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("unet,scheduler,steps,strength,num_images", [
+    ("4-channel", "ddim", 5, 1.0, 1), ("4-channel", "ddim", 4, 0.75, 1), ("4-channel", "euler", 5, 1.0, 2),
+    ("4-channel", "euler", 4, 0.75, 1),
+])
+def test_inpaint_matches_diffusers(request, monkeypatch, unet, scheduler, steps, strength, num_images):
+    """tiny_sd1: any SD UNet, re-noised and blended after every step."""
+    src, folder = request.getfixturevalue("tiny_sd1")
+    pipe = Pipeline.from_folder(folder, provider="cpu", precision="fp32")
+    assert pipe.folder.unet.in_channels == int(unet[0])
+    image = Image.fromarray(circle())
+
+    def ours(mask):
+        return pipe(PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=Image.fromarray(mask), strength=strength,
+                    steps=steps, guidance_scale=7.5, scheduler=scheduler, seed=3, num_images=num_images).arrays
+
+    reference = diffusers_inpaint(src, image, Image.fromarray(square_mask()), scheduler, steps, 7.5, strength, 3,
+                                  num_images, monkeypatch)
+    psnr = image_psnr(ours(square_mask()), reference)
+    print(f"inpaint sd1 {unet} {scheduler} {steps} steps, strength {strength}, {num_images} image(s): PSNR {psnr:.1f} dB")
+    assert psnr >= IMAGE_MIN_PSNR_DB
+    assert image_psnr(ours(square_mask(lo=8, hi=40)), reference) < IMAGE_MIN_PSNR_DB  # sensitive: another mask differs
+
+
+def test_unmasked_region_keeps_the_image(pipe):
+    """Outside the mask the final latents are exactly the image's own latents (the last blend adds no noise), the
+    posterior sample of the run's first draw. (In pixels the tiny random VAE's mid-block attention spreads every
+    latent over the whole image, so the pixel-level check belongs to the shipped model's quality test.)"""
+    image, mask = circle(), square_mask()
+    for scheduler, strength in (("ddim", 1.0), ("euler", 0.75)):
+        out = pipe("a green square", image=image, mask_image=mask, steps=4, seed=5, scheduler=scheduler, strength=strength)
+        f = pipe.folder.vae.scale_factor
+        pixels, _, _ = pipe._load_image(image, 64, 64)
+        init = pipe._encode_image(pixels, np.random.default_rng(5))  # the same first draw as the run's
+        keep = mask[::f, ::f] < 128
+        assert keep.any() and not keep.all()
+        np.testing.assert_array_equal(out.latents[0][:, keep], init[0][:, keep])
+        assert np.abs(out.latents[0][:, ~keep] - init[0][:, ~keep]).mean() > 0.1  # the masked part was redrawn
+
+
+def test_bad_input_is_refused_in_words(pipe, tmp_path):
+    image, mask = circle(), square_mask()
+    with pytest.raises(ValueError, match="mask_image needs the image to inpaint"):
+        pipe("x", mask_image=mask, steps=2)
+    with pytest.raises(ValueError, match="the mask is 32x32 but the image is 64x64"):
+        pipe("x", image=image, mask_image=square_mask(32, 8, 24), steps=2)
+    with pytest.raises(ValueError, match="all black: nothing to repaint"):
+        pipe("x", image=image, mask_image=np.zeros((64, 64), np.uint8), steps=2)
+    for bad in (42, mask.astype(np.float32), mask[..., None], np.zeros((64, 64, 2), np.uint8), [mask]):
+        with pytest.raises(ValueError, match="mask_image must be|a mask_image array must be"):
+            pipe("x", image=image, mask_image=bad, steps=2)
+    with pytest.raises(FileNotFoundError, match="mask_image .* does not exist"):
+        pipe("x", image=image, mask_image=tmp_path / "missing.png", steps=2)
+    (tmp_path / "not.png").write_text("hello")
+    with pytest.raises(ValueError, match="not an image file"):
+        pipe("x", image=image, mask_image=tmp_path / "not.png", steps=2)
+    with pytest.raises(ValueError, match=r"strength must be a number in \(0, 1\]"):
+        pipe("x", image=image, mask_image=mask, strength=0, steps=2)
+    # an RGB mask and a uint8 (H, W, 3) one are made grayscale like diffusers' mask processor
+    rgb = np.repeat(mask[..., None], 3, axis=2)
+    a = pipe("x", image=image, mask_image=mask, steps=2, seed=1).arrays
+    np.testing.assert_array_equal(pipe("x", image=image, mask_image=rgb, steps=2, seed=1).arrays, a)
+
+
+def test_cli_image_and_mask(tiny_sd1, tmp_path):
+    source, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
+    Image.fromarray(circle()).save(source)
+    Image.fromarray(square_mask()).save(mask)
+    args = ["generate", "a blue circle", "-m", str(tiny_sd1[1]), "-o", str(out), "--steps", "3", "--seed", "5",
+            "--image", str(source), "--mask", str(mask), "--provider", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (64, 64)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)
+    result = CliRunner().invoke(app, [*args, "--force"])
+    assert result.exit_code == 2 and "nothing to repaint" in result.output
+    result = CliRunner().invoke(app, [a for a in args if a not in ("--image", str(source))] + ["--force"])
+    assert result.exit_code == 2 and "needs the image to inpaint" in result.output
