@@ -55,13 +55,28 @@ def pipe(tiny_sd1):
     return Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32")
 
 
+@pytest.fixture(scope="module")
+def tiny_inpaint(tmp_path_factory):
+    """(diffusers folder, ONNX folder) of a tiny StableDiffusionInpaintPipeline: a 9-channel UNet."""
+    import logging
+
+    from latentrt.export.exporter import export_pipeline
+    from latentrt.export.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp("inpaint")
+    src, out = root / "diffusers", root / "onnx"
+    build_tiny_pipeline(src, family="sd1", seed=1, inpaint=True)
+    export_pipeline(src, out, report=logging.getLogger("test-export").info)
+    return src, out
+
+
 @pytest.mark.parametrize("unet,scheduler,steps,strength,num_images", [
     ("4-channel", "ddim", 5, 1.0, 1), ("4-channel", "ddim", 4, 0.75, 1), ("4-channel", "euler", 5, 1.0, 2),
-    ("4-channel", "euler", 4, 0.75, 1),
+    ("4-channel", "euler", 4, 0.75, 1), ("9-channel", "ddim", 4, 1.0, 2), ("9-channel", "euler", 4, 0.75, 1),
 ])
 def test_inpaint_matches_diffusers(request, monkeypatch, unet, scheduler, steps, strength, num_images):
-    """tiny_sd1: any SD UNet, re-noised and blended after every step."""
-    src, folder = request.getfixturevalue("tiny_sd1")
+    """tiny_sd1 (any SD UNet: re-noise and blend after every step) and a tiny inpainting model (9-channel UNet)."""
+    src, folder = request.getfixturevalue("tiny_sd1" if unet == "4-channel" else "tiny_inpaint")
     pipe = Pipeline.from_folder(folder, provider="cpu", precision="fp32")
     assert pipe.folder.unet.in_channels == int(unet[0])
     image = Image.fromarray(circle())
@@ -132,3 +147,10 @@ def test_cli_image_and_mask(tiny_sd1, tmp_path):
     assert result.exit_code == 2 and "nothing to repaint" in result.output
     result = CliRunner().invoke(app, [a for a in args if a not in ("--image", str(source))] + ["--force"])
     assert result.exit_code == 2 and "needs the image to inpaint" in result.output
+
+
+def test_9_channel_unet_needs_image_and_mask(tiny_inpaint):
+    pipe9 = Pipeline.from_folder(tiny_inpaint[1], provider="cpu", precision="fp32")
+    for image in (None, circle()):
+        with pytest.raises(ValueError, match="9-channel inpainting UNet: it needs an image and a mask_image"):
+            pipe9("x", image=image, steps=2)

@@ -82,10 +82,16 @@ def _amplify_conditioning(unet) -> None:
         unet.conv_out.weight.mul_(2.5)
 
 
-def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0):
-    """Build and save a tiny StableDiffusionPipeline; return it (torch, random weights)."""
+def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0, inpaint: bool = False):
+    """Build and save a tiny StableDiffusionPipeline; return it (torch, random weights).
+
+    inpaint: a StableDiffusionInpaintPipeline with a 9-channel UNet (latents, mask, masked-image latents).
+    """
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionInpaintPipeline, StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     if family not in FAMILIES:
@@ -113,7 +119,7 @@ def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0):
     )
     unet = UNet2DConditionModel(
         sample_size=16,
-        in_channels=4,
+        in_channels=9 if inpaint else 4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(32, 64),
@@ -141,7 +147,7 @@ def build_tiny_pipeline(out: Path, family: str = "sd1", seed: int = 0):
         scheduler = DDIMScheduler.from_config({**SD15_SCHEDULER, "prediction_type": "v_prediction"})
     else:
         scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
-    pipe = StableDiffusionPipeline(
+    pipe = (StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline)(
         vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
