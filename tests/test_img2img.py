@@ -27,11 +27,10 @@ def circle(size: int = 64, colour=(220, 30, 30)) -> np.ndarray:
     return image
 
 
-def diffusers_img2img(src, image: Image.Image, scheduler, steps, guidance, strength, seed, num_images, monkeypatch):
-    """diffusers' images, its randn_tensor drawing from NumPy in latentrt's order (the encoder's sample, then add_noise's)."""
+def numpy_noise_pipeline(cls_name: str, module: str, src, scheduler: str, seed: int, monkeypatch):
+    """A diffusers pipeline with the reference scheduler whose randn_tensor draws from NumPy (seed), in call order."""
     import diffusers
     import torch
-    from diffusers import StableDiffusionImg2ImgPipeline
 
     rng = np.random.default_rng(seed)
 
@@ -39,11 +38,19 @@ def diffusers_img2img(src, image: Image.Image, scheduler, steps, guidance, stren
         return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
 
     monkeypatch.setattr("diffusers.models.autoencoders.vae.randn_tensor", randn_tensor)
-    monkeypatch.setattr("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img.randn_tensor", randn_tensor)
-    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(src, torch_dtype=torch.float32)
+    monkeypatch.setattr(f"diffusers.pipelines.stable_diffusion.{module}.randn_tensor", randn_tensor)
+    pipe = getattr(diffusers, cls_name).from_pretrained(src, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    cls_name, overrides = REFERENCE[scheduler]
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+    name, overrides = REFERENCE[scheduler]
+    pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config, **overrides)
+    return pipe
+
+
+def diffusers_img2img(src, image: Image.Image, scheduler, steps, guidance, strength, seed, num_images, monkeypatch):
+    """diffusers' images, its randn_tensor drawing from NumPy in latentrt's order (the encoder's sample, then add_noise's)."""
+    import torch
+
+    pipe = numpy_noise_pipeline("StableDiffusionImg2ImgPipeline", "pipeline_stable_diffusion_img2img", src, scheduler, seed, monkeypatch)
     with torch.no_grad():
         out = pipe(
             PROMPT, image=image, strength=strength, negative_prompt=NEGATIVE, num_inference_steps=steps,

@@ -13,8 +13,7 @@ from typer.testing import CliRunner
 from latentrt import Pipeline
 from latentrt.cli import app
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
-from test_img2img import NEGATIVE, PROMPT, circle
-from test_schedulers import REFERENCE
+from test_img2img import NEGATIVE, PROMPT, circle, numpy_noise_pipeline
 
 
 def square_mask(size: int = 64, lo: int = 24, hi: int = 56) -> np.ndarray:
@@ -26,21 +25,9 @@ def square_mask(size: int = 64, lo: int = 24, hi: int = 56) -> np.ndarray:
 
 def diffusers_inpaint(src, image, mask, scheduler, steps, guidance, strength, seed, num_images, monkeypatch):
     """diffusers' images, its randn_tensor drawing from NumPy in call order (image sample, noise, masked-image sample)."""
-    import diffusers
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
 
-    rng = np.random.default_rng(seed)
-
-    def randn_tensor(shape, generator=None, device=None, dtype=None, layout=None):
-        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
-
-    monkeypatch.setattr("diffusers.models.autoencoders.vae.randn_tensor", randn_tensor)
-    monkeypatch.setattr("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint.randn_tensor", randn_tensor)
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(src, torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    cls_name, overrides = REFERENCE[scheduler]
-    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **overrides)
+    pipe = numpy_noise_pipeline("StableDiffusionInpaintPipeline", "pipeline_stable_diffusion_inpaint", src, scheduler, seed, monkeypatch)
     with torch.no_grad():
         out = pipe(
             PROMPT, image=image, mask_image=mask, strength=strength, negative_prompt=NEGATIVE, height=image.height,
