@@ -360,7 +360,7 @@ class Pipeline:
     # --- steps -------------------------------------------------------------------------------------------
     def _load_image(self, image, height: int | None, width: int | None) -> tuple[NDArray[np.float32], int, int]:
         """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]."""
-        image = _as_pil(image, "image")
+        image = _as_pil(image, "image")  # a PIL image passes through as it is
         multiple = self.folder.size_multiple
         height = image.height // multiple * multiple if height is None else height  # diffusers rounds down
         width = image.width // multiple * multiple if width is None else width
@@ -429,29 +429,26 @@ class Pipeline:
                             vae_tile=self.vae_tile if tile else None, compiles=compiles).peak
 
         available = available_memory()
-        if need(height, width, tiled) > available and self.vae_tiling is None and not tiled and need(height, width, True) <= available:
-            tiled = True  # automatic tiling: the untiled decode would not fit, the tiled one does
-        if need(height, width, tiled) > available:
-            tiled = tiled or self.vae_tiling is None  # the size offered is one automatic tiling makes fit
+        peak = need(height, width, tiled)
+        if peak > available and self.vae_tiling is None:  # automatic tiling: when the untiled decode does not fit
+            tiled, peak = True, need(height, width, True)
+        if peak > available:
             side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
             remedies = ([] if tiled else ["vae_tiling=True (--vae-tiling) decodes in tiles"]) + (
                 [] if self.low_memory else ["low_memory=True (--low-memory) keeps one network in memory at a time"])
             raise ImageTooLargeError(
                 f"{width}x{height} with {images} image(s){' and guidance' if do_cfg else ''} needs about "
-                f"{gib(need(height, width, tiled))} of memory and {gib(available)} is available: the largest size "
+                f"{gib(peak)} of memory and {gib(available)} is available: the largest size "
                 f"that fits at this aspect ratio is {side}" + (f"; {' and '.join(remedies)}, for larger sizes" if remedies else "")
             )
         return tiled
 
     def _encode(self, texts: list[str]) -> NDArray[np.float32]:
-        with self._network("text_encoder") as text_encoder:
-            return self._encode_with(text_encoder, texts)
-
-    def _encode_with(self, text_encoder, texts: list[str]) -> NDArray[np.float32]:
         ids = self.tokenizer.encode(texts)  # (N, L) int64
         name = "input_ids"
-        dtype = text_encoder.inputs[name].dtype  # int32 in diffusers' legacy exports, int64 in optimum's
-        out = text_encoder(**{name: ids.astype(dtype)})
+        with self._network("text_encoder") as text_encoder:
+            dtype = text_encoder.inputs[name].dtype  # int32 in diffusers' legacy exports, int64 in optimum's
+            out = text_encoder(**{name: ids.astype(dtype)})
         hidden = out.get("last_hidden_state", next(iter(out.values())))
         return hidden.astype(np.float32, copy=False)  # (N, L, D)
 

@@ -104,7 +104,6 @@ class OnnxModel:
                  cache: Path | None = None, identity: dict[str, Any] | None = None):
         self.name = name
         self.path = Path(path)
-        self.threads = threads
         self.session = None
         for _ in range(2 if cache is not None else 0):  # a corrupt entry is rebuilt once
             copy = optimized_copy(name, self.path, providers, cache, identity)
