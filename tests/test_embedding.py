@@ -94,6 +94,19 @@ def test_the_estimate_grows_with_size_batch_and_tiling(tiny_sd1):
     assert tiled.vae < large.vae
     low = memory.estimate(folder, 256, 256, texts=2, images=1, low_memory=True)
     assert low.peak >= large.peak  # low_memory counts the network it must load
+    encodes = memory.estimate(folder, 256, 256, texts=2, images=1, low_memory=True, encodes=True)  # image to image
+    assert large.vae_encoder == 0 and encodes.vae_encoder > memory.estimate(folder, 64, 64, 2, 1, encodes=True).vae_encoder > 0
+    assert encodes.peak >= encodes.vae_encoder + memory.component_bytes(folder, "vae_encoder")
+
+
+def test_the_guard_counts_the_vae_encoder_for_image_to_image(tiny_sd1, monkeypatch):
+    """A call whose only oversized phase is the image's encoding is refused too, naming img2img's estimate."""
+    pipe = Pipeline.from_folder(tiny_sd1[1], provider="cpu")
+    monkeypatch.setattr(memory, "VAE_ENCODER_BYTES_PER_VALUE", 1 << 20)  # the encoder alone needs gigabytes
+    image = np.zeros((64, 64, 3), np.uint8)
+    pipe("x", steps=1)  # text to image does not encode: it fits
+    with pytest.raises(ImageTooLargeError, match="needs about"):
+        pipe("x", image=image, steps=2)
 
 
 def test_automatic_tiling_when_the_untiled_decode_does_not_fit(tiny_sd1, monkeypatch):

@@ -59,25 +59,31 @@ def tiny_inpaint(tmp_path_factory):
 
 @pytest.mark.parametrize("unet,scheduler,steps,strength,num_images", [
     ("4-channel", "ddim", 5, 1.0, 1), ("4-channel", "ddim", 4, 0.75, 1), ("4-channel", "euler", 5, 1.0, 2),
-    ("4-channel", "euler", 4, 0.75, 1), ("9-channel", "ddim", 4, 1.0, 2), ("9-channel", "euler", 4, 0.75, 1),
+    ("4-channel", "euler", 4, 0.75, 1), ("4-channel", "heun", 4, 0.75, 1), ("4-channel", "dpm++2m-sde-karras", 5, 1.0, 1),
+    ("4-channel sd2", "dpm++2m", 5, 1.0, 1), ("4-channel sd2", "euler-a", 5, 0.75, 1), ("4-channel sd2", "unipc", 5, 0.75, 1),
+    ("9-channel", "ddim", 4, 1.0, 2), ("9-channel", "euler", 4, 0.75, 1), ("9-channel", "dpm++2m", 5, 0.75, 1),
 ])
 def test_inpaint_matches_diffusers(request, monkeypatch, unet, scheduler, steps, strength, num_images):
-    """tiny_sd1 (any SD UNet: re-noise and blend after every step) and a tiny inpainting model (9-channel UNet)."""
-    src, folder = request.getfixturevalue("tiny_sd1" if unet == "4-channel" else "tiny_inpaint")
+    """tiny_sd1 and tiny_sd2 (any SD UNet: re-noise and blend after every step) and a tiny inpainting model (9-channel
+    UNet); multistep, second-order and stochastic schedulers among them."""
+    fixture = {"4-channel": "tiny_sd1", "4-channel sd2": "tiny_sd2", "9-channel": "tiny_inpaint"}[unet]
+    src, folder = request.getfixturevalue(fixture)
     pipe = Pipeline.from_folder(folder, provider="cpu", precision="fp32")
     assert pipe.folder.unet.in_channels == int(unet[0])
     image = Image.fromarray(circle())
 
     def ours(mask):
         return pipe(PROMPT, negative_prompt=NEGATIVE, image=image, mask_image=Image.fromarray(mask), strength=strength,
-                    steps=steps, guidance_scale=7.5, scheduler=scheduler, seed=3, num_images=num_images).arrays
+                    steps=steps, guidance_scale=7.5, scheduler=scheduler, seed=3, num_images=num_images)
 
     reference = diffusers_inpaint(src, image, Image.fromarray(square_mask()), scheduler, steps, 7.5, strength, 3,
                                   num_images, monkeypatch)
-    psnr = image_psnr(ours(square_mask()), reference)
-    print(f"inpaint sd1 {unet} {scheduler} {steps} steps, strength {strength}, {num_images} image(s): PSNR {psnr:.1f} dB")
+    result = ours(square_mask())
+    assert result.parameters[0].task == "inpaint" and f"Denoising strength: {strength:g}" in result.parameters[0].a1111()
+    psnr = image_psnr(result.arrays, reference)
+    print(f"inpaint {unet} {scheduler} {steps} steps, strength {strength}, {num_images} image(s): PSNR {psnr:.1f} dB")
     assert psnr >= IMAGE_MIN_PSNR_DB
-    assert image_psnr(ours(square_mask(lo=8, hi=40)), reference) < IMAGE_MIN_PSNR_DB  # sensitive: another mask differs
+    assert image_psnr(ours(square_mask(lo=8, hi=40)).arrays, reference) < IMAGE_MIN_PSNR_DB  # sensitive: another mask differs
 
 
 def test_unmasked_region_keeps_the_image(pipe):

@@ -24,6 +24,7 @@ class GenerationParameters:
     backend: str = "cpu"  # "openvino", or the ONNX Runtime provider
     precision: str = "fp32"  # what the networks computed in: "fp32", "bf16", "int8+fp32", ...
     strength: float | None = None  # image to image's denoising strength; None for text to image
+    task: str = "txt2img"  # "img2img", "inpaint"
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""

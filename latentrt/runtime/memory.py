@@ -28,6 +28,7 @@ from latentrt.runtime.folder import ModelFolder
 
 UNET_BYTES_PER_VALUE = 110  # measured: see the module docstring
 VAE_BYTES_PER_VALUE = 30
+VAE_ENCODER_BYTES_PER_VALUE = 12
 ATTENTION_BYTES = 4  # one float32 score
 TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
 RUNTIME_OVERHEAD = 256 << 20  # allocator slack and per-call copies (latents, noise, images)
@@ -41,10 +42,13 @@ class MemoryEstimate:
     unet: int
     vae: int
     weights_loaded_per_phase: dict[str, int]  # weights a phase must load first (low_memory); {} when all resident
+    vae_encoder: int = 0  # 0 for text to image
 
     @property
     def peak(self) -> int:
         phases = {"text_encoder": self.text_encoder, "unet": self.unet, "vae_decoder": self.vae}
+        if self.vae_encoder:
+            phases["vae_encoder"] = self.vae_encoder
         return max(act + self.weights_loaded_per_phase.get(name, 0) for name, act in phases.items())
 
 
@@ -54,10 +58,12 @@ def component_bytes(folder: ModelFolder, name: str) -> int:
 
 
 def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: int, *,
-             low_memory: bool = False, vae_tile: int | None = None, compiles: bool = False) -> MemoryEstimate:
+             low_memory: bool = False, vae_tile: int | None = None, compiles: bool = False,
+             encodes: bool = False) -> MemoryEstimate:
     """Memory one call adds: `texts` UNet batch rows (2 per image with CFG), `images` decoded images.
 
     compiles: the backend compiles the networks for this shape (OpenVINO at a size it has not seen).
+    encodes: the call encodes an image first (image to image, inpainting: one image at a time).
     """
     unet_cfg = folder.components["unet"].config
     vae_cfg = folder.components["vae_decoder"].config
@@ -78,10 +84,15 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
     # allocator keeps buffers for each: measured 1.9 GB for SD 1.5 at 1024 px against 1.0 GB for one tile.
     vae *= 2 if vae_tile else images
     vae += 12 * images * height * width + RUNTIME_OVERHEAD  # the float32 output (and uint8 copy) of the whole image
+    encoder = 0
+    if encodes:
+        encoder = VAE_ENCODER_BYTES_PER_VALUE * vae_channels * height * width + ATTENTION_BYTES * (lh * lw) ** 2
+        encoder += RUNTIME_OVERHEAD
     weights = {}
     if low_memory:
-        weights = {name: component_bytes(folder, name) for name in ("text_encoder", "unet", "vae_decoder")}
-    return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(vae), weights)
+        names = ("text_encoder", "unet", "vae_decoder") + (("vae_encoder",) if encodes else ())
+        weights = {name: component_bytes(folder, name) for name in names}
+    return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(vae), weights, int(encoder))
 
 
 def _largest_attention_map(cfg: dict, lh: int, lw: int) -> int:

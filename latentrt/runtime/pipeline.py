@@ -252,7 +252,7 @@ class Pipeline:
                 f"strength {strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
                 f"raise strength to at least {1 / steps:.3g} or use more steps"
             )
-        tiled = self._check_memory(height, width, len(prompts) * num_images, guidance_scale > 1.0)
+        tiled = self._check_memory(height, width, len(prompts) * num_images, guidance_scale > 1.0, pixels is not None)
         sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
         if seed is None and rng is None and latents is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
@@ -352,6 +352,7 @@ class Pipeline:
                 backend=self.provider,
                 precision=self.precision,
                 strength=strength,
+                task="txt2img" if pixels is None else "img2img" if mask is None else "inpaint",
             )
             for i in range(batch)
         ]
@@ -411,7 +412,7 @@ class Pipeline:
             sides.append(int(value))
         return sides[0], sides[1]
 
-    def _check_memory(self, height: int, width: int, images: int, do_cfg: bool) -> bool:
+    def _check_memory(self, height: int, width: int, images: int, do_cfg: bool, encodes: bool = False) -> bool:
         """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles."""
         if self.max_pixels is not None and height * width > self.max_pixels:
             side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: h * w <= self.max_pixels)
@@ -426,7 +427,7 @@ class Pipeline:
 
         def need(h: int, w: int, tile: bool) -> int:
             return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,
-                            vae_tile=self.vae_tile if tile else None, compiles=compiles).peak
+                            vae_tile=self.vae_tile if tile else None, compiles=compiles, encodes=encodes).peak
 
         available = available_memory()
         peak = need(height, width, tiled)
