@@ -147,3 +147,39 @@ def test_9_channel_unet_needs_image_and_mask(tiny_inpaint):
     for image in (None, circle()):
         with pytest.raises(ValueError, match="9-channel inpainting UNet: it needs an image and a mask_image"):
             pipe9("x", image=image, steps=2)
+
+
+@pytest.mark.parametrize("pad", [0, 8])
+def test_padding_mask_crop_matches_diffusers(tiny_sd1, pipe, monkeypatch, pad):
+    """Only the padded box around a small mask is inpainted, at the processing size, and pasted back into the image
+    at its own size (diffusers' get_crop_region, "fill" resize and apply_overlay)."""
+    import torch
+
+    source = Image.fromarray(np.concatenate([circle(64), circle(64, (30, 30, 220))[:, :48]], axis=1))  # 112x64
+    mask = np.zeros((64, 112), np.uint8)
+    mask[20:36, 70:90] = 255
+    def run(padding):
+        return pipe(PROMPT, negative_prompt=NEGATIVE, image=source, mask_image=mask, padding_mask_crop=padding, height=64,
+                    width=64, steps=4, guidance_scale=7.5, scheduler="euler", seed=3)
+
+    ours = run(pad)
+    reference = numpy_noise_pipeline("StableDiffusionInpaintPipeline", "pipeline_stable_diffusion_inpaint", tiny_sd1[0],
+                                     "euler", 3, monkeypatch)
+    with torch.no_grad():
+        theirs = reference(PROMPT, image=source, mask_image=Image.fromarray(mask), padding_mask_crop=pad,
+                           negative_prompt=NEGATIVE, height=64, width=64, num_inference_steps=4, guidance_scale=7.5).images[0]
+    assert ours.images[0].size == source.size == theirs.size
+    psnr = image_psnr(ours.arrays, np.asarray(theirs)[None])
+    print(f"inpaint sd1 padding_mask_crop={pad}: PSNR {psnr:.1f} dB")
+    assert psnr >= IMAGE_MIN_PSNR_DB
+    np.testing.assert_array_equal(ours.arrays[0][mask == 0], np.asarray(source)[mask == 0])  # outside: the image's own
+    assert image_psnr(run(pad + 12).arrays, np.asarray(theirs)[None]) < IMAGE_MIN_PSNR_DB  # sensitive: another crop differs
+    assert "Inpaint area: Only masked" in ours.parameters[0].a1111() and f"Masked area padding: {pad}" in ours.parameters[0].a1111()
+
+
+def test_padding_mask_crop_needs_a_mask_and_a_whole_number(pipe):
+    for bad in (-1, 2.5, "8", True):
+        with pytest.raises(ValueError, match="padding_mask_crop must be a whole number of pixels >= 0"):
+            pipe("x", image=circle(), mask_image=square_mask(), padding_mask_crop=bad, steps=2)
+    with pytest.raises(ValueError, match="padding_mask_crop crops around the mask: give mask_image"):
+        pipe("x", image=circle(), padding_mask_crop=4, steps=2)

@@ -25,6 +25,7 @@ class GenerationParameters:
     precision: str = "fp32"  # what the networks computed in: "fp32", "bf16", "int8+fp32", ...
     strength: float | None = None  # image to image's denoising strength; None for text to image
     task: str = "txt2img"  # "img2img", "inpaint"
+    mask_padding: int | None = None  # inpainting's padding_mask_crop (A1111's "Only masked" inpaint area)
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
@@ -37,7 +38,8 @@ class GenerationParameters:
             f"Model: {self.model}",
             f"Backend: {self.backend}",
             f"Precision: {self.precision}",
-        ] + ([f"Denoising strength: {self.strength:g}"] if self.strength is not None else [])
+        ] + ([f"Denoising strength: {self.strength:g}"] if self.strength is not None else []) + (
+            ["Inpaint area: Only masked", f"Masked area padding: {self.mask_padding}"] if self.mask_padding is not None else [])
         return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 
 

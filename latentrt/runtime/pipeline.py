@@ -22,6 +22,7 @@ from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
+from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
@@ -195,6 +196,7 @@ class Pipeline:
         image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
         strength: float | None = None,
         mask_image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
+        padding_mask_crop: int | None = None,
     ) -> PipelineResult:
         """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
 
@@ -207,8 +209,13 @@ class Pipeline:
         diffusers' StableDiffusionInpaintPipeline: the mask is made grayscale, resized with the image and binarised
         at 0.5; strength defaults to 1 (pure noise). A 9-channel inpainting UNet sees the latents, the mask and the
         masked image's latents concatenated; any other UNet denoises everything and, after every step, the
-        unmasked region is replaced by the image's latents noised to the next timestep. `padding_mask_crop` is
-        not supported.
+        unmasked region is replaced by the image's latents noised to the next timestep. Unlike diffusers' inpainting
+        pipeline (which defaults to the model's native size), height/width default to the image's size, as for img2img.
+
+        padding_mask_crop=P (pixels) inpaints only a crop: the box around the mask's non-black pixels, padded by P
+        and grown to height/width's aspect ratio, is cut from the image and the mask, resized to height x width
+        (diffusers' "fill" mode), inpainted, and pasted back into the image at its own size, the image's pixels kept
+        wherever the mask is black (diffusers' apply_overlay): detail for a small mask on a large image.
         """
         timings: dict[str, float] = {}
         # 1. check inputs
@@ -219,9 +226,13 @@ class Pipeline:
         negatives = self._negatives(negative_prompt, len(prompts))
         steps = defaults.steps if steps is None else steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
-        pixels = mask = None
+        pixels = mask = crop = None
         vae = self.folder.vae
         inpaint_unet = self.folder.unet.in_channels == 2 * vae.latent_channels + 1  # latents, mask, masked latents
+        if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, (int, np.integer)) or padding_mask_crop < 0):
+            raise ValueError(f"padding_mask_crop must be a whole number of pixels >= 0, got {padding_mask_crop!r}")
+        if padding_mask_crop is not None and mask_image is None:
+            raise ValueError("padding_mask_crop crops around the mask: give mask_image (--mask) too")
         if mask_image is not None and image is None:
             raise ValueError("mask_image needs the image to inpaint: give image= too (--image with --mask in the CLI)")
         if inpaint_unet and mask_image is None:
@@ -238,10 +249,18 @@ class Pipeline:
                     f"{self.folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
                     "(it writes the VAE encoder)"
                 )
-            source = _as_pil(image, "image")
-            pixels, height, width = self._load_image(source, height, width)
+            source = as_pil(image, "image")
+            height, width = self._image_size(source, height, width)
             if mask_image is not None:
-                mask = _load_mask(mask_image, source.size, height, width)  # (1, 1, H, W) of 0 and 1
+                mask_source = as_pil(mask_image, "mask_image")
+                if mask_source.size != source.size:
+                    raise ValueError(
+                        f"the mask is {mask_source.size[0]}x{mask_source.size[1]} but the image is {source.size[0]}x"
+                        f"{source.size[1]}: give a mask of the image's size (white = repaint, black = keep)"
+                    )
+                crop = None if padding_mask_crop is None else crop_region(mask_source, width, height, int(padding_mask_crop))
+                mask = mask_array(mask_source, height, width, crop)  # (1, 1, H, W) of 0 and 1
+            pixels, _, _ = self._load_image(source, height, width, crop)
         elif strength is not None:
             raise ValueError("strength applies to image to image only: give an image too (--image in the CLI)")
         height, width = self._check_size(height, width)
@@ -334,7 +353,9 @@ class Pipeline:
 
         # 5. decode
         t0 = time.perf_counter()
-        images = decoded_to_uint8(self._decode(x, tiled))  # (B, H, W, 3)
+        images = to_pil(decoded_to_uint8(self._decode(x, tiled)))  # (B, H, W, 3)
+        if crop is not None:  # the inpainted crop back into the image, at the image's size
+            images = [paste_back(generated, source, mask_source, crop) for generated in images]
         timings["vae_decode"] = time.perf_counter() - t0
 
         # 6. package
@@ -353,25 +374,33 @@ class Pipeline:
                 precision=self.precision,
                 strength=strength,
                 task="txt2img" if pixels is None else "img2img" if mask is None else "inpaint",
+                mask_padding=None if crop is None else int(padding_mask_crop),
             )
             for i in range(batch)
         ]
-        return PipelineResult(images=to_pil(images), parameters=parameters, latents=x, timings=timings)
+        return PipelineResult(images=images, parameters=parameters, latents=x, timings=timings)
 
     # --- steps -------------------------------------------------------------------------------------------
-    def _load_image(self, image, height: int | None, width: int | None) -> tuple[NDArray[np.float32], int, int]:
-        """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]."""
-        image = _as_pil(image, "image")  # a PIL image passes through as it is
+    def _image_size(self, image: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
+        """height/width as given, else the image's size rounded down to the VAE's multiple (as diffusers)."""
         multiple = self.folder.size_multiple
-        height = image.height // multiple * multiple if height is None else height  # diffusers rounds down
+        height = image.height // multiple * multiple if height is None else height
         width = image.width // multiple * multiple if width is None else width
         if height == 0 or width == 0:
             raise ValueError(f"the image is {image.width}x{image.height}: both sides must be at least {multiple} pixels for this model")
-        height, width = self._check_size(height, width)
-        if image.size != (width, height):
+        return self._check_size(height, width)
+
+    def _load_image(self, image, height: int | None, width: int | None,
+                    crop: tuple[int, int, int, int] | None = None) -> tuple[NDArray[np.float32], int, int]:
+        """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]
+        (a `crop` box cut out and resized in "fill" mode), and its height and width."""
+        image = as_pil(image, "image")  # a PIL image passes through as it is
+        height, width = self._image_size(image, height, width)
+        if crop is not None:
+            image = resize_fill(image.crop(crop), width, height)
+        elif image.size != (width, height):
             image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
-        array = np.asarray(image.convert("RGB")).astype(np.float32) / np.float32(255.0)  # (H, W, 3) in [0, 1]
-        return (2.0 * array - 1.0).transpose(2, 0, 1)[None].astype(np.float32), height, width
+        return to_pixels(image), height, width
 
     def _encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
         """A sample of the VAE's posterior for the image, scaled as the UNet sees latents (diffusers' retrieve_latents)."""
@@ -482,46 +511,6 @@ def _check_guidance(value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
         raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
     return float(value)
-
-
-def _as_pil(image, what: str) -> Image.Image:
-    """A PIL image from a PIL image, a path, or a uint8 array ((H, W, 3); a mask may also be (H, W))."""
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-        try:
-            with Image.open(path) as opened:
-                return opened.copy()
-        except OSError as exc:
-            raise ValueError(f"{what} {path} is not an image file PIL can read: {exc}") from None
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or not (image.ndim == 3 and image.shape[2] == 3 or what == "mask_image" and image.ndim == 2):
-            shapes = "(height, width) or (height, width, 3)" if what == "mask_image" else "(height, width, 3)"
-            article = "a mask_image" if what == "mask_image" else "an image"
-            raise ValueError(f"{article} array must be uint8 of shape {shapes}, got {image.dtype} {image.shape}")
-        return Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        extra = " (height, width) or" if what == "mask_image" else ""
-        raise ValueError(f"{what} must be a PIL image, a uint8 array{extra} (height, width, 3) or a path, got {type(image).__name__}")
-    return image
-
-
-def _load_mask(mask_image, image_size: tuple[int, int], height: int, width: int) -> NDArray[np.float32]:
-    """The mask as diffusers' mask_processor makes it: resized like the image, grayscale, binarised at 0.5."""
-    mask = _as_pil(mask_image, "mask_image")
-    if mask.size != image_size:
-        raise ValueError(
-            f"the mask is {mask.size[0]}x{mask.size[1]} but the image is {image_size[0]}x{image_size[1]}: "
-            "give a mask of the image's size (white = repaint, black = keep)"
-        )
-    if mask.size != (width, height):
-        mask = mask.resize((width, height), resample=Image.Resampling.LANCZOS)
-    array = np.asarray(mask.convert("L")).astype(np.float32) / np.float32(255.0)
-    binary = (array >= 0.5).astype(np.float32)[None, None]  # (1, 1, H, W)
-    if not binary.any():
-        raise ValueError("the mask is all black: nothing to repaint (white marks the region to repaint)")
-    return binary
 
 
 def _check_strength(value) -> float:
