@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REQUIRED_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
-OPTIONAL_COMPONENTS = ("vae_encoder",)
+REQUIRED_COMPONENTS = ("unet", "vae_decoder")  # and a text encoder: text_encoder, or text_encoder_2 (SDXL refiner)
+OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder")
 REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
 
 
@@ -143,10 +143,12 @@ class ModelFolder:
             if entry is not None:
                 _check_sizes(path / name, entry)
             components[name] = ComponentFiles(name, model, config, entry)
-        tokenizer = path / "tokenizer"
+        if "text_encoder" not in components and "text_encoder_2" not in components:
+            raise ModelFolderError(f"{path} lacks text_encoder/model.onnx; {REEXPORT_HINT}")
+        tokenizer = path / ("tokenizer" if "text_encoder" in components else "tokenizer_2")
         has_slow_files = (tokenizer / "vocab.json").is_file() and (tokenizer / "merges.txt").is_file()
         if not (tokenizer / "tokenizer.json").is_file() and not has_slow_files:
-            raise ModelFolderError(f"{path} lacks tokenizer/tokenizer.json (or vocab.json + merges.txt); {REEXPORT_HINT}")
+            raise ModelFolderError(f"{path} lacks {tokenizer.name}/tokenizer.json (or vocab.json + merges.txt); {REEXPORT_HINT}")
         if not (path / "scheduler" / "scheduler_config.json").is_file():
             raise ModelFolderError(f"{path} lacks scheduler/scheduler_config.json; {REEXPORT_HINT}")
         if not components["vae_decoder"].config:
@@ -162,7 +164,7 @@ class ModelFolder:
             scheduler_config=_read_json(path / "scheduler" / "scheduler_config.json"),
             unet=UNetConfig.from_dict(components["unet"].config),
             vae=VaeConfig.from_dict(components["vae_decoder"].config),
-            text_encoder=TextEncoderConfig.from_dict(components["text_encoder"].config),
+            text_encoder=TextEncoderConfig.from_dict(components.get("text_encoder", components.get("text_encoder_2")).config),
             defaults=Defaults.from_dict((manifest or {}).get("defaults", {})),
         )
 

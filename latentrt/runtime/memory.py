@@ -90,8 +90,10 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
         encoder += RUNTIME_OVERHEAD
     weights = {}
     if low_memory:
-        names = ("text_encoder", "unet", "vae_decoder") + (("vae_encoder",) if encodes else ())
+        names = ("unet", "vae_decoder") + (("vae_encoder",) if encodes else ())
         weights = {name: component_bytes(folder, name) for name in names}
+        encoders = [name for name in folder.components if name.startswith("text_encoder")]  # SDXL: one after the other
+        weights["text_encoder"] = max(component_bytes(folder, name) for name in encoders)
     return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(vae), weights, int(encoder))
 
 

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
+from latentrt.runtime.families import Prompts, SizeConditioning, family_for, guidance_embedding
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
@@ -28,7 +29,6 @@ from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
 from latentrt.runtime.tiling import decode_tiled, default_tile
-from latentrt.runtime.tokenizer import ClipTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class PipelineResult:
         return np.stack([np.asarray(image) for image in self.images])  # (B, H, W, 3)
 
 
-NETWORKS = ("text_encoder", "unet", "vae_decoder")
+NETWORKS = ("text_encoder", "unet", "vae_decoder")  # SD 1.x/2.x's resident networks (a family lists its own)
 
 
 class ImageTooLargeError(ValueError):
@@ -90,13 +90,15 @@ class Pipeline:
         self.max_pixels = None if max_pixels is None else int(max_pixels)
         self.vae_tile = default_tile(folder.components["vae_decoder"].config.get("sample_size", 512),
                                      folder.components["vae_decoder"].config.get("block_out_channels") or [0, 0, 0, 0])
-        self.tokenizer = ClipTokenizer.from_folder(folder.path / "tokenizer")
+        self.family = family_for(folder)  # how prompts become the UNet's conditioning (SD, SDXL)
+        self.tokenizer = self.family.tokenizer
+        self.networks = self.family.text_encoders + ("unet", "vae_decoder")
         self._models: dict[str, object] = {}
         self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
         if not self.low_memory:
-            for name in NETWORKS:
+            for name in self.networks:
                 self._models[name] = self.backend.open(folder.components[name])
 
     @classmethod
@@ -161,18 +163,20 @@ class Pipeline:
             return  # ONNX Runtime sessions take any shape as they are; low_memory keeps no network to compile
         height, width = self._check_size(height, width)
         guidance_scale = self.folder.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
-        texts = batch * (2 if guidance_scale > 1.0 else 1)
-        length = self.tokenizer.max_length
+        texts = batch * (2 if self._uses_cfg(guidance_scale) else 1)
         factor = self.folder.vae.scale_factor
         latent = (self.folder.unet.in_channels, height // factor, width // factor)
         timestep = self.unet.inputs["timestep"]
+        unet_shapes = self.family.unet_input_shapes(texts)
+        if self.guidance_embedding_dim:
+            unet_shapes["timestep_cond"] = (texts, self.guidance_embedding_dim)
         jobs = [
             (self.unet, {
                 "sample": (texts, *latent),
                 "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
-                "encoder_hidden_states": (texts, length, self.folder.unet.cross_attention_dim),
+                **unet_shapes,
             }),
-            (self.text_encoder, {"input_ids": (texts, length)}),
+            *[(self._models[name], {"input_ids": (texts, self.family.tokenizers[name].max_length)}) for name in self.family.text_encoders],
             (self.vae_decoder, {next(iter(self.vae_decoder.inputs)): (batch, self.folder.vae.latent_channels, *latent[1:])}),
         ]
         with ThreadPoolExecutor(len(jobs)) as pool:  # OpenVINO compiles in native code: the three overlap
@@ -197,6 +201,12 @@ class Pipeline:
         strength: float | None = None,
         mask_image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
         padding_mask_crop: int | None = None,
+        clip_skip: int | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] = (0, 0),
+        target_size: tuple[int, int] | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
     ) -> PipelineResult:
         """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
 
@@ -216,6 +226,13 @@ class Pipeline:
         and grown to height/width's aspect ratio, is cut from the image and the mask, resized to height x width
         (diffusers' "fill" mode), inpainted, and pasted back into the image at its own size, the image's pixels kept
         wherever the mask is black (diffusers' apply_overlay): detail for a small mask on a large image.
+
+        clip_skip (diffusers' definition): condition on the text encoder's layer that many below the last (SD:
+        through the final layer norm; SDXL: below the penultimate it reads anyway); like diffusers, the negative
+        prompt's conditioning is not skipped. SDXL only: original_size, crops_coords_top_left and target_size
+        (default: the image's size, (0, 0), the image's size) and, for a refiner, aesthetic_score and
+        negative_aesthetic_score, as diffusers' StableDiffusionXL pipelines. A UNet that takes `timestep_cond`
+        (LCM) gets the guidance scale as an embedding and runs without classifier-free guidance, as diffusers.
         """
         timings: dict[str, float] = {}
         # 1. check inputs
@@ -224,6 +241,7 @@ class Pipeline:
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
         negatives = self._negatives(negative_prompt, len(prompts))
+        self.family.check_clip_skip(clip_skip)
         steps = defaults.steps if steps is None else steps
         guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
         pixels = mask = crop = None
@@ -235,6 +253,11 @@ class Pipeline:
             raise ValueError("padding_mask_crop crops around the mask: give mask_image (--mask) too")
         if mask_image is not None and image is None:
             raise ValueError("mask_image needs the image to inpaint: give image= too (--image with --mask in the CLI)")
+        if image is None and getattr(self.family, "is_refiner", False):
+            raise ValueError(
+                f"{self.folder.path} is an SDXL refiner, an image to image model: give it an image (image=..., --image), "
+                "for example the base model's output, and a strength (diffusers' default for it: 0.3)"
+            )
         if inpaint_unet and mask_image is None:
             raise ValueError(
                 f"{self.folder.path} has a {self.folder.unet.in_channels}-channel inpainting UNet: it needs an image "
@@ -243,7 +266,8 @@ class Pipeline:
         if image is not None:
             if latents is not None:
                 raise ValueError("give either image (image to image) or latents (text to image), not both")
-            strength = _check_strength((0.8 if mask_image is None else 1.0) if strength is None else strength)
+            default_strength = 0.3 if getattr(self.family, "is_refiner", False) else 0.8 if mask_image is None else 1.0
+            strength = _check_strength(default_strength if strength is None else strength)
             if "vae_encoder" not in self.folder.components:
                 raise ValueError(
                     f"{self.folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
@@ -271,19 +295,23 @@ class Pipeline:
                 f"strength {strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
                 f"raise strength to at least {1 / steps:.3g} or use more steps"
             )
-        tiled = self._check_memory(height, width, len(prompts) * num_images, guidance_scale > 1.0, pixels is not None)
+        do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
+        tiled = self._check_memory(height, width, len(prompts) * num_images, do_cfg, pixels is not None)
         sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
         if seed is None and rng is None and latents is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         rng = rng if rng is not None else np.random.default_rng(seed)
         batch = len(prompts) * num_images
-        do_cfg = guidance_scale > 1.0  # the unconditional half is skipped otherwise, like diffusers
 
-        # 2. encode prompt: one text-encoder call for both halves; (2B, L, D) with CFG, else (B, L, D)
+        # 2. encode prompt: the family's UNet conditioning, one text-encoder call per encoder for both halves;
+        # rows (2B, ...) with CFG, else (B, ...)
         t0 = time.perf_counter()
-        texts = (negatives + prompts) if do_cfg else prompts
-        embeddings = self._encode(texts)  # with low_memory the text encoder is released right after
-        embeddings = np.repeat(embeddings, num_images, axis=0)  # prompt i's images stay together
+        text = Prompts(prompts, negatives, negative_prompt is not None, do_cfg, num_images, clip_skip)
+        conditioning = self.family.conditioning(
+            self._run, text, SizeConditioning(height, width, original_size, tuple(crops_coords_top_left), target_size,
+                                              float(aesthetic_score), float(negative_aesthetic_score)))
+        if self.guidance_embedding_dim:  # LCM: the guidance scale enters the UNet as an embedding
+            conditioning["timestep_cond"] = guidance_embedding(guidance_scale, self.guidance_embedding_dim, batch)
         timings["text_encoder"] = time.perf_counter() - t0
 
         # 3. prepare latents
@@ -336,7 +364,7 @@ class Pipeline:
                 x_in = sampler.scale_model_input(x_in, t)
                 if mask is not None and inpaint_unet:
                     x_in = np.concatenate([x_in.astype(np.float32, copy=False), extra], axis=1)
-                noise = self._unet(x_in.astype(np.float32, copy=False), t, embeddings)
+                noise = self._unet(x_in.astype(np.float32, copy=False), t, conditioning)
                 if do_cfg:
                     uncond, cond = np.split(noise, 2)
                     noise = uncond + np.float32(guidance_scale) * (cond - uncond)
@@ -473,21 +501,38 @@ class Pipeline:
             )
         return tiled
 
-    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
-        ids = self.tokenizer.encode(texts)  # (N, L) int64
-        name = "input_ids"
-        with self._network("text_encoder") as text_encoder:
-            dtype = text_encoder.inputs[name].dtype  # int32 in diffusers' legacy exports, int64 in optimum's
-            out = text_encoder(**{name: ids.astype(dtype)})
-        hidden = out.get("last_hidden_state", next(iter(out.values())))
-        return hidden.astype(np.float32, copy=False)  # (N, L, D)
+    @property
+    def guidance_embedding_dim(self) -> int | None:
+        """LCM UNets' `time_cond_proj_dim`: the width of the guidance embedding they take as `timestep_cond`."""
+        dim = self.folder.components["unet"].config.get("time_cond_proj_dim")
+        return int(dim) if dim else None
 
-    def _unet(self, sample: NDArray[np.float32], t, embeddings: NDArray[np.float32]) -> NDArray[np.float32]:
+    def _uses_cfg(self, guidance_scale: float) -> bool:
+        """Classifier-free guidance (two UNet rows per image): guidance > 1, unless the UNet embeds it (LCM)."""
+        return guidance_scale > 1.0 and not self.guidance_embedding_dim
+
+    def _run(self, name: str, feeds: dict[str, NDArray]) -> dict[str, NDArray]:
+        """One call of a network (opened for it with low_memory); integer inputs cast to the graph's dtype
+        (input_ids are int32 in diffusers' legacy exports, int64 in optimum's and ours)."""
+        with self._network(name) as network:
+            feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
+            return network(**feeds)
+
+    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
+        """The first text encoder's last hidden states (N, L, D) for these texts (the bench times this)."""
+        name = self.family.text_encoders[0]
+        out = self._run(name, {"input_ids": self.family.tokenizers[name].encode(texts)})
+        return out.get("last_hidden_state", next(iter(out.values()))).astype(np.float32, copy=False)
+
+    def _unet(self, sample: NDArray[np.float32], t, conditioning) -> NDArray[np.float32]:
+        """One UNet call; `conditioning` is the family's dict of inputs (or encoder_hidden_states alone)."""
+        if not isinstance(conditioning, dict):
+            conditioning = {"encoder_hidden_states": conditioning}
         with self._network("unet") as unet:
             info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
             shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
             timestep = model_timestep(t, info.dtype, shape)
-            out = unet(sample=sample, timestep=timestep, encoder_hidden_states=embeddings)
+            out = unet(sample=sample, timestep=timestep, **conditioning)
             return next(iter(out.values()))
 
     def _decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
