@@ -42,7 +42,8 @@ def numpy_noise_pipeline(cls_name: str, module: str, src, scheduler: str, seed: 
         return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
 
     name, overrides = REFERENCE[scheduler]
-    modules = ["diffusers.models.autoencoders.vae", f"diffusers.pipelines.stable_diffusion.{module}"]
+    pipeline_module = module if "." in module else f"diffusers.pipelines.stable_diffusion.{module}"
+    modules = ["diffusers.models.autoencoders.vae", pipeline_module]
     for target in modules + ([NOISE_MODULES[name]] if name in NOISE_MODULES else []):
         monkeypatch.setattr(f"{target}.randn_tensor", randn_tensor)
     pipe = getattr(diffusers, cls_name).from_pretrained(src, torch_dtype=torch.float32)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REQUIRED_COMPONENTS = ("unet", "vae_decoder")  # and a text encoder: text_encoder, or text_encoder_2 (SDXL refiner)
 OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder")
 REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
@@ -44,6 +46,31 @@ class VaeConfig:
     scaling_factor: float
     shift_factor: float | None
     scale_factor: int  # pixels per latent along each side: 2 ** (number of VAE blocks - 1)
+    latents_mean: tuple[float, ...] | None = None  # per-channel statistics some VAEs declare (SDXL pipelines use them)
+    latents_std: tuple[float, ...] | None = None
+
+    def to_unet(self, z: np.ndarray) -> np.ndarray:
+        """A VAE latent (the encoder's sample) as the UNet sees it: diffusers' img2img prepare_latents."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._statistics()
+            return ((z - mean) * np.float32(self.scaling_factor) / std).astype(np.float32)
+        if self.shift_factor is not None:
+            z = z - np.float32(self.shift_factor)
+        return (z * np.float32(self.scaling_factor)).astype(np.float32)
+
+    def from_unet(self, latents: np.ndarray) -> np.ndarray:
+        """The UNet's latents as the VAE decoder takes them (the inverse of to_unet)."""
+        if self.latents_mean is not None and self.latents_std is not None:
+            mean, std = self._statistics()
+            return (latents * std / np.float32(self.scaling_factor) + mean).astype(np.float32)
+        z = latents / np.float32(self.scaling_factor)
+        if self.shift_factor is not None:
+            z = z + np.float32(self.shift_factor)
+        return z.astype(np.float32)
+
+    def _statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        shape = (1, len(self.latents_mean), 1, 1)
+        return np.asarray(self.latents_mean, np.float32).reshape(shape), np.asarray(self.latents_std, np.float32).reshape(shape)
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> "VaeConfig":
@@ -55,6 +82,8 @@ class VaeConfig:
             scaling_factor=float(cfg["scaling_factor"]),
             shift_factor=None if cfg.get("shift_factor") is None else float(cfg["shift_factor"]),
             scale_factor=2 ** (len(blocks) - 1),
+            latents_mean=None if cfg.get("latents_mean") is None else tuple(float(v) for v in cfg["latents_mean"]),
+            latents_std=None if cfg.get("latents_std") is None else tuple(float(v) for v in cfg["latents_std"]),
         )
 
 

@@ -97,6 +97,7 @@ class Pipeline:
         self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
+        self._warned_lcm = False  # the LCM-UNet-with-another-scheduler notice is logged once
         if not self.low_memory:
             for name in self.networks:
                 self._models[name] = self.backend.open(folder.components[name])
@@ -298,6 +299,12 @@ class Pipeline:
         do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
         tiled = self._check_memory(height, width, len(prompts) * num_images, do_cfg, pixels is not None)
         sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
+        if self.guidance_embedding_dim and sampler.name != "lcm" and not self._warned_lcm:
+            self._warned_lcm = True
+            logger.warning(
+                "this UNet takes the guidance scale as an embedding (an LCM UNet, time_cond_proj_dim): guidance_scale "
+                "sets that embedding and no classifier-free guidance runs; it was distilled for the lcm scheduler, "
+                "%s may give poor images", sampler.name)
         if seed is None and rng is None and latents is None:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         rng = rng if rng is not None else np.random.default_rng(seed)
@@ -444,9 +451,7 @@ class Pipeline:
         mean, logvar = np.split(params, 2, axis=1)
         std = np.exp(np.float32(0.5) * np.clip(logvar, -30.0, 20.0))  # diffusers' DiagonalGaussianDistribution
         z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
-        if vae.shift_factor is not None:
-            z = z - np.float32(vae.shift_factor)
-        return (z * np.float32(vae.scaling_factor)).astype(np.float32, copy=False)
+        return vae.to_unet(z)
 
     def _negatives(self, negative_prompt, count: int) -> list[str]:
         if negative_prompt is None:
@@ -537,10 +542,7 @@ class Pipeline:
 
     def _decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
         vae = self.folder.vae
-        z = latents / np.float32(vae.scaling_factor)
-        if vae.shift_factor is not None:
-            z = z + np.float32(vae.shift_factor)
-        z = z.astype(np.float32, copy=False)
+        z = vae.from_unet(latents)
         with self._network("vae_decoder") as decoder:
             name = next(iter(decoder.inputs))  # "latent_sample"
 
