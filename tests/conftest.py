@@ -44,3 +44,30 @@ def optimum_sd1(tiny_sd1, tmp_path_factory) -> tuple[Path, Path]:
     out = tmp_path_factory.mktemp("optimum") / "sd1-optimum"
     run_worker(["export", str(src), str(out)], timeout=900)  # no tokenizer.json, scalar timestep
     return src, out
+
+
+def _tiny_family(tmp_path_factory, family: str) -> tuple[Path, Path]:
+    """(diffusers folder, onnx folder) of one tiny family, built and exported when a test first asks."""
+    from latentrt.export.exporter import export_pipeline
+    from latentrt.export.tiny import build_tiny_pipeline
+
+    root = tmp_path_factory.mktemp(f"tiny-{family}")
+    src, out = root / f"{family}-diffusers", root / f"{family}-onnx"
+    build_tiny_pipeline(src, family=family, seed=0)
+    export_pipeline(src, out, report=logging.getLogger("test-export").info)
+    return src, out
+
+
+def _family_fixture(family: str, doc: str):
+    fixture = lambda tmp_path_factory: _tiny_family(tmp_path_factory, family)  # noqa: E731
+    fixture.__doc__ = doc
+    return pytest.fixture(scope="session", name=f"tiny_{family.replace('-', '_')}")(fixture)
+
+
+tiny_sdxl = _family_fixture("sdxl", "StableDiffusionXLPipeline: two text encoders, text_embeds + 6 time ids.")
+tiny_sdxl_refiner = _family_fixture(
+    "sdxl-refiner", "StableDiffusionXLImg2ImgPipeline: text_encoder_2 only, 5 time ids, requires_aesthetics_score."
+)
+tiny_lcm = _family_fixture("lcm", "LatentConsistencyModelPipeline: the UNet takes timestep_cond (LCMScheduler).")
+tiny_sd_turbo = _family_fixture("sd-turbo", "SD 2.x shapes with sd-turbo's trailing Euler scheduler.")
+tiny_sdxl_turbo = _family_fixture("sdxl-turbo", "SDXL shapes with sdxl-turbo's trailing Euler Ancestral scheduler.")

@@ -1,4 +1,7 @@
-"""diffusers StableDiffusionPipeline folder -> ONNX model folder (atomic, validated).
+"""diffusers Stable Diffusion / SDXL / LCM pipeline folder -> ONNX model folder (atomic, validated).
+
+The source's model_index.json `_class_name` says which parts it must have (`SOURCE_CLASSES`); the UNet's
+config says which extra inputs its graph takes (SDXL's text_embeds and time_ids, LCM's timestep_cond).
 
 The folder is built in a hidden temporary folder beside OUT and renamed into place only after
 every component has been exported and validated, so a failure or Ctrl-C leaves no OUT behind
@@ -13,7 +16,7 @@ import logging
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -24,14 +27,49 @@ from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
-from latentrt.export.specs import COMPONENTS, ComponentSpec, to_torch
+from latentrt.export.specs import VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_spec
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.runtime.folder import file_sha256
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 17
-REQUIRED_SOURCE_PARTS = ("text_encoder", "tokenizer", "unet", "vae", "scheduler")
+
+
+@dataclass(frozen=True)
+class SourceKind:
+    """What a source pipeline class holds and what the exported folder is called."""
+
+    label: str  # how messages name such a folder
+    parts: tuple[str, ...]  # subfolders it must have
+    text_encoders: tuple[tuple[str, str, bool], ...]  # (text encoder, its tokenizer, with projection), in order
+    ort_class: str  # the exported model_index.json's _class_name (optimum's)
+    xl: bool = False
+
+
+_SD = SourceKind(
+    "a StableDiffusionPipeline folder",
+    ("text_encoder", "tokenizer", "unet", "vae", "scheduler"),
+    (("text_encoder", "tokenizer", False),),
+    "ORTStableDiffusionPipeline",
+)
+# SDXL: text_encoder + tokenizer are optional (the refiner has neither), as a pair
+_SDXL = SourceKind(
+    "an SDXL folder",
+    ("text_encoder_2", "tokenizer_2", "unet", "vae", "scheduler"),
+    (("text_encoder", "tokenizer", False), ("text_encoder_2", "tokenizer_2", True)),
+    "ORTStableDiffusionXLPipeline",
+    xl=True,
+)
+SOURCE_CLASSES: dict[str, SourceKind] = {
+    "StableDiffusionPipeline": _SD,
+    "StableDiffusionImg2ImgPipeline": _SD,
+    "StableDiffusionInpaintPipeline": _SD,
+    "LatentConsistencyModelPipeline": replace(_SD, ort_class="ORTLatentConsistencyModelPipeline"),
+    "StableDiffusionXLPipeline": _SDXL,
+    "StableDiffusionXLImg2ImgPipeline": replace(_SDXL, ort_class="ORTStableDiffusionXLImg2ImgPipeline"),
+}
+REQUIRED_SOURCE_PARTS = {name: kind.parts for name, kind in SOURCE_CLASSES.items()}
 
 
 class ExportError(RuntimeError):
@@ -47,7 +85,7 @@ class ExportReport:
 
 
 def check_source(src: Path) -> dict:
-    """Read and check SRC's model_index.json; return it."""
+    """Read and check SRC's model_index.json against its class's parts (`SOURCE_CLASSES`); return it."""
     src = Path(src)
     index_path = src / "model_index.json"
     if not src.is_dir():
@@ -61,13 +99,59 @@ def check_source(src: Path) -> dict:
         index = json.loads(index_path.read_text())
     except json.JSONDecodeError as exc:
         raise ExportError(f"{index_path} is not valid JSON ({exc})") from exc
-    missing = [p for p in REQUIRED_SOURCE_PARTS if p not in index or not (src / p).is_dir()]
+    class_name = index.get("_class_name") or "StableDiffusionPipeline"
+    kind = SOURCE_CLASSES.get(class_name)
+    if kind is None:
+        missing = [p for p in _SD.parts if not _present(src, index, p)]
+        lacking = f" (it lacks {', '.join(missing)} of a StableDiffusionPipeline folder)" if missing else ""
+        raise ExportError(
+            f"{src} holds a {class_name} (model_index.json's _class_name), which latentrt does not export{lacking}: "
+            f"the supported classes are {', '.join(SOURCE_CLASSES)}"
+        )
+    missing = [p for p in kind.parts if not _present(src, index, p)]
+    for encoder, tokenizer, _ in kind.text_encoders:  # optional ones come in pairs
+        if _present(src, index, encoder) != _present(src, index, tokenizer):
+            missing += [p for p in (encoder, tokenizer) if not _present(src, index, p) and p not in missing]
     if missing:
         raise ExportError(
-            f"{src} lacks {', '.join(missing)}: a StableDiffusionPipeline folder needs "
-            f"{', '.join(REQUIRED_SOURCE_PARTS)} (class found: {index.get('_class_name')})"
+            f"{src} lacks {', '.join(missing)}: {kind.label} needs {', '.join(kind.parts)}"
+            + (" (and text_encoder with tokenizer, or neither)" if kind.xl else "")
+            + f" (class found: {index.get('_class_name')})"
         )
+    _check_text_widths(src, index, kind)
     return index
+
+
+def _present(src: Path, index: dict, part: str) -> bool:
+    """In model_index.json with a class (a missing component is [null, null] there) and on disk."""
+    entry = index.get(part)
+    named = not isinstance(entry, (list, tuple)) or (len(entry) > 0 and entry[0] is not None)
+    return part in index and named and (src / part).is_dir()
+
+
+def _config(src: Path, part: str) -> dict:
+    path = src / part / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ExportError(f"cannot read {path} ({exc}): SRC's {part} must be a diffusers/transformers model folder") from exc
+
+
+def _text_encoders(src: Path, index: dict, kind: SourceKind) -> list[tuple[str, str, bool]]:
+    return [t for t in kind.text_encoders if _present(src, index, t[0])]
+
+
+def _check_text_widths(src: Path, index: dict, kind: SourceKind) -> None:
+    """The UNet's cross-attention takes the text encoders' hidden states side by side (SDXL: both)."""
+    encoders = _text_encoders(src, index, kind)
+    widths = {name: int(_config(src, name).get("hidden_size", 0)) for name, _, _ in encoders}
+    expected = _config(src, "unet").get("cross_attention_dim")
+    if isinstance(expected, int) and sum(widths.values()) != expected:
+        raise ExportError(
+            f"{src}'s UNet attends to {expected} text features but its text encoders give "
+            f"{' + '.join(f'{w} ({n})' for n, w in widths.items())}: {kind.label} needs the text encoders the UNet "
+            "was trained with" + (" (an SDXL base needs text_encoder as well as text_encoder_2)" if kind.xl else "")
+        )
 
 
 def export_pipeline(
@@ -91,6 +175,7 @@ def export_pipeline(
     """
     src, out = Path(src), Path(out)
     index = check_source(src)
+    kind = SOURCE_CLASSES[index.get("_class_name") or "StableDiffusionPipeline"]
     defaults = check_defaults(defaults)
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
@@ -99,7 +184,7 @@ def export_pipeline(
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
         rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
-        manifest = _build(src, tmp, index, opset, validate, rewrites, result, report)
+        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report)
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -135,33 +220,39 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
-def _build(src, tmp, index, opset, validate, rewrites, result, report) -> dict:
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
+def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> dict:
     from latentrt.export.tokenizer import export_tokenizer
 
-    models = {
-        "text_encoder": lambda: CLIPTextModel.from_pretrained(src / "text_encoder", torch_dtype=torch.float32),
-        "unet": lambda: UNet2DConditionModel.from_pretrained(src / "unet", torch_dtype=torch.float32),
-        "vae": lambda: AutoencoderKL.from_pretrained(src / "vae", torch_dtype=torch.float32),
-    }
-    loaded: dict[str, torch.nn.Module] = {}
+    encoders = _text_encoders(src, index, kind)
+    projections = {name: projection for name, _, projection in encoders}
+    text_embeds = next((int(_config(src, n)["projection_dim"]) for n, _, p in encoders if p), None)
+    unet_config = _config(src, "unet")
+    try:
+        specs = [text_encoder_spec(name, _config(src, name), projection) for name, _, projection in encoders]
+        specs += [unet_spec(unet_config, text_embeds), *VAE_COMPONENTS]
+    except (KeyError, ValueError) as exc:
+        raise ExportError(f"{src}: {exc}") from exc
+    time_ids = next((t.axes[-1] for t in specs[len(encoders)].inputs if t.name == "time_ids"), None)
+    _check_aesthetics_score(src, index, time_ids)
+
+    loaded: dict = {}
     components = {}
-    for spec in COMPONENTS:
+    for spec in specs:
         if spec.source not in loaded:
             loaded.clear()  # one source model in memory at a time (the VAE serves two components)
-            loaded[spec.source] = models[spec.source]().eval()
-        module = spec.wrap(loaded[spec.source]).eval()
+            loaded[spec.source] = _load_model(src, spec.source, projections.get(spec.source, False))
+        model = loaded[spec.source]
+        module = spec.wrap(model).eval()
         t0 = time.perf_counter()
         files, rewritten = _export_component(spec, module, tmp / spec.name, opset, rewrites)
+        if spec.extra_files is not None:
+            files += spec.extra_files(tmp / spec.name, model)
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
         entry = _manifest_entry(spec, tmp / spec.name, files, opset)
         entry.update(rewritten)
         entry["export_seconds"] = round(seconds, 2)
-        entry.update(component_flops(spec.name, loaded[spec.source]))  # {"flops": ...} for unet, vae_decoder
+        entry.update(component_flops(spec.name, model, text_embeds))  # {"flops": ...} for unet, vae_decoder
         if validate:
             comparisons = validate_component(spec, module, tmp / spec.name / "model.onnx")
             result.comparisons[spec.name] = comparisons
@@ -174,10 +265,11 @@ def _build(src, tmp, index, opset, validate, rewrites, result, report) -> dict:
         components[spec.name] = entry
     loaded.clear()
 
-    export_tokenizer(src / "tokenizer", tmp / "tokenizer")
+    for _, tokenizer, _ in encoders:
+        export_tokenizer(src / tokenizer, tmp / tokenizer)
     (tmp / "scheduler").mkdir()
     shutil.copyfile(src / "scheduler" / "scheduler_config.json", tmp / "scheduler" / "scheduler_config.json")
-    _write_model_index(src, tmp, index)
+    _write_model_index(tmp, index, kind, [name for name, _, _ in encoders])
     return {
         "format": "latentrt-onnx/1",
         "exporter": _versions(),
@@ -188,6 +280,29 @@ def _build(src, tmp, index, opset, validate, rewrites, result, report) -> dict:
         "rewrites": rewrites,
         "components": components,
     }
+
+
+def _load_model(src: Path, part: str, projection: bool = False):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
+    cls = classes.get(part) or (CLIPTextModelWithProjection if projection else CLIPTextModel)
+    return cls.from_pretrained(src / part, torch_dtype=torch.float32).eval()
+
+
+def _check_aesthetics_score(src: Path, index: dict, time_ids: int | None) -> None:
+    """diffusers builds 5 time ids (with an aesthetic score) when requires_aesthetics_score, else 6: the
+    model_index the runtime reads must agree with the UNet."""
+    if time_ids is None:
+        return
+    wants = bool(index.get("requires_aesthetics_score", False))
+    if time_ids != (5 if wants else 6):
+        raise ExportError(
+            f"{src}'s UNet takes {time_ids} time ids but model_index.json has requires_aesthetics_score={wants} "
+            f"({5 if wants else 6} ids): fix requires_aesthetics_score (true for a refiner, which takes 5)"
+        )
 
 
 @contextlib.contextmanager
@@ -244,21 +359,26 @@ def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: 
     }
 
 
-def _write_model_index(src: Path, tmp: Path, index: dict) -> None:
-    """The layout optimum's and diffusers' ONNX pipelines read (components as [library, class])."""
-    model_index = {
-        "_class_name": "ORTStableDiffusionPipeline",
-        "_diffusers_version": index.get("_diffusers_version"),
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "scheduler": ["diffusers", index["scheduler"][1]],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "text_encoder": ["optimum", "ORTModelTextEncoder"],
-        "unet": ["optimum", "ORTModelUnet"],
-        "vae_decoder": ["optimum", "ORTModelVaeDecoder"],
-        "vae_encoder": ["optimum", "ORTModelVaeEncoder"],
-    }
+def _write_model_index(tmp: Path, index: dict, kind: SourceKind, encoders: list[str]) -> None:
+    """The layout optimum's and diffusers' ONNX pipelines read (components as [library, class]); SDXL's also
+    carries force_zeros_for_empty_prompt and requires_aesthetics_score (diffusers' defaults: true, false)."""
+    model_index = {"_class_name": kind.ort_class, "_diffusers_version": index.get("_diffusers_version")}
+    if not kind.xl:
+        model_index.update(requires_safety_checker=False, safety_checker=[None, None])
+    model_index["feature_extractor"] = [None, None]
+    model_index["scheduler"] = ["diffusers", index["scheduler"][1]]
+    for encoder, tokenizer, _ in kind.text_encoders:
+        present = encoder in encoders
+        model_index[tokenizer] = ["transformers", "CLIPTokenizer"] if present else [None, None]
+        model_index[encoder] = ["optimum", "ORTModelTextEncoder"] if present else [None, None]
+    model_index.update(
+        unet=["optimum", "ORTModelUnet"],
+        vae_decoder=["optimum", "ORTModelVaeDecoder"],
+        vae_encoder=["optimum", "ORTModelVaeEncoder"],
+    )
+    if kind.xl:
+        model_index["force_zeros_for_empty_prompt"] = bool(index.get("force_zeros_for_empty_prompt", True))
+        model_index["requires_aesthetics_score"] = bool(index.get("requires_aesthetics_score", False))
     (tmp / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
 
 

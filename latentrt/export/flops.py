@@ -40,10 +40,14 @@ def _meta_model(kind: str, config: Mapping[str, Any]):
 
 
 def count_flops(kind: str, config: Mapping[str, Any], batch: int, latent_h: int, latent_w: int,
-                text_length: int = TEXT_LENGTH, model=None) -> int:
-    """FLOPs of one `kind` call ("unet" or "vae_decoder") at this batch and latent size."""
+                text_length: int = TEXT_LENGTH, model=None, text_embeds_width: int | None = None) -> int:
+    """FLOPs of one `kind` call ("unet" or "vae_decoder") at this batch and latent size.
+
+    text_embeds_width: an SDXL UNet's pooled text width (text_encoder_2's projection_dim)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from latentrt.export.specs import unet_spec
 
     model = model if model is not None else _meta_model(kind, config)
     meta = torch.device("meta")
@@ -52,7 +56,9 @@ def count_flops(kind: str, config: Mapping[str, Any], batch: int, latent_h: int,
             sample = torch.empty(batch, config["in_channels"], latent_h, latent_w, device=meta)
             timestep = torch.empty(batch, device=meta)
             hidden = torch.empty(batch, text_length, config["cross_attention_dim"], device=meta)
-            model(sample, timestep, hidden, return_dict=False)
+            spec = unet_spec(config, text_embeds_width)  # SDXL's and LCM's extra inputs, through the export wrapper
+            extra = [torch.empty(batch, t.axes[-1], device=meta) for t in spec.inputs[3:]]
+            spec.wrap(model)(sample, timestep, hidden, *extra)
         elif kind == "vae_decoder":
             latents = torch.empty(batch, config["latent_channels"], latent_h, latent_w, device=meta)
             model.decode(latents, return_dict=False)
@@ -65,12 +71,13 @@ def _downsampling(kind: str, config: Mapping[str, Any]) -> int:
     return 2 ** (len(config["block_out_channels"]) - 1) if kind == "unet" else 1
 
 
-def flops_formula(kind: str, config: Mapping[str, Any], text_length: int = TEXT_LENGTH) -> dict[str, Any]:
+def flops_formula(kind: str, config: Mapping[str, Any], text_length: int = TEXT_LENGTH,
+                  text_embeds_width: int | None = None) -> dict[str, Any]:
     """Count three sizes (batch 1), solve c + a*N + b*N**2, and check the fit at a fourth size."""
     model = _meta_model(kind, config)
     step = max(_downsampling(kind, config), 8)
     sides = [step * k for k in (2, 4, 6, 8)]
-    counts = [count_flops(kind, config, 1, s, s, text_length, model=model) for s in sides]
+    counts = [count_flops(kind, config, 1, s, s, text_length, model, text_embeds_width) for s in sides]
     n = [Fraction(s * s) for s in sides[:3]]
     y = [Fraction(c) for c in counts[:3]]
     # Newton's divided differences for the quadratic through the three points
@@ -99,12 +106,12 @@ def flops_at(entry: Mapping[str, Any], batch: int, latent_h: int, latent_w: int)
     return batch * (entry["c"] + entry["a"] * n + entry["b"] * n * n)
 
 
-def component_flops(name: str, model) -> dict[str, Any]:
+def component_flops(name: str, model, text_embeds_width: int | None = None) -> dict[str, Any]:
     """The manifest addition for an exported component: {"flops": formula} for unet and vae_decoder."""
     if name not in ("unet", "vae_decoder"):
         return {}
     try:
-        return {"flops": flops_formula(name, model.config)}
+        return {"flops": flops_formula(name, model.config, text_embeds_width=text_embeds_width)}
     except Exception as exc:  # a count is a nice-to-have: never fail an export over it
         logger.warning("could not count %s FLOPs: %s", name, exc)
         return {}
@@ -122,10 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     vae_cfg = json.loads((args.src / "vae" / "config.json").read_text())
     unet_cfg = json.loads((args.src / "unet" / "config.json").read_text())
+    pooled = args.src / "text_encoder_2" / "config.json"  # SDXL: text_embeds width
+    text_embeds = json.loads(pooled.read_text()).get("projection_dim") if pooled.is_file() else None
     factor = 2 ** (len(vae_cfg["block_out_channels"]) - 1)
     h, w = args.height // factor, args.width // factor
     out = {
-        "unet": count_flops("unet", unet_cfg, args.batch, h, w),
+        "unet": count_flops("unet", unet_cfg, args.batch, h, w, text_embeds_width=text_embeds),
         "vae_decoder": count_flops("vae_decoder", vae_cfg, args.vae_batch or args.batch, h, w),
         "batch": args.batch,
         "latent_height": h,

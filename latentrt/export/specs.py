@@ -3,15 +3,23 @@
 The same `ComponentSpec` drives the export (input/output names and dynamic axes), the
 validation (sample inputs fed to both PyTorch and ONNX Runtime) and the manifest the runtime
 trusts. Graph conventions follow optimum's exporter so folders move between the two tools:
-text_encoder(input_ids) -> last_hidden_state, pooler_output;
-unet(sample, timestep, encoder_hidden_states) -> out_sample;
+text_encoder(input_ids) -> last_hidden_state, pooler_output, hidden_states.0 .. hidden_states.N;
+text_encoder_2 (SDXL, with projection)(input_ids) -> text_embeds, last_hidden_state, hidden_states.0 .. N;
+unet(sample, timestep, encoder_hidden_states[, text_embeds, time_ids][, timestep_cond]) -> out_sample;
 vae_decoder(latent_sample) -> sample; vae_encoder(sample) -> latent_parameters.
+
+hidden_states.0 is the embeddings and hidden_states.N the last layer's output before the final layer norm
+(transformers' output_hidden_states=True); the norm itself is saved as final_layer_norm.npz beside the graph.
+The text and UNet specs depend on the source's configs (layer count, SDXL's and LCM's extra inputs), so they
+are built per export by `text_encoder_spec` and `unet_spec`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -33,6 +41,8 @@ class ComponentSpec:
     outputs: tuple[TensorSpec, ...]
     wrap: Callable[[nn.Module], nn.Module]
     sample_inputs: Callable[[nn.Module, np.random.Generator], dict[str, np.ndarray]]
+    # writes files beside the graph from the source model (folder, model) -> their names, for the manifest
+    extra_files: Callable[[Path, nn.Module], list[str]] | None = None
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes: dict[str, dict[int, str]] = {}
@@ -48,22 +58,35 @@ class ComponentSpec:
 
 
 class _TextEncoder(nn.Module):
-    def __init__(self, model: nn.Module):
+    """CLIPTextModel -> last_hidden_state, pooler_output, *hidden_states;
+    CLIPTextModelWithProjection (projection=True) -> text_embeds, last_hidden_state, *hidden_states."""
+
+    def __init__(self, model: nn.Module, projection: bool = False):
         super().__init__()
         self.model = model
+        self.projection = projection
 
     def forward(self, input_ids):
-        out = self.model(input_ids=input_ids, return_dict=True)
-        return out.last_hidden_state, out.pooler_output
+        out = self.model(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+        first = (out.text_embeds, out.last_hidden_state) if self.projection else (out.last_hidden_state, out.pooler_output)
+        return (*first, *out.hidden_states)
 
 
 class _UNet(nn.Module):
-    def __init__(self, model: nn.Module):
+    """Positional graph inputs -> diffusers' keywords: text_embeds and time_ids go in added_cond_kwargs."""
+
+    def __init__(self, model: nn.Module, extra: tuple[str, ...] = ()):
         super().__init__()
         self.model = model
+        self.extra = extra  # names of the inputs after encoder_hidden_states, in graph order
 
-    def forward(self, sample, timestep, encoder_hidden_states):
-        return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        named = dict(zip(self.extra, extra))
+        added = {k: named[k] for k in ("text_embeds", "time_ids") if k in named}
+        return self.model(
+            sample, timestep, encoder_hidden_states, timestep_cond=named.get("timestep_cond"),
+            added_cond_kwargs=added or None, return_dict=False,
+        )[0]
 
 
 class _VaeDecoder(nn.Module):
@@ -117,14 +140,27 @@ def _latent_hw(unet_config) -> tuple[int, int]:
 SAMPLE_SEQUENCE_LENGTH = 77  # any length works (dynamic axis); CLIP's is the common case
 
 
-def _unet_inputs(model: nn.Module, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _unet_inputs(model: nn.Module, rng: np.random.Generator, extra: tuple[TensorSpec, ...] = ()) -> dict[str, np.ndarray]:
     cfg = model.config
     h, w = _latent_hw(cfg)
-    return {
+    inputs = {
         "sample": rng.standard_normal((2, cfg.in_channels, h, w), dtype=np.float32),
         "timestep": np.array([981.0, 21.0], dtype=np.float32),
         "encoder_hidden_states": rng.standard_normal((2, SAMPLE_SEQUENCE_LENGTH, cfg.cross_attention_dim), dtype=np.float32),
     }
+    for tensor in extra:
+        width = tensor.axes[-1]
+        if tensor.name == "time_ids" and width in (5, 6):
+            # as the pipelines pass them: original size, crop, then the target size (base) or the aesthetic
+            # score, 2.5 for the negative row and 6 for the positive (refiner)
+            size = [h * 8.0, w * 8.0]
+            rows = [size + [0.0, 0.0] + (size if width == 6 else [score]) for score in (2.5, 6.0)]
+            inputs["time_ids"] = np.array(rows, dtype=np.float32)
+        elif tensor.name == "timestep_cond":  # a sinusoidal guidance embedding lies in [-1, 1]
+            inputs["timestep_cond"] = rng.uniform(-1.0, 1.0, size=(2, width)).astype(np.float32)
+        else:
+            inputs[tensor.name] = rng.standard_normal((2, width), dtype=np.float32)
+    return inputs
 
 
 def _vae_scale(vae_config) -> int:
@@ -144,31 +180,87 @@ def _encoder_inputs(model: nn.Module, rng: np.random.Generator) -> dict[str, np.
     return {"sample": image}
 
 
-TEXT_ENCODER = ComponentSpec(
-    name="text_encoder",
-    source="text_encoder",
-    inputs=(TensorSpec("input_ids", "int64", ("batch_size", "sequence_length")),),
-    outputs=(
-        TensorSpec("last_hidden_state", "float32", ("batch_size", "sequence_length", "hidden_size")),
-        TensorSpec("pooler_output", "float32", ("batch_size", "hidden_size")),
-    ),
-    wrap=_TextEncoder,
-    sample_inputs=_text_inputs,
-)
+def _save_final_layer_norm(folder: Path, model: nn.Module) -> list[str]:
+    """The CLIP text model's final LayerNorm as final_layer_norm.npz (weight, bias, eps): clip_skip takes an
+    earlier hidden state through it, which the NumPy runtime then applies itself."""
+    norm = getattr(model, "text_model", model).final_layer_norm  # transformers 5's CLIPTextModel has no text_model
+    np.savez(
+        folder / "final_layer_norm.npz",
+        weight=norm.weight.detach().float().numpy(),
+        bias=norm.bias.detach().float().numpy(),
+        eps=np.float32(norm.eps),
+    )
+    return ["final_layer_norm.npz"]
 
-UNET = ComponentSpec(
-    name="unet",
-    source="unet",
-    inputs=(
-        TensorSpec("sample", "float32", ("batch_size", "num_channels", "height", "width")),
-        # float so that fractional timesteps (Euler, Heun, DPM-Solver Karras) reach the UNet intact
-        TensorSpec("timestep", "float32", ("steps",)),
-        TensorSpec("encoder_hidden_states", "float32", ("batch_size", "sequence_length", "hidden_size")),
-    ),
-    outputs=(TensorSpec("out_sample", "float32", ("batch_size", "num_channels", "height", "width")),),
-    wrap=_UNet,
-    sample_inputs=_unet_inputs,
-)
+
+def text_encoder_spec(name: str, config: Mapping[str, Any], projection: bool = False) -> ComponentSpec:
+    """A CLIP text encoder with ``config["num_hidden_layers"]`` layers (hidden_states.0 .. N as outputs);
+    ``projection``: a CLIPTextModelWithProjection (SDXL's text_encoder_2), whose first output is text_embeds."""
+    hidden = ("batch_size", "sequence_length", "hidden_size")
+    first = (
+        (TensorSpec("text_embeds", "float32", ("batch_size", "projection_dim")), TensorSpec("last_hidden_state", "float32", hidden))
+        if projection
+        else (TensorSpec("last_hidden_state", "float32", hidden), TensorSpec("pooler_output", "float32", ("batch_size", "hidden_size")))
+    )
+    layers = int(config["num_hidden_layers"])
+    return ComponentSpec(
+        name=name,
+        source=name,
+        inputs=(TensorSpec("input_ids", "int64", ("batch_size", "sequence_length")),),
+        outputs=first + tuple(TensorSpec(f"hidden_states.{i}", "float32", hidden) for i in range(layers + 1)),
+        wrap=functools.partial(_TextEncoder, projection=projection),
+        sample_inputs=_text_inputs,
+        extra_files=_save_final_layer_norm,
+    )
+
+
+def time_ids_width(unet_config: Mapping[str, Any], text_embeds_width: int) -> int:
+    """How many time ids an SDXL UNet takes (6 for the base, 5 for the refiner), from the width of its added
+    embedding's first layer: text_embeds plus one sinusoidal embedding of addition_time_embed_dim per id."""
+    total = int(unet_config["projection_class_embeddings_input_dim"])
+    per_id = int(unet_config["addition_time_embed_dim"])
+    count, rest = divmod(total - text_embeds_width, per_id)
+    if rest or count < 1:
+        raise ValueError(
+            f"the UNet's added embedding takes {total} values, which is not {text_embeds_width} text_embeds plus "
+            f"a whole number of time ids of {per_id}: text_encoder_2 does not belong to this UNet"
+        )
+    return count
+
+
+def unet_extra_inputs(unet_config: Mapping[str, Any], text_embeds_width: int | None = None) -> tuple[TensorSpec, ...]:
+    """The UNet's inputs after encoder_hidden_states: SDXL's text_embeds and time_ids ("text_time"), LCM's
+    timestep_cond (time_cond_proj_dim), in optimum's order."""
+    extra: tuple[TensorSpec, ...] = ()
+    if unet_config.get("addition_embed_type") == "text_time":
+        if text_embeds_width is None:
+            raise ValueError("an SDXL UNet (addition_embed_type text_time) needs the width of text_encoder_2's text_embeds")
+        extra += (
+            TensorSpec("text_embeds", "float32", ("batch_size", text_embeds_width)),
+            TensorSpec("time_ids", "float32", ("batch_size", time_ids_width(unet_config, text_embeds_width))),
+        )
+    if unet_config.get("time_cond_proj_dim"):
+        extra += (TensorSpec("timestep_cond", "float32", ("batch_size", int(unet_config["time_cond_proj_dim"]))),)
+    return extra
+
+
+def unet_spec(unet_config: Mapping[str, Any], text_embeds_width: int | None = None) -> ComponentSpec:
+    extra = unet_extra_inputs(unet_config, text_embeds_width)
+    return ComponentSpec(
+        name="unet",
+        source="unet",
+        inputs=(
+            TensorSpec("sample", "float32", ("batch_size", "num_channels", "height", "width")),
+            # float so that fractional timesteps (Euler, Heun, DPM-Solver Karras) reach the UNet intact
+            TensorSpec("timestep", "float32", ("steps",)),
+            TensorSpec("encoder_hidden_states", "float32", ("batch_size", "sequence_length", "hidden_size")),
+        )
+        + extra,
+        outputs=(TensorSpec("out_sample", "float32", ("batch_size", "num_channels", "height", "width")),),
+        wrap=functools.partial(_UNet, extra=tuple(t.name for t in extra)),
+        sample_inputs=functools.partial(_unet_inputs, extra=extra),
+    )
+
 
 VAE_DECODER = ComponentSpec(
     name="vae_decoder",
@@ -190,7 +282,7 @@ VAE_ENCODER = ComponentSpec(
     sample_inputs=_encoder_inputs,
 )
 
-COMPONENTS: tuple[ComponentSpec, ...] = (TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER)
+VAE_COMPONENTS: tuple[ComponentSpec, ...] = (VAE_DECODER, VAE_ENCODER)
 
 
 def to_torch(inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
