@@ -8,6 +8,7 @@ from typing import Any
 import onnxruntime as ort
 
 from latentrt.runtime.backend import openvino_installed, resolve_backend
+from latentrt.runtime.families import family_for
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError, file_sha256
 from latentrt.runtime.schedulers import available_schedulers
 from latentrt.runtime.session import OnnxModel, available_providers
@@ -15,6 +16,7 @@ from latentrt.runtime.session import OnnxModel, available_providers
 
 def describe(path: Path, verify: bool = False) -> dict[str, Any]:
     folder = ModelFolder.open(path)
+    family = family_for(folder)
     manifest = folder.manifest or {}
     components = {}
     for name, files in folder.components.items():
@@ -40,6 +42,8 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "source": manifest.get("source"),
         "exporter": manifest.get("exporter"),
         "opset": manifest.get("opset"),
+        "family": family.name,
+        "tasks": _tasks(folder, family),
         "native_size": folder.unet.sample_size * folder.vae.scale_factor,
         "size_multiple": folder.size_multiple,
         "scheduler": folder.scheduler_config.get("_class_name"),
@@ -52,6 +56,17 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "runtime": runtime_choices(folder),
     }
+
+
+def _tasks(folder: ModelFolder, family) -> list[str]:
+    """What `pipe(...)` can do with this folder: text to image needs no image (not a refiner, not a 9-channel
+    inpainting UNet); image to image and inpainting need the VAE encoder."""
+    inpaint_unet = folder.unet.in_channels == 2 * folder.vae.latent_channels + 1
+    encoder = "vae_encoder" in folder.components
+    tasks = [] if inpaint_unet or getattr(family, "is_refiner", False) else ["txt2img"]
+    if encoder:
+        tasks += ["inpaint"] if inpaint_unet else ["img2img", "inpaint"]
+    return tasks
 
 
 def runtime_choices(folder: ModelFolder) -> dict[str, Any]:
@@ -78,6 +93,7 @@ def render(d: dict[str, Any]) -> str:
     lines = [f"model folder  {d['path']}", f"format        {d['format']}"]
     if d["source"]:
         lines.append(f"exported from {d['source'].get('path')} ({d['source'].get('class_name')}), opset {d['opset']}")
+    lines.append(f"family        {d['family']}; tasks: {', '.join(d['tasks'])}")
     lines.append(f"native size   {d['native_size']}x{d['native_size']} (height/width multiples of {d['size_multiple']})")
     lines.append(f"scheduler     {d['scheduler']}, prediction {d['prediction_type']}")
     if d["defaults"]:

@@ -1,6 +1,6 @@
 """Sample a shapes pipeline with diffusers and score it with the judge, per attribute.
 
-    python -m training.shapes.evaluate /work/shapes-run/pipeline --steps 20 --guidance 4 \
+    python -m training.shapes.evaluate <run-dir>/pipeline --steps 20 --guidance 4 \
         --out results.json --grid grid.png
 
 In-distribution prompts are a fixed spread of the training combinations; held-out prompts are the

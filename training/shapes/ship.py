@@ -1,6 +1,6 @@
 """Ship a trained shapes pipeline: reference checkpoint, ONNX folder, defaults chosen by measurement.
 
-    python -m training.shapes.ship /work/shapes-run/pipeline
+    python -m training.shapes.ship <run-dir>/pipeline
 
 1. ``training/shapes/reference/``: the pipeline saved with fp16 weights (the parity reference that
    tests run diffusers on; fp16 halves what git keeps forever, and the model is *defined* by these
@@ -21,6 +21,7 @@ import argparse
 import itertools
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -62,6 +63,20 @@ log = logging.getLogger("ship")
 def unet_evaluations(setting: dict) -> int:
     """UNet batch rows per image: the cost the sweep minimises (CFG doubles it)."""
     return setting["steps"] * (2 if setting["guidance_scale"] > 1 else 1)
+
+
+def make_portable(folder: Path) -> None:
+    """No absolute path of this machine in committed files: the manifest's source path made relative to the
+    repository, and the `_name_or_path` that save_pretrained writes into each config dropped."""
+    for path in folder.rglob("*.json"):
+        data = json.loads(path.read_text())
+        changed = data.pop("_name_or_path", None) is not None
+        source = data.get("source") if path.name == "manifest.json" else None
+        if isinstance(source, dict) and Path(source.get("path", "")).is_absolute():
+            source["path"] = Path(os.path.relpath(source["path"], ROOT)).as_posix()
+            changed = True
+        if changed:
+            path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def save_reference(pipeline: Path, reference: Path) -> None:
@@ -232,6 +247,8 @@ def main() -> None:
     (RESULTS / "sweep.json").write_text(json.dumps({"sweep": SWEEP, "tolerance": TOLERANCE, "defaults": defaults,
                                                     "rows": rows}, indent=1) + "\n")
     export_pipeline(REFERENCE, SHIPPED, force=True, compact_weights=True, defaults=defaults, report=log.info)
+    make_portable(REFERENCE)
+    make_portable(SHIPPED)
 
     shipped = Pipeline.from_folder(SHIPPED, provider="cpu")
     report = {

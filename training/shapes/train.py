@@ -1,6 +1,6 @@
 """Train the shapes Stable Diffusion model: one command, seeded, checkpointed, resumable.
 
-    nice -n 19 python -m training.shapes.train --run-dir /work/shapes-run
+    nice -n 19 python -m training.shapes.train --run-dir <run-dir>
 
 runs (or resumes) every phase in order and ends with a diffusers StableDiffusionPipeline folder in
 ``RUN_DIR/pipeline``. Run the same command again after an interruption: it continues from the last
