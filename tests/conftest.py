@@ -37,11 +37,19 @@ def tiny_sd2(tiny_models) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def optimum_sd1(tiny_sd1, tmp_path_factory) -> tuple[Path, Path]:
     """(diffusers folder, the ONNX folder optimum's own exporter wrote from it), in optimum's venv."""
+    return _optimum_export(tiny_sd1[0], tmp_path_factory.mktemp("optimum") / "sd1-optimum")
+
+
+@pytest.fixture(scope="session")
+def optimum_sdxl(tiny_sdxl, tmp_path_factory) -> tuple[Path, Path]:
+    """(SDXL diffusers folder, the ONNX folder optimum's own exporter wrote from it), in optimum's venv."""
+    return _optimum_export(tiny_sdxl[0], tmp_path_factory.mktemp("optimum") / "sdxl-optimum")
+
+
+def _optimum_export(src: Path, out: Path) -> tuple[Path, Path]:
     from benchmarks.peers.optimum.env import ensure_env, run_worker
 
     ensure_env()
-    src, _ = tiny_sd1
-    out = tmp_path_factory.mktemp("optimum") / "sd1-optimum"
     run_worker(["export", str(src), str(out)], timeout=900)  # no tokenizer.json, scalar timestep
     return src, out
 

@@ -2,6 +2,7 @@
 
 This script is never imported by latentrt. `env.run_worker([...])` runs it with the optimum venv's
 interpreter (see env.py), which has torch, diffusers < 0.36, transformers 4.x and optimum-onnx.
+export and generate take SD 1.x/2.x and SDXL folders (ORTStableDiffusionXLPipeline); bench SD 1.x/2.x only.
 
     worker.py export SRC OUT [--opset N] [--validate] [--tokenizer-json]
     worker.py generate FOLDER --prompt P [--negative N] --latents L.npy --steps S --guidance G
@@ -32,7 +33,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # folders saved with transformers 5 (main venv) read by this venv's transformers 4 (see README.md)
-from benchmarks.peers.compat import export_atomically, go_offline, needs_slow_tokenizer_files  # noqa: E402
+from benchmarks.peers.compat import (  # noqa: E402
+    export_atomically,
+    go_offline,
+    needs_slow_tokenizer_files,
+    write_slow_tokenizer_files,
+)
 
 go_offline()  # before any Hugging Face import
 
@@ -44,7 +50,8 @@ SCHEDULERS = {
     "lms": "LMSDiscreteScheduler",
     "dpmpp_2m": "DPMSolverMultistepScheduler",
 }
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+TOKENIZERS = {"tokenizer": "text_encoder", "tokenizer_2": "text_encoder_2"}  # SDXL has the second pair
 
 
 def _versions() -> dict[str, str]:
@@ -63,29 +70,56 @@ def _versions() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------- export
 
 
+def _with_slow_tokenizer_2(src: Path, scratch: Path) -> Path:
+    """`src`, or a view of it whose SDXL tokenizer_2/ also has vocab.json + merges.txt.
+
+    compat.shim_source fixes tokenizer/ only; transformers 4 loads tokenizer_2 (CLIPTokenizer) the same slow
+    way and fails the same way. text_encoder_2 (CLIPTextModelWithProjection) keeps its `text_model.` prefix
+    under transformers 5, so its weights need nothing.
+    """
+    tok = src / "tokenizer_2"
+    if not needs_slow_tokenizer_files(tok):
+        return src
+    view = scratch / "src"
+    view.mkdir()
+    for entry in src.iterdir():
+        if entry.name != tok.name:
+            (view / entry.name).symlink_to(entry.resolve())
+    (view / tok.name).mkdir()
+    for sub in tok.iterdir():
+        (view / tok.name / sub.name).symlink_to(sub.resolve())
+    write_slow_tokenizer_files(tok / "tokenizer.json", view / tok.name)
+    return view
+
+
 def cmd_export(args: argparse.Namespace) -> None:
+    import tempfile
+
     from optimum.exporters.onnx import main_export
 
     def export(src: Path, tmp: Path) -> None:
-        main_export(
-            model_name_or_path=str(src),
-            output=tmp,
-            task="text-to-image",
-            opset=args.opset,
-            device="cpu",
-            dtype="fp32",
-            library_name="diffusers",
-            local_files_only=True,
-            do_validation=args.validate,
-        )
+        with tempfile.TemporaryDirectory(prefix="optimum-export-") as scratch:
+            main_export(
+                model_name_or_path=str(_with_slow_tokenizer_2(src, Path(scratch))),
+                output=tmp,
+                task="text-to-image",
+                opset=args.opset,
+                device="cpu",
+                dtype="fp32",
+                library_name="diffusers",
+                local_files_only=True,
+                do_validation=args.validate,
+            )
         if args.tokenizer_json:
             # optimum writes the slow tokenizer's files only (vocab.json, merges.txt, configs); add the
             # tokenizer.json that the `tokenizers` library loads (not part of optimum's own output)
             from transformers import CLIPTokenizerFast
 
-            CLIPTokenizerFast.from_pretrained(str(tmp / "tokenizer")).backend_tokenizer.save(
-                str(tmp / "tokenizer" / "tokenizer.json")
-            )
+            for name in TOKENIZERS:
+                if (tmp / name).is_dir():
+                    CLIPTokenizerFast.from_pretrained(str(tmp / name)).backend_tokenizer.save(
+                        str(tmp / name / "tokenizer.json")
+                    )
 
     out, seconds = export_atomically(args.src, args.out, export)
     print(json.dumps({"out": str(out), "seconds": round(seconds, 3), "versions": _versions()}))
@@ -111,22 +145,33 @@ def _set_torch_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _fast_tokenizer(folder: Path, name: str):
+    """A CLIPTokenizerFast read from tokenizer.json (a folder saved by transformers 5 or latentrt)."""
+    from transformers import CLIPTokenizerFast
+
+    tokenizer = CLIPTokenizerFast.from_pretrained(str(folder / name))
+    if tokenizer.model_max_length > 100_000:  # no tokenizer_config.json: transformers' 1e30 default
+        te_config = json.loads((folder / TOKENIZERS[name] / "config.json").read_text())
+        tokenizer.model_max_length = te_config["max_position_embeddings"]
+    return tokenizer
+
+
+def _is_xl(folder: Path) -> bool:
+    return "XL" in json.loads((folder / "model_index.json").read_text()).get("_class_name", "")
+
+
 def load_pipeline(folder: str | Path, scheduler: str | None = None, threads: int | None = None):
-    """ORTStableDiffusionPipeline on CPUExecutionProvider, with the scheduler swapped if asked."""
+    """ORTStableDiffusionPipeline (ORTStableDiffusionXLPipeline for an SDXL folder) on CPUExecutionProvider,
+    with the scheduler swapped if asked."""
     import diffusers
-    from optimum.onnxruntime import ORTStableDiffusionPipeline
+    from optimum.onnxruntime import ORTStableDiffusionPipeline, ORTStableDiffusionXLPipeline
 
-    extra = {}
-    if needs_slow_tokenizer_files(Path(folder) / "tokenizer"):
-        # tokenizer.json only (transformers 5 or latentrt): the fast tokenizer reads it directly
-        from transformers import CLIPTokenizerFast
-
-        tokenizer = CLIPTokenizerFast.from_pretrained(str(Path(folder) / "tokenizer"))
-        if tokenizer.model_max_length > 100_000:  # no tokenizer_config.json: transformers' 1e30 default
-            te_config = json.loads((Path(folder) / "text_encoder" / "config.json").read_text())
-            tokenizer.model_max_length = te_config["max_position_embeddings"]
-        extra["tokenizer"] = tokenizer
-    pipe = ORTStableDiffusionPipeline.from_pretrained(
+    folder = Path(folder)
+    # tokenizer.json only (transformers 5 or latentrt): the fast tokenizer reads it directly
+    extra = {name: _fast_tokenizer(folder, name) for name in TOKENIZERS
+             if needs_slow_tokenizer_files(folder / name)}
+    cls = ORTStableDiffusionXLPipeline if _is_xl(folder) else ORTStableDiffusionPipeline
+    pipe = cls.from_pretrained(
         str(folder),
         provider="CPUExecutionProvider",
         session_options=_session_options(threads),
@@ -223,6 +268,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     _set_torch_threads(args.threads)
     folder = Path(args.folder)
+    if _is_xl(folder):  # its encode_prompt and UNet take other arguments (prompt_2, text_embeds, time_ids)
+        raise SystemExit(f"{folder} is an SDXL folder: bench times SD 1.x/2.x pipelines only (generate runs SDXL)")
     metrics: dict[str, dict] = {}
 
     # load: a fresh pipeline each time (sessions built, weights read; file cache warm after warm-up)
@@ -403,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--threads", type=int, default=None, help="ORT intra-op and torch threads")
         s.add_argument("--latents", required=latents_required, help=".npy float32 (N, C, H/8, W/8)")
 
-    g = sub.add_parser("generate", help="ORTStableDiffusionPipeline text-to-image with given latents")
+    g = sub.add_parser("generate", help="ORTStableDiffusion(XL)Pipeline text-to-image with given latents")
     common(g, latents_required=True)
     g.add_argument("--out", required=True, help=".npy float32 (N, H, W, 3) in [0, 1]")
     g.set_defaults(fn=cmd_generate)
