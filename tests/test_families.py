@@ -154,3 +154,16 @@ def test_bad_input_is_refused_in_words(tiny_models, tiny_sdxl, tmp_path):
         shutil.copytree(tiny_sdxl[1], broken, ignore=shutil.ignore_patterns(part))
         with pytest.raises(ValueError, match=f"SDXL folder .* lacks {part}"):
             Pipeline.from_folder(broken, provider="cpu")
+
+
+def test_lcm_unet_with_another_scheduler_says_what_guidance_means(tiny_lcm, caplog):
+    pipe = Pipeline.from_folder(tiny_lcm[1], provider="cpu")
+    with caplog.at_level("WARNING", logger="latentrt.runtime.pipeline"):
+        pipe("x", steps=2, scheduler="ddim", guidance_scale=4.0, seed=1)
+        pipe("x", steps=2, scheduler="ddim", guidance_scale=4.0, seed=1)
+    notes = [r.message for r in caplog.records if "guidance scale as an embedding" in r.message]
+    assert len(notes) == 1 and "no classifier-free guidance runs" in notes[0] and "ddim" in notes[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="latentrt.runtime.pipeline"):
+        Pipeline.from_folder(tiny_lcm[1], provider="cpu")("x", steps=2, seed=1)  # its own lcm scheduler: no note
+    assert not [r for r in caplog.records if "embedding" in r.getMessage()]
