@@ -283,6 +283,15 @@ def bench(
         help="Comma-separated, from: default, low_memory (one network resident at a time). Each latentrt path runs once "
         "per mode, as a row of its own; the other systems have no modes.",
     ),
+    task: str = typer.Option(
+        "txt2img", "--task",
+        help="txt2img, img2img or inpaint (the plain UNet, known region blended): the image tasks start from an init "
+        "image (and a centred rectangle mask) the harness renders, also time the VAE encode, and run on the latentrt "
+        "paths, diffusers and diffusers-bf16 only.",
+    ),
+    strength: Optional[float] = typer.Option(
+        None, "--strength", help="The image tasks' strength, in (0, 1] (default 0.75): int(steps x strength) steps run."
+    ),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot."),
@@ -305,7 +314,7 @@ def bench(
     config = BenchConfig(
         src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
         threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
-        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()), task=task, strength=strength,
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
         seed=seed, note=note, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
         progress=lambda message: typer.echo(message, err=True),

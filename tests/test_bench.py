@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -27,11 +28,11 @@ def tiny_src(tmp_path_factory):
     return src
 
 
-def _bench(src, tmp_path, systems: str) -> dict:
+def _bench(src, tmp_path, systems: str, *extra: str, steps: int = 2) -> dict:
     out = tmp_path / "bench.json"
-    args = ["bench", str(src), "--runs", "1", "--steps", "2", "--threads", "1", "--systems", systems,
+    args = ["bench", str(src), "--runs", "1", "--steps", str(steps), "--threads", "1", "--systems", systems,
             "--cache", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
-            "--plot", str(tmp_path / "bench.png")]
+            "--plot", str(tmp_path / "bench.png"), *extra]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (tmp_path / "bench.md").read_text().count("| latentrt |") == 3  # times table, load/TTFI table, roof table
@@ -184,14 +185,73 @@ def test_bench_modes_load_cache_and_time_to_first_image(tiny_src, tmp_path, monk
     assert not (user_cache / "onnxruntime").exists()  # and the user's was never touched
 
 
+@pytest.mark.parametrize("task,strength", [("img2img", "0.5"), ("inpaint", "0.75")])
+def test_bench_image_tasks(tiny_src, tmp_path, task, strength):
+    """--task img2img / inpaint: the harness's init image (and mask) for every system, the VAE encode timed, the
+    images comparable with diffusers' (the same NumPy noise), no time to first image."""
+    from PIL import Image
+
+    report = _bench(tiny_src, tmp_path, "latentrt,diffusers", "--task", task, "--strength", strength, steps=4)
+    settings = report["settings"]
+    assert (settings["task"], settings["strength"]) == (task, float(strength))
+    assert settings["metrics"] == ["load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end"]
+    steps_run = int(4 * float(strength))  # pndm: one UNet call more than the steps that run (its first step)
+    for name in ("latentrt", "diffusers"):
+        system = report["systems"][name]
+        _check_system(system)
+        assert 0 < system["min"]["vae_encode"] <= system["vae_encode"] <= system["max"]["vae_encode"]
+        assert system["ttfi"] is None and system["info"]["task"] == task
+        assert system["unet_calls_per_image"] == steps_run + 1, name
+        assert system["deterministic_across_runs"]
+    # diffusers' inpainting also encodes the masked image (unused by a 4-channel UNet); latentrt does not
+    assert report["systems"]["latentrt"]["vae_encode_calls_per_image"] == 1
+    assert report["systems"]["diffusers"]["vae_encode_calls_per_image"] == (2 if task == "inpaint" else 1)
+    assert report["systems"]["latentrt"]["info"]["vae_encoder_first_call_s"] > 0
+    assert set(report["ratios"]["diffusers"]["speedup"]) == set(settings["metrics"])
+    assert report["psnr_vs_reference_db"] >= IMAGE_MIN_PSNR_DB  # the same NumPy draws: the same image
+    workdir = Path(report["workdir"])
+    image = Image.open(workdir / "init.png")
+    assert image.size == (64, 64) and image.mode == "RGB"
+    assert (workdir / "mask.png").is_file() == (task == "inpaint")
+    markdown = (tmp_path / "bench.md").read_text()
+    assert f"**Task: {task}**" in markdown and "| VAE encode |" in markdown
+
+
+def _cli_refuses(src, tmp_path, options: list[str], message: str) -> None:
+    """`latentrt bench SRC --systems latentrt OPTIONS` exits 2 with the message, before anything ran."""
+    args = ["bench", str(src), "--systems", "latentrt", *options, "--cache", str(tmp_path / "cache")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not (tmp_path / "cache").exists()  # refused before anything ran
+
+
+def test_bad_tasks_are_clear_errors(tiny_src, tmp_path):
+    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+
+    _cli_refuses(tiny_src, tmp_path, ["--task", "outpaint"], "unknown task 'outpaint': --task takes one of txt2img, img2img, inpaint")
+    for strength in (0.0, -0.5, 1.5):
+        with pytest.raises(BenchError, match=r"--strength must be a number in \(0, 1\]"):
+            resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), task="img2img", strength=strength))
+    with pytest.raises(BenchError, match="leaves no step to run"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), steps=4, task="inpaint", strength=0.2))
+    with pytest.raises(BenchError, match="--strength applies to the image tasks only"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), strength=0.5))
+    with pytest.raises(BenchError, match=r"optimum cannot run --task img2img: its worker does text to image only; "
+                                         r"leave it out of --systems"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "optimum"), task="img2img"))
+    with pytest.raises(BenchError, match="optimum, optimum-intel cannot run --task inpaint: their workers do"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "optimum", "optimum-intel"), task="inpaint"))
+    settings = resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "diffusers-bf16"), task="inpaint"))
+    assert settings["strength"] == 0.75 and settings["task"] == "inpaint"  # the documented default
+    assert resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",)))["strength"] is None
+
+
 def test_bad_modes_are_clear_errors(tiny_src, tmp_path):
     from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
 
-    args = ["bench", str(tiny_src), "--systems", "latentrt", "--modes", "default,lowmem", "--cache", str(tmp_path / "cache")]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
-    assert "unknown modes ['lowmem']: --modes takes a comma-separated list of default, low_memory" in result.output
-    assert not (tmp_path / "cache").exists()  # refused before anything ran
+    _cli_refuses(tiny_src, tmp_path, ["--modes", "default,lowmem"],
+                 "unknown modes ['lowmem']: --modes takes a comma-separated list of default, low_memory")
     with pytest.raises(BenchError, match="unknown modes"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), modes=()))
     with pytest.raises(BenchError, match="names a mode twice"):

@@ -2,6 +2,7 @@
 
     latentrt bench SRC [--steps N --height H --width W --runs R --guidance G --scheduler S --threads T
                         --systems latentrt,diffusers,optimum --modes default,low_memory
+                        --task txt2img|img2img|inpaint --strength S
                         --json PATH --markdown PATH --plot PATH]
     python -m latentrt.bench.harness SRC ...      (the same, without the CLI)
 
@@ -40,6 +41,29 @@ Method (issue 5):
 - Image agreement: PSNR and max abs difference of each system's uint8 image against diffusers'.
 - Ratios: every latentrt path against every other system; and the issue-9 figures for the fastest
   latentrt path present (lowest end to end) against PyTorch fp32, PyTorch bf16 and optimum-intel.
+
+Tasks (`--task`, TASKS; issue 11): `txt2img` (the default: everything above) or the image tasks, one img2img or
+one inpainting call per run:
+- `img2img`: `pipe(prompt, image=..., strength=...)` for latentrt, StableDiffusionImg2ImgPipeline (from_pretrained
+  of the same folder) for diffusers; `inpaint`: with `mask_image=...` too, StableDiffusionInpaintPipeline, on the
+  plain 4-channel UNet (after every step the unmasked region is the image's latents noised to the next timestep; a
+  9-channel inpainting UNet is refused). Both workers keep the same prompt, steps, guidance and scheduler.
+- The inputs, made here deterministically (task_inputs) and saved beside latents.npy in the run folder: init.png,
+  a synthetic picture (gradient sky, ground, sun, house, a little texture) rendered at the bench's size, and for
+  inpaint mask.png, a centred rectangle of half the width and height (white = repaint). latents.npy is not used.
+- `--strength` (default DEFAULT_STRENGTH = 0.75 for both tasks, so that the same --steps give both the same
+  UNet calls; diffusers' own inpainting default is 1.0): int(steps x strength) of the steps run, as diffusers'
+  get_timesteps. Refused with txt2img, outside (0, 1], or when it leaves no step.
+- Noise: latentrt draws the VAE posterior sample and the noise from NumPy with --seed; the diffusers worker
+  replaces diffusers' randn_tensor (in the VAE's module and the pipeline's) by draws from the same seeded NumPy
+  generator in call order, so the images agree as for txt2img (PSNR against diffusers).
+- Stages: `vae_encode` (the VAE encoder's calls, median; latentrt's `_encode_image`, diffusers' `vae.encode`)
+  is timed and warmed up with the others, and the report gives each row's `vae_encode_calls_per_image` (diffusers'
+  inpainting encodes the masked image too, for a 4-channel UNet unused; latentrt skips it). latentrt's `load`
+  does not open the VAE encoder (neither Pipeline() nor compile() does): its first use, in the untimed warm-up,
+  does (`info.vae_encoder_first_call_s`).
+- Only IMAGE_TASK_SYSTEMS run them: the latentrt paths, diffusers, diffusers-bf16; asking a peer (optimum,
+  optimum-intel) for an image task is a clear error. Time to first image is measured for txt2img only.
 
 Embedding (issue 10): load with a cold and a warm cache, time to first image, peak RSS, per mode:
 - Modes (`--modes`, MODES): each latentrt path runs once per mode as its own row, `default` named as the path
@@ -98,9 +122,17 @@ MODES = ("default", "low_memory")
 TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
+# --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS)
+TASKS = ("txt2img", "img2img", "inpaint")
+IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end")
+DEFAULT_STRENGTH = 0.75  # img2img and inpaint alike: the same steps give the same UNet calls for both
+# the systems whose workers run the image tasks (the peers' workers do text to image only)
+IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+INIT_IMAGE, MASK_IMAGE = "init.png", "mask.png"  # the image tasks' inputs, beside latents.npy in the run folder
 METRIC_LABELS = {
     "load": "load",
     "text_encoder": "text encoder",
+    "vae_encode": "VAE encode",
     "unet_step": "UNet call",
     "vae_decode": "VAE decode",
     "end_to_end": "end to end",
@@ -168,6 +200,8 @@ class BenchConfig:
     negative: str = DEFAULT_NEGATIVE
     seed: int = 0
     batch: int = 1
+    task: str = "txt2img"  # TASKS; img2img and inpaint start from the harness's init image (and mask)
+    strength: float | None = None  # the image tasks' strength, default DEFAULT_STRENGTH; txt2img takes none
     cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
     warmup_round: bool = True
     optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
@@ -390,6 +424,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
     for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
         if value < 1:
             raise BenchError(f"--{name} must be at least 1, got {value}")
+    strength = _check_task(cfg, src, model_folder)
     unet = _read_json(src / "unet" / "config.json")
     vae = _read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -419,6 +454,9 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "threads": cfg.threads or os.cpu_count() or 1,
         "runs": cfg.runs,
+        "task": cfg.task,
+        "strength": strength,
+        "metrics": list(task_metrics(cfg.task)),
         "warmup": "a discarded load-only round; in every run, one call of each component before timing",
         "systems": list(cfg.systems),
         "modes": list(cfg.modes),
@@ -427,6 +465,70 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "device": "cpu",
         "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
     }
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What a run of `task` times: METRICS, and the VAE encode for the image tasks."""
+    return METRICS if task == "txt2img" else IMAGE_METRICS
+
+
+def _check_task(cfg: BenchConfig, src: Path, model_folder: bool) -> float | None:
+    """--task and --strength checked against the systems and the model; the strength the image tasks run with."""
+    if cfg.task not in TASKS:
+        raise BenchError(f"unknown task {cfg.task!r}: --task takes one of {', '.join(TASKS)}")
+    if cfg.task == "txt2img":
+        if cfg.strength is not None:
+            raise BenchError("--strength applies to the image tasks only: add --task img2img or --task inpaint")
+        return None
+    unable = [s for s in cfg.systems if s not in IMAGE_TASK_SYSTEMS]
+    if unable:
+        raise BenchError(f"{', '.join(unable)} cannot run --task {cfg.task}: {'its worker does' if len(unable) == 1 else 'their workers do'} "
+                         f"text to image only; leave {'it' if len(unable) == 1 else 'them'} out of --systems "
+                         f"(--task {cfg.task} runs {', '.join(IMAGE_TASK_SYSTEMS)})")
+    strength = DEFAULT_STRENGTH if cfg.strength is None else cfg.strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise BenchError(f"--strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {strength!r}")
+    if int(cfg.steps * strength) < 1:
+        raise BenchError(f"--strength {strength:g} with --steps {cfg.steps} leaves no step to run (int(steps x strength) = 0): "
+                         f"raise --strength to at least {1 / cfg.steps:.3g} or use more steps")
+    unet = _read_json(src / "unet" / "config.json")
+    vae = _read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
+    if int(unet["in_channels"]) != int(vae.get("latent_channels", 4)):
+        raise BenchError(f"{src} has a {unet['in_channels']}-channel UNet: the bench's image tasks time the plain "
+                         f"{vae.get('latent_channels', 4)}-channel UNet (inpainting by blending the known region)")
+    if model_folder and not (src / "vae_encoder" / "model.onnx").is_file():
+        raise BenchError(f"{src} has no vae_encoder/model.onnx, which --task {cfg.task} needs: export the model again "
+                         "with `latentrt export` (it writes the VAE encoder)")
+    return float(strength)
+
+
+def task_inputs(settings: dict, workdir: Path) -> dict[str, str]:
+    """The image tasks' init image (a rendered synthetic picture at the bench's size) and, for inpaint, the mask
+    (white = repaint: a centred rectangle of half the height and width), made deterministically and saved in the
+    run folder; the paths every worker reads. None for txt2img."""
+    if settings["task"] == "txt2img":
+        return {}
+    import numpy as np
+    from PIL import Image
+
+    h, w = settings["height"], settings["width"]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = y / max(h - 1, 1), x / max(w - 1, 1)
+    image = np.stack([0.2 + 0.6 * x, 0.3 + 0.5 * y, 0.8 - 0.5 * x * y], axis=-1)  # a sky-like gradient
+    image[y > 0.7] = (0.35, 0.55, 0.25)  # ground
+    sun = (x - 0.7) ** 2 + (y - 0.25) ** 2 < 0.12**2
+    image[sun] = (0.95, 0.85, 0.3)
+    house = (np.abs(x - 0.3) < 0.12) & (y > 0.5) & (y <= 0.75)
+    image[house] = (0.7, 0.25, 0.2)
+    image += 0.04 * (np.sin(40 * x) * np.cos(30 * y))[..., None]  # some texture for the VAE
+    paths = {"image": str(workdir / INIT_IMAGE)}
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(paths["image"])
+    if settings["task"] == "inpaint":
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 255
+        paths["mask"] = str(workdir / MASK_IMAGE)
+        Image.fromarray(mask).save(paths["mask"])
+    return paths
 
 
 def unet_flops(settings: dict, src: Path, latentrt_folder: Path | None, log: Path) -> dict[str, Any]:
@@ -676,7 +778,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     flops = unet_flops(settings, src, folders.get("latentrt"), workdir / "flops.log")
 
     worker_cfg = {
-        **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads", "height", "width")},
+        **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads", "height", "width",
+                                    "task", "strength", "seed")},
+        **task_inputs(settings, workdir),
         "source": str(src),
         "folders": {k: str(v) for k, v in folders.items()},
         "latents": str(workdir / "latents.npy"),
@@ -688,7 +792,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     first_loads: dict[str, float] = {}
     cold: dict[str, dict[str, Any]] = {}  # latentrt row -> its cold-cache load
     reports: dict[str, list[dict]] = {row: [] for row, _, _ in rows}
-    ttfis: dict[str, list[dict]] = {row: [] for row, system, _ in rows if system in TTFI_SYSTEMS}
+    # time to first image: text to image only (the image tasks' rows have none)
+    ttfis: dict[str, list[dict]] = {row: [] for row, system, _ in rows if system in TTFI_SYSTEMS and cfg.task == "txt2img"}
     ttfi_shown: dict[str, str] = {}
     roofs: list[dict] = []
     # The load cache of this run: a temporary folder, removed at the end whatever happens (GBs for SD 1.5)
@@ -759,18 +864,19 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     load_after = os.getloadavg()
 
     systems: dict[str, dict[str, Any]] = {}
+    metrics = task_metrics(cfg.task)
     for row, system, mode in rows:
         runs = reports[row]
-        stats = {m: _summary([run[m] for run in runs]) for m in METRICS}
+        stats = {m: _summary([run[m] for run in runs]) for m in metrics}
         rss = _summary([run["peak_rss_mb"] for run in runs])
         systems[row] = {
             "system": system,
             "mode": mode,
-            **{m: stats[m]["median"] for m in METRICS},
+            **{m: stats[m]["median"] for m in metrics},
             "peak_rss_mb": rss["max"],
-            "min": {**{m: stats[m]["min"] for m in METRICS}, "peak_rss_mb": rss["min"]},
-            "max": {**{m: stats[m]["max"] for m in METRICS}, "peak_rss_mb": rss["max"]},
-            "runs": {**{m: stats[m]["runs"] for m in METRICS}, "peak_rss_mb": rss["runs"]},
+            "min": {**{m: stats[m]["min"] for m in metrics}, "peak_rss_mb": rss["min"]},
+            "max": {**{m: stats[m]["max"] for m in metrics}, "peak_rss_mb": rss["max"]},
+            "runs": {**{m: stats[m]["runs"] for m in metrics}, "peak_rss_mb": rss["runs"]},
             "import_s": statistics.median(run["import_s"] for run in runs),
             # the discarded warm-up round's load: a fresh process, the OS file cache cold (latentrt rows: load_cold)
             "first_load": first_loads.get(row),
@@ -783,6 +889,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "ttfi": None,
             "ttfi_peak_rss_mb": None,
             "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
+            "vae_encode_calls_per_image": len(runs[-1]["stage_calls"].get("vae_encode", [])),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
         }
@@ -929,7 +1036,7 @@ def _ratios(systems: dict[str, dict], ours_name: str = "latentrt") -> dict[str, 
         if other == ours_name:
             continue
         out[other] = {
-            "speedup": {m: theirs[m] / ours[m] for m in METRICS if ours[m] > 0},
+            "speedup": {m: theirs[m] / ours[m] for m in IMAGE_METRICS if m in ours and m in theirs and ours[m] > 0},
             "peak_rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
         }
     return out
@@ -1076,7 +1183,7 @@ def _embedding_lines(report: dict) -> list[str]:
             "OpenVINO), in end to end and TTFI. Its cold row opened each network once after the timed load, untimed, "
             "to fill the cache.",
         ]
-    lines += [
+    lines += [""] if not any(system.get("ttfi") for system in systems.values()) else [
         "",
         "**Time to first image**: wall-clock from starting a fresh process to its exit with the PNG written (checked), "
         "one image at the bench's size, steps, guidance, scheduler and seed (the same latents), measured in every run "
@@ -1107,28 +1214,52 @@ def _cell(system: dict, metric: str) -> str:
     return f"{_fmt_s(med)}{unit} ({_fmt_s(lo)}–{_fmt_s(hi)})"
 
 
+def _task_line(s: dict, systems: dict[str, dict]) -> str:
+    """The image tasks' inputs and what differs from text to image; empty for txt2img."""
+    task = s.get("task", "txt2img")
+    if task == "txt2img":
+        return ""
+    what = ("image to image (StableDiffusionImg2ImgPipeline for diffusers)" if task == "img2img" else
+            "inpainting with the plain 4-channel UNet (StableDiffusionInpaintPipeline for diffusers; the unmasked region "
+            "replaced by the image's latents noised to the next timestep after every step)")
+    return (f"**Task: {task}**, {what}, strength {s['strength']:g}: int({s['steps']} x {s['strength']:g}) = "
+            f"{int(s['steps'] * s['strength'])} of the {s['steps']} steps run. Init image: a synthetic picture rendered "
+            f"by the harness at {s['width']}x{s['height']} ({INIT_IMAGE} in the run folder)"
+            + (f", mask: a centred rectangle of half the width and height, white = repaint ({MASK_IMAGE})" if task == "inpaint" else "")
+            + ". Every system draws the VAE posterior sample and the noise from NumPy with the seed, in latentrt's order "
+            "(diffusers' randn_tensor replaced), so the images are comparable. `VAE encode` = median of the VAE "
+            "encoder calls (per image: "
+            + ", ".join(f"{name} {system.get('vae_encode_calls_per_image', '?')}" for name, system in systems.items())
+            + "). latentrt's load opens no VAE encoder (neither Pipeline() nor compile() does): its first call, in the "
+            "untimed warm-up, opens it (OpenVINO: compiles it; `info.vae_encoder_first_call_s` in the JSON). Time to "
+            "first image is measured for txt2img only.")
+
+
 def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
     s, systems = report["settings"], report["systems"]
     m = report["machine"]
+    metrics = tuple(s.get("metrics", METRICS))
     lines = []
     if title:
         lines += [f"# {title}", ""]
+    task_line = _task_line(s, systems)
     lines += [
         f"{s['height']}x{s['width']}, batch {s['batch']}, {s['steps']} steps of {s['scheduler']}, guidance {s['guidance']:g}"
         f"{' (CFG: UNet batch ' + str(s['unet_batch']) + ')' if s['cfg'] else ''}, fp32 weights on CPU (compute precision "
         f"per system below), {s['threads']} threads; "
         f"{s['runs']} runs, median (min–max).",
         "",
-        "| system | " + " | ".join(METRIC_LABELS[k] for k in (*METRICS, "peak_rss_mb")) + " |",
-        "| --- | " + " | ".join("---:" for _ in (*METRICS, "peak_rss_mb")) + " |",
+        *([task_line, ""] if task_line else []),
+        "| system | " + " | ".join(METRIC_LABELS[k] for k in (*metrics, "peak_rss_mb")) + " |",
+        "| --- | " + " | ".join("---:" for _ in (*metrics, "peak_rss_mb")) + " |",
     ]
     for name, system in systems.items():
-        lines.append(f"| {name} | " + " | ".join(_cell(system, k) for k in (*METRICS, "peak_rss_mb")) + " |")
+        lines.append(f"| {name} | " + " | ".join(_cell(system, k) for k in (*metrics, "peak_rss_mb")) + " |")
     for path, ratios in report.get("ratios_by_latentrt_path", {"latentrt": report["ratios"]}).items():
         for other, ratio in ratios.items():
             if systems.get(other, {}).get("system", other) in LATENTRT_PATHS:  # paths and modes against each other: in the JSON
                 continue
-            cells = [f"{ratio['speedup'][k]:.2f}x" for k in METRICS] + [f"{ratio['peak_rss_ratio']:.2f}"]
+            cells = [f"{ratio['speedup'][k]:.2f}x" for k in metrics] + [f"{ratio['peak_rss_ratio']:.2f}"]
             lines.append(f"| {other} / {path} (time), {path} / {other} (RSS) | " + " | ".join(cells) + " |")
     lines.append("")
     precisions = {name: system["info"].get("precision") for name, system in systems.items()}
@@ -1159,7 +1290,8 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
             lines.append(f"| {name} | {system['unet_gflops']:.0f} | {system['fraction_of_roof']:.0%} | {vae} |")
         lines.append("")
     if report["agreement_vs_reference"]:
-        lines.append("**Image agreement** with diffusers (uint8, same latents): " + "; ".join(
+        inputs = "same latents" if s.get("task", "txt2img") == "txt2img" else "same image, mask, strength and NumPy noise"
+        lines.append(f"**Image agreement** with diffusers (uint8, {inputs}): " + "; ".join(
             f"{name}: PSNR {a['psnr_db']:.1f} dB, max abs diff {a['max_abs_diff']}"
             for name, a in report["agreement_vs_reference"].items()
         ) + f" (parity threshold {next(iter(report['agreement_vs_reference'].values()))['image_min_psnr_db']:g} dB).")
@@ -1197,7 +1329,8 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
         "systems interleaved, order rotated each run. `text encoder` = tokenize + encode prompt and negative "
         "prompt; `UNet call` = median of the loop's UNet calls (CFG batch); peak RSS = ru_maxrss of the "
         f"system's process. Prompt: \"{s['prompt']}\", negative: "
-        f"\"{s['negative']}\", seed {s['seed']} (initial latents shared as .npy).",
+        f"\"{s['negative']}\", seed {s['seed']} ("
+        + ("initial latents shared as .npy" if s.get("task", "txt2img") == "txt2img" else "every system's NumPy noise") + ").",
         "",
     ]
     return "\n".join(lines)
@@ -1220,6 +1353,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--systems", default="latentrt,diffusers")
     p.add_argument("--modes", default="default", help=f"comma-separated, from: {', '.join(MODES)}")
+    p.add_argument("--task", default="txt2img", choices=TASKS)
+    p.add_argument("--strength", type=float, default=None, help=f"image tasks only (default {DEFAULT_STRENGTH:g})")
     p.add_argument("--cache", type=Path, default=None)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
@@ -1236,6 +1371,7 @@ def main(argv: list[str] | None = None) -> None:
         scheduler=args.scheduler, threads=args.threads, systems=tuple(s.strip() for s in args.systems.split(",") if s.strip()),
         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
         cache=args.cache, note=args.note, optimum_intel_model_cache=args.optimum_intel_model_cache,
+        task=args.task, strength=args.strength,
         fast_path=args.fast_path, command="python -m latentrt.bench.harness " + shlex.join(sys.argv[1:] if argv is None else argv),
         progress=lambda message: print(message, file=sys.stderr, flush=True),
     )

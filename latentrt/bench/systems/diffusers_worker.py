@@ -4,6 +4,14 @@
 weights, with every stage (text encoder, UNet, VAE decode, the whole generation) run under
 `torch.autocast("cpu", dtype=torch.bfloat16)`.
 
+The image tasks (cfg["task"]): `img2img` loads StableDiffusionImg2ImgPipeline, `inpaint` StableDiffusionInpaintPipeline
+(4-channel UNet path: after every step the known region is the image's latents noised to the next timestep) from
+the same folder, called with the harness's init image (and mask), strength, prompt, steps, guidance and scheduler.
+diffusers' randn_tensor (in the VAE's posterior sample and in the pipeline module's noise) is replaced by draws from
+`numpy.random.default_rng(seed)` in call order, the draws latentrt's pipeline makes with the same seed: the images
+are comparable (tests/test_img2img.py and test_inpaint.py check that parity). `vae_encode` times `vae.encode`
+(diffusers' inpainting encodes the image and the masked image: two calls, the median quoted).
+
     diffusers_worker.py CONFIG.json OUT.json               one benchmark run (protocol.run)
     diffusers_worker.py --first-image CONFIG.json OUT.png  what a user's script does for one image: import,
         StableDiffusionPipeline.from_pretrained, one generation with the config's settings and latents, the PNG
@@ -23,22 +31,36 @@ if str(ROOT) not in sys.path:
 from latentrt.bench.systems.protocol import System, diffusers_scheduler, run, to_uint8, versions  # noqa: E402
 
 
+# task -> (diffusers pipeline class, the module whose randn_tensor draws the pipeline's noise)
+PIPELINES = {
+    "txt2img": ("StableDiffusionPipeline", "pipeline_stable_diffusion"),
+    "img2img": ("StableDiffusionImg2ImgPipeline", "pipeline_stable_diffusion_img2img"),
+    "inpaint": ("StableDiffusionInpaintPipeline", "pipeline_stable_diffusion_inpaint"),
+}
+
+
 class DiffusersSystem(System):
     name = "diffusers"
     autocast = None  # a torch dtype name: every stage runs under torch.autocast("cpu", dtype=...)
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        import importlib
+
+        import diffusers
         import numpy as np
         import torch
-        from diffusers import StableDiffusionPipeline
 
         torch.set_num_threads(cfg["threads"])
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set
             pass
-        self.np, self.torch, self.cls = np, torch, StableDiffusionPipeline
+        self.task = cfg.get("task", "txt2img")
+        cls_name, module = PIPELINES[self.task]
+        self.np, self.torch, self.cls = np, torch, getattr(diffusers, cls_name)
+        self.modules = [importlib.import_module("diffusers.models.autoencoders.vae"),
+                        importlib.import_module(f"diffusers.pipelines.stable_diffusion.{module}")]
 
     def load(self) -> None:
         self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=self.torch.float32, safety_checker=None,
@@ -57,6 +79,19 @@ class DiffusersSystem(System):
         x = torch.cat([x, x]) if self.cfg_on else x  # (2B, 4, h, w)
         self.x_in = scheduler.scale_model_input(x, self.t)
         self.embeddings = self._encode()
+        if self.task != "txt2img":
+            from PIL import Image
+
+            self.image = Image.open(cfg["image"]).convert("RGB")
+            self.mask = Image.open(cfg["mask"]).convert("L") if self.task == "inpaint" else None
+            self.pixels = self.pipe.image_processor.preprocess(self.image, height=cfg["height"], width=cfg["width"])
+            self.rng = self.np.random.default_rng(cfg["seed"])
+            for module in self.modules:  # diffusers' noise drawn from NumPy, as latentrt draws it
+                module.randn_tensor = self._numpy_randn
+
+    def _numpy_randn(self, shape, generator=None, device=None, dtype=None, layout=None):
+        torch = self.torch
+        return torch.from_numpy(self.rng.standard_normal(tuple(shape), dtype=self.np.float32)).to(dtype or torch.float32)
 
     def _mode(self) -> contextlib.ExitStack:
         """The context of every stage: inference mode, and the variant's autocast."""
@@ -83,20 +118,31 @@ class DiffusersSystem(System):
         with self._mode():
             self.pipe.vae.decode(self.latents / self.pipe.vae.config.scaling_factor, return_dict=False)
 
+    def vae_encode(self) -> None:
+        with self._mode():
+            self.pipe.vae.encode(self.pixels, return_dict=False)  # no posterior sample drawn: the NumPy draws stay in order
+
     def end_to_end(self):
         cfg = self.cfg
-        _, _, h, w = self.latents.shape
+        if self.task == "txt2img":
+            _, _, h, w = self.latents.shape
+            inputs = {"latents": self.latents.clone(), "height": h * self.pipe.vae_scale_factor,
+                      "width": w * self.pipe.vae_scale_factor}
+        else:
+            self.rng = self.np.random.default_rng(cfg["seed"])  # the draws start afresh, as latentrt's seed does
+            inputs = {"image": self.image, "strength": cfg["strength"],
+                      **({"mask_image": self.mask, "height": cfg["height"], "width": cfg["width"]} if self.mask is not None else {})}
         with self._mode():
             out = self.pipe(
                 cfg["prompt"], negative_prompt=cfg["negative"], num_inference_steps=cfg["steps"],
-                guidance_scale=cfg["guidance"], latents=self.latents.clone(), height=h * self.pipe.vae_scale_factor,
-                width=w * self.pipe.vae_scale_factor, output_type="np",
+                guidance_scale=cfg["guidance"], output_type="np", **inputs,
             )
         return to_uint8(out.images)
 
     def stages(self):
         p = self.pipe
-        return [(p, "encode_prompt", "text_encoder"), (p.unet, "forward", "unet_step"), (p.vae, "decode", "vae_decode")]
+        return [(p, "encode_prompt", "text_encoder"), (p.unet, "forward", "unet_step"), (p.vae, "decode", "vae_decode"),
+                *([(p.vae, "encode", "vae_encode")] if self.task != "txt2img" else [])]
 
     def info(self):
         torch = self.torch
@@ -108,6 +154,9 @@ class DiffusersSystem(System):
             "torch_interop_threads": self.torch.get_num_interop_threads(),
             "mkldnn": self.torch.backends.mkldnn.is_available(),
             "scheduler": type(self.pipe.scheduler).__name__,
+            "task": self.task,
+            "pipeline": type(self.pipe).__name__,
+            "noise": "NumPy (randn_tensor replaced, seeded)" if self.task != "txt2img" else "the harness's latents",
         }
 
 

@@ -12,7 +12,9 @@ compiled-model cache, as by default: importing a cached SD 1.5 UNet measured slo
 The config's `mode` ("default" or "low_memory": `Pipeline(low_memory=True)`, one network resident at a time, none
 opened at load) and `cache_dir` (ONNX Runtime's load cache: the harness gives an empty folder for the cold load
 and the filled one after; None for OpenVINO, whose only cache is the opt-in compiled-model one, left off) are the
-harness's; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
+harness's; `task` img2img / inpaint calls the pipeline with the harness's `image` (and `mask`), `strength` and
+`seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times `_encode_image`
+as `vae_encode`; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
 cold load leaves the cache as filled as the default mode's.
 """
 
@@ -87,6 +89,15 @@ class LatentrtSystem(System):
         x = np.concatenate([x, x]) if self.cfg_on else x  # (2B, 4, h, w): the batch the loop sends
         self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
         self.embeddings = self.pipe._encode(self.texts)
+        self.task = cfg.get("task", "txt2img")
+        if self.task != "txt2img":
+            from PIL import Image
+
+            self.image = Image.open(cfg["image"]).convert("RGB")
+            self.mask = Image.open(cfg["mask"]).convert("L") if self.task == "inpaint" else None
+            # the warm-up's encoder input as the pipeline makes it: (1, 3, H, W) in [-1, 1] (the image is at the bench size)
+            array = np.asarray(self.image, dtype=np.float32) / np.float32(255.0)
+            self.pixels = np.ascontiguousarray((2.0 * array - 1.0).transpose(2, 0, 1)[None], dtype=np.float32)
 
     # warm-up: the pipeline's own steps (pipeline.py), called one at a time
     def text_encoder(self) -> None:
@@ -98,17 +109,33 @@ class LatentrtSystem(System):
     def vae_decode(self) -> None:
         self.pipe._decode(self.latents)
 
+    def vae_encode(self) -> None:
+        import time
+
+        t0 = time.perf_counter()
+        self.pipe._encode_image(self.pixels, self.np.random.default_rng(0))  # a throwaway generator
+        if not hasattr(self, "first_vae_encode_s"):  # neither load nor compile() opens the VAE encoder: its first call does
+            self.first_vae_encode_s = time.perf_counter() - t0
+
     def end_to_end(self):
         cfg = self.cfg
+        if self.task == "txt2img":
+            inputs = {"latents": self.latents}
+        else:  # the pipeline draws the posterior sample and the noise from the seed
+            inputs = {"image": self.image, "strength": cfg["strength"], "seed": cfg["seed"],
+                      **({"mask_image": self.mask} if self.mask is not None else {})}
         result = self.pipe(
             cfg["prompt"], negative_prompt=cfg["negative"], steps=cfg["steps"], guidance_scale=cfg["guidance"],
-            scheduler=cfg["scheduler"], latents=self.latents, height=cfg["height"], width=cfg["width"],
+            scheduler=cfg["scheduler"], height=cfg["height"], width=cfg["width"], **inputs,
         )
         self.timings = result.timings
         return result.arrays  # uint8 (B, H, W, 3)
 
     def stages(self):
-        return [(self.pipe, "_encode", "text_encoder"), (self.pipe, "_unet", "unet_step"), (self.pipe, "_decode", "vae_decode")]
+        # the generation encodes the prompts through its family's conditioning (tokenize + the text encoder calls)
+        return [(self.pipe.family, "conditioning", "text_encoder"), (self.pipe, "_unet", "unet_step"),
+                (self.pipe, "_decode", "vae_decode"),
+                *([(self.pipe, "_encode_image", "vae_encode")] if self.task != "txt2img" else [])]
 
     def info(self):
         return {
@@ -123,6 +150,8 @@ class LatentrtSystem(System):
             "providers": getattr(self.pipe.unet, "providers", None),
             "intra_op_threads": self.cfg["threads"],
             "pipeline_timings": getattr(self, "timings", None),
+            "task": self.cfg.get("task", "txt2img"),
+            "vae_encoder_first_call_s": getattr(self, "first_vae_encode_s", None),  # opens (OpenVINO: compiles) it
         }
 
 

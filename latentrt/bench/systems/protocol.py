@@ -5,7 +5,8 @@ config file; the process imports its libraries, loads the pipeline (timed), warm
 component once (one call each, untimed, same shapes), then times one whole generation to uint8
 images. During that generation the system's own stage functions are wrapped with timers: its
 text-encoding step (tokenize + encode prompt and negative prompt), every UNet call of the
-denoising loop, and its VAE decode. `unet_step` is the median of the loop's UNet calls. The
+denoising loop, its VAE decode and, for the image tasks (cfg["task"] img2img or inpaint: the harness's init
+image, mask and strength), its VAE encode. `unet_step` is the median of the loop's UNet calls. The
 process saves the image and writes a JSON report with its peak RSS (`ru_maxrss` of this process).
 A fresh process per run gives a cold-process load time each run and a clean peak-RSS figure, and
 keeps only one model in memory at a time on small machines.
@@ -27,6 +28,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 COMPONENT_METRICS = ("text_encoder", "unet_step", "vae_decode")
+# the tasks a worker may be asked for (cfg["task"]); img2img and inpaint also time the VAE encoder
+TASKS = ("txt2img", "img2img", "inpaint")
+
+
+def component_metrics(task: str = "txt2img") -> tuple[str, ...]:
+    """The stages a generation of `task` is timed by: text encoder, (VAE encode,) UNet calls, VAE decode."""
+    if task not in TASKS:
+        raise SystemExit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+    return COMPONENT_METRICS if task == "txt2img" else ("text_encoder", "vae_encode", "unet_step", "vae_decode")
 
 # latentrt's scheduler names -> (diffusers class, from_config overrides the name implies);
 # the same table tests/test_schedulers.py checks latentrt's schedulers against.
@@ -98,6 +108,10 @@ class System:
 
     def vae_decode(self) -> None: ...
 
+    def vae_encode(self) -> None:
+        """The image tasks' VAE encoder (one call on the init image); untimed warm-up like the others."""
+        raise NotImplementedError(f"{self.name} has no VAE encode stage: it runs text to image only")
+
     def end_to_end(self):  # -> uint8 (B, H, W, 3)
         raise NotImplementedError
 
@@ -112,8 +126,8 @@ class System:
 class StageTimer:
     """Wraps a stage function (as an instance attribute) so that each call's duration is recorded while active."""
 
-    def __init__(self) -> None:
-        self.calls: dict[str, list[float]] = {m: [] for m in COMPONENT_METRICS}
+    def __init__(self, metrics: tuple[str, ...] = COMPONENT_METRICS) -> None:
+        self.calls: dict[str, list[float]] = {m: [] for m in metrics}
         self.active = False
 
     def wrap(self, obj: Any, attr: str, metric: str) -> None:
@@ -153,12 +167,12 @@ def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None 
         if cfg.get("fill_cache"):
             report["fill_cache_s"], _ = _timed(system.fill_cache)
         if not cfg.get("load_only"):
+            metrics = component_metrics(cfg.get("task", "txt2img"))
             system.prepare()
             for _ in range(int(cfg.get("warmup", 1))):  # same shapes as the measured calls and the generation
-                system.text_encoder()
-                system.unet_step()
-                system.vae_decode()
-            timer = StageTimer()
+                for metric in metrics:
+                    getattr(system, metric)()
+            timer = StageTimer(metrics)
             for obj, attr, metric in system.stages():
                 timer.wrap(obj, attr, metric)
             timer.active = True
@@ -168,7 +182,7 @@ def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None 
 
             import numpy as np
 
-            for metric in COMPONENT_METRICS:
+            for metric in metrics:
                 if not timer.calls[metric]:
                     raise RuntimeError(f"{system.name}: the generation never called its {metric} stage")
                 report[metric] = statistics.median(timer.calls[metric])
