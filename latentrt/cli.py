@@ -29,7 +29,7 @@ def generate(
     prompt: str = typer.Argument(..., help="What to draw."),
     model: Optional[Path] = typer.Option(None, "-m", "--model", help="ONNX model folder (default: the shipped model)."),
     output: Path = typer.Option(Path("image.png"), "-o", "--output", help="PNG path; with -n > 1, _1, _2... are added."),
-    negative: str = typer.Option("", "--negative", help="Negative prompt."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt (SDXL without one: zero conditioning, as diffusers)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale; <= 1 disables it."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Sampler name (see `latentrt info`); default: the model's."),
@@ -45,6 +45,12 @@ def generate(
     ),
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="With --image: inpaint; a mask of the image's size, white = repaint, black = keep (binarised at 50%)."
+    ),
+    mask_padding: Optional[int] = typer.Option(
+        None, "--mask-padding", help="With --mask: inpaint only the box around the mask padded by this many pixels, at full size, pasted back (diffusers' padding_mask_crop)."
+    ),
+    clip_skip: Optional[int] = typer.Option(
+        None, "--clip-skip", help="Condition on the text encoder's layer N below the one the model uses (diffusers' clip_skip; 1 = penultimate for SD)."
     ),
     provider: str = typer.Option(
         "auto", "--provider", help="auto (OpenVINO if installed, else ONNX Runtime CPU), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
@@ -89,7 +95,7 @@ def generate(
             result = pipe(
                 prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                 seed=seed, height=height, width=width, num_images=num_images, progress=progress,
-                image=image, strength=strength, mask_image=mask,
+                image=image, strength=strength, mask_image=mask, padding_mask_crop=mask_padding, clip_skip=clip_skip,
             )
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))

@@ -132,6 +132,14 @@ def test_bad_input_is_refused_in_words(pipe, tiny_sd1, tmp_path):
         Pipeline.from_folder(no_encoder, provider="cpu")("x", image=image, steps=2)
 
 
+def test_compile_with_image_opens_the_vae_encoder_ahead(tiny_sd1):
+    fresh = Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32")
+    fresh.compile(64, 64)
+    assert "vae_encoder" not in fresh._models  # text to image does not need it
+    fresh.compile(64, 64, image=True)
+    assert "vae_encoder" in fresh._models
+
+
 def test_low_memory_img2img_gives_the_same_images_and_keeps_no_network(tiny_sd1, pipe):
     reference = pipe("a red circle", image=circle(), steps=3, seed=2).arrays
     lean = Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32", low_memory=True)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from latentrt import Pipeline
 from latentrt.cli import app
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
+from latentrt.runtime.images import read_parameters
 from test_img2img import NEGATIVE, PROMPT, circle, numpy_noise_pipeline
 
 
@@ -135,6 +136,11 @@ def test_cli_image_and_mask(tiny_sd1, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (64, 64)
+    result = CliRunner().invoke(app, [*args, "--mask-padding", "4", "--clip-skip", "1", "--force"])
+    assert result.exit_code == 0, result.output
+    assert "Masked area padding: 4" in read_parameters(out)
+    result = CliRunner().invoke(app, [*args, "--clip-skip", "99", "--force"])
+    assert result.exit_code == 2 and "clip_skip must be a whole number from 0 to" in result.output
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(mask)
     result = CliRunner().invoke(app, [*args, "--force"])
     assert result.exit_code == 2 and "nothing to repaint" in result.output
