@@ -47,9 +47,6 @@ class PipelineResult:
         return np.stack([np.asarray(image) for image in self.images])  # (B, H, W, 3)
 
 
-NETWORKS = ("text_encoder", "unet", "vae_decoder")  # SD 1.x/2.x's resident networks (a family lists its own)
-
-
 class ImageTooLargeError(ValueError):
     """A call asks for more memory than the machine has, or more pixels than `max_pixels`; the message gives the fix."""
 
@@ -532,16 +529,8 @@ class Pipeline:
             feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
             return network(**feeds)
 
-    def _encode(self, texts: list[str]) -> NDArray[np.float32]:
-        """The first text encoder's last hidden states (N, L, D) for these texts (the bench times this)."""
-        name = self.family.text_encoders[0]
-        out = self._run(name, {"input_ids": self.family.tokenizers[name].encode(texts)})
-        return out.get("last_hidden_state", next(iter(out.values()))).astype(np.float32, copy=False)
-
-    def _unet(self, sample: NDArray[np.float32], t, conditioning) -> NDArray[np.float32]:
-        """One UNet call; `conditioning` is the family's dict of inputs (or encoder_hidden_states alone)."""
-        if not isinstance(conditioning, dict):
-            conditioning = {"encoder_hidden_states": conditioning}
+    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray]) -> NDArray[np.float32]:
+        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep."""
         with self._network("unet") as unet:
             info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
             shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)

@@ -69,9 +69,7 @@ class LatentrtSystem(System):
         self.pipe.compile(cfg["height"], cfg["width"], int(cfg.get("batch", 1)), cfg["guidance"])  # low_memory: nothing
 
     def fill_cache(self) -> None:
-        from latentrt.runtime.pipeline import NETWORKS
-
-        for name in NETWORKS:  # opened (building its cache entry where there is none) and, with low_memory, released
+        for name in self.pipe.networks:  # opened (building its cache entry where there is none) and, with low_memory, released
             with self.pipe._network(name):
                 pass
 
@@ -81,14 +79,17 @@ class LatentrtSystem(System):
         np, cfg = self.np, self.cfg
         self.latents = np.load(cfg["latents"])  # (B, 4, H/8, W/8)
         self.cfg_on = cfg["guidance"] > 1.0
-        self.texts = [cfg["negative"], cfg["prompt"]] if self.cfg_on else [cfg["prompt"]]
         scheduler = create_scheduler(cfg["scheduler"], self.pipe.folder.scheduler_config)
         scheduler.set_timesteps(cfg["steps"])
         self.t = scheduler.timesteps[0]
         x = self.latents * np.float32(scheduler.init_noise_sigma)
         x = np.concatenate([x, x]) if self.cfg_on else x  # (2B, 4, h, w): the batch the loop sends
         self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
-        self.embeddings = self.pipe._encode(self.texts)
+        from latentrt.runtime.families import Prompts, SizeConditioning
+
+        self.text = Prompts([cfg["prompt"]], [cfg["negative"]], True, self.cfg_on, 1)
+        self.size = SizeConditioning(cfg["height"], cfg["width"])
+        self.conditioning = self.text_encoder()
         self.task = cfg.get("task", "txt2img")
         if self.task != "txt2img":
             from PIL import Image
@@ -100,11 +101,12 @@ class LatentrtSystem(System):
             self.pixels = np.ascontiguousarray((2.0 * array - 1.0).transpose(2, 0, 1)[None], dtype=np.float32)
 
     # warm-up: the pipeline's own steps (pipeline.py), called one at a time
-    def text_encoder(self) -> None:
-        self.pipe._encode(self.texts)  # tokenize + one text-encoder call for both halves
+    def text_encoder(self):
+        # tokenize + one call of each text encoder for both halves: the family's conditioning, as the pipeline's
+        return self.pipe.family.conditioning(self.pipe._run, self.text, self.size)
 
     def unet_step(self) -> None:
-        self.pipe._unet(self.x_in, self.t, self.embeddings)
+        self.pipe._unet(self.x_in, self.t, self.conditioning)
 
     def vae_decode(self) -> None:
         self.pipe._decode(self.latents)
