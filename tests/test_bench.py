@@ -28,10 +28,20 @@ def tiny_src(tmp_path_factory):
     return src
 
 
-def _bench(src, tmp_path, systems: str, *extra: str, steps: int = 2) -> dict:
+@pytest.fixture(scope="module")
+def tiny_sdxl_src(tmp_path_factory):
+    """A tiny StableDiffusionXLPipeline folder (two text encoders, text_embeds + 6 time ids; EulerDiscreteScheduler)."""
+    from latentrt.export.tiny import build_tiny_pipeline
+
+    src = tmp_path_factory.mktemp("bench") / "tiny-sdxl"
+    build_tiny_pipeline(src, "sdxl")
+    return src
+
+
+def _bench(src, tmp_path, systems: str, *extra: str, steps: int = 2, cache=None) -> dict:
     out = tmp_path / "bench.json"
     args = ["bench", str(src), "--runs", "1", "--steps", str(steps), "--threads", "1", "--systems", systems,
-            "--cache", str(tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
+            "--cache", str(cache or tmp_path / "cache"), "--json", str(out), "--markdown", str(tmp_path / "bench.md"),
             "--plot", str(tmp_path / "bench.png"), *extra]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -215,6 +225,48 @@ def test_bench_image_tasks(tiny_src, tmp_path, task, strength):
     assert (workdir / "mask.png").is_file() == (task == "inpaint")
     markdown = (tmp_path / "bench.md").read_text()
     assert f"**Task: {task}**" in markdown and "| VAE encode |" in markdown
+
+
+@pytest.mark.parametrize("guidance", ["5", "0"])  # 0: SDXL-Turbo's
+def test_bench_sdxl(tiny_sdxl_src, tmp_path, guidance):
+    """SRC an SDXL folder: latentrt's export of it against StableDiffusionXLPipeline, both systems' stages timed
+    (diffusers' UNet calls with added_cond_kwargs), the same latents giving the same image; guidance 0 (SDXL-Turbo's
+    settings): no CFG, UNet batch 1, in both systems."""
+    cache = tiny_sdxl_src.parent / "cache"  # latentrt's export of the folder, made once for both guidances
+    report = _bench(tiny_sdxl_src, tmp_path, "latentrt,diffusers", "--guidance", guidance, cache=cache)
+    settings = report["settings"]
+    assert settings["family"] == "sdxl" and settings["scheduler"] == "euler"  # the folder's own
+    assert (settings["height"], settings["width"], settings["steps"], settings["runs"]) == (64, 64, 2, 1)
+    assert settings["latent_shape"] == [1, 4, 16, 16]  # the tiny VAE downsamples by 4
+    assert settings["cfg"] == (guidance != "0") and settings["unet_batch"] == (1 if guidance == "0" else 2)
+    assert list(report["systems"]) == ["latentrt", "diffusers"]
+    for name in ("latentrt", "diffusers"):
+        system = report["systems"][name]
+        _check_system(system)
+        assert system["unet_calls_per_image"] == 2 and system["ttfi"] > 0, name
+    assert report["systems"]["diffusers"]["info"]["pipeline"] == "StableDiffusionXLPipeline"
+    assert report["systems"]["diffusers"]["info"]["family"] == "sdxl"
+    assert report["systems"]["latentrt"]["modules_imported"] == []
+    assert report["psnr_vs_reference_db"] >= IMAGE_MIN_PSNR_DB  # the same latents: the same image
+    assert report["roof"]["flops_source"].startswith("manifest") and report["roof"]["unet_flops_per_call"] > 0
+    assert "StableDiffusionXLPipeline" in (tmp_path / "bench.md").read_text()
+
+
+def test_sdxl_refusals(tiny_sdxl_src, tmp_path):
+    """The peers' workers run SD 1.x/2.x pipelines only; an SDXL refiner has no text-to-image pipeline."""
+    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.export.tiny import build_tiny_pipeline
+
+    with pytest.raises(BenchError, match=r"optimum, optimum-intel cannot run .*an SDXL model: their workers run Stable "
+                                         r"Diffusion 1.x/2.x pipelines only"):
+        resolve_settings(BenchConfig(src=tiny_sdxl_src, systems=("latentrt", "optimum", "optimum-intel")))
+    settings = resolve_settings(BenchConfig(src=tiny_sdxl_src, systems=("latentrt", "diffusers-bf16"), task="inpaint"))
+    assert settings["family"] == "sdxl" and settings["task"] == "inpaint"
+    refiner = tmp_path / "tiny-sdxl-refiner"
+    build_tiny_pipeline(refiner, "sdxl-refiner")
+    with pytest.raises(BenchError, match="an SDXL refiner .* it runs --task img2img or --task inpaint only"):
+        resolve_settings(BenchConfig(src=refiner, systems=("latentrt", "diffusers")))
+    assert resolve_settings(BenchConfig(src=refiner, systems=("latentrt", "diffusers"), task="img2img"))["family"] == "sdxl"
 
 
 def _cli_refuses(src, tmp_path, options: list[str], message: str) -> None:

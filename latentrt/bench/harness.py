@@ -65,6 +65,31 @@ one inpainting call per run:
 - Only IMAGE_TASK_SYSTEMS run them: the latentrt paths, diffusers, diffusers-bf16; asking a peer (optimum,
   optimum-intel) for an image task is a clear error. Time to first image is measured for txt2img only.
 
+SDXL (issue 12; SDXL_SYSTEMS): SRC may be a StableDiffusionXLPipeline folder (the family is read from the folder,
+protocol.model_family: a UNet with addition_embed_type "text_time" or an XL pipeline class; settings["family"]).
+- latentrt's export handles it (two text encoders; the UNet takes text_embeds and time_ids); the latents' shape
+  comes from the folder (the UNet's in_channels, the VAE's downsampling factor), the native size from its
+  sample_size (1024x1024 for SDXL base). The latentrt worker times the family's conditioning (both encoders) as
+  `text_encoder` and the UNet with its conditioning dict.
+- The diffusers worker loads StableDiffusionXLPipeline (img2img: StableDiffusionXLImg2ImgPipeline, inpaint:
+  StableDiffusionXLInpaintPipeline, same NumPy noise as for SD) with add_watermarker=False; `text_encoder` = its
+  encode_prompt (both encoders, pooled embeddings), the UNet calls with added_cond_kwargs (text_embeds, time_ids:
+  original size, crop (0, 0), target size = the bench's), `vae_decode` its VAE decode (fp32 weights: the VAE's
+  force_upcast only acts in fp16). diffusers-bf16 is the same under autocast.
+- The peers (optimum, optimum-intel) are refused for SDXL in words (their workers load SD 1.x/2.x pipeline classes);
+  so is text to image on an SDXL refiner folder (requires_aesthetics_score: image tasks only).
+- FLOPs: the export's manifest formula (latentrt/export/flops.py counts the SDXL UNet with text_embeds and
+  time_ids), else counted here with the same extra inputs.
+- Guidance <= 1 (SDXL-Turbo's 0) runs no CFG in either system: UNet batch 1, no negative prompt encoded.
+- W4 (SDXL architecture, random weights from the published configs, 1024x1024, 1-2 steps, against diffusers):
+      latentrt bench <bench-cache>/sdxl-random --height 1024 --width 1024 --steps 2 --guidance 0 --runs 3 \
+          --systems latentrt,latentrt-openvino,diffusers,diffusers-bf16 \
+          --json <bench-cache>/w4.json --markdown <bench-cache>/w4.md --plot <bench-cache>/w4.png
+  where <bench-cache>/sdxl-random is a StableDiffusionXLPipeline folder with random weights built from the
+  published configs (SDXL base's scheduler, EulerDiscreteScheduler: deterministic, so the images compare; an
+  ancestral scheduler draws torch noise in diffusers and NumPy noise in latentrt, and the images then differ after
+  a first step that adds noise). tests/test_bench.py runs the same on the tiny SDXL folder.
+
 Embedding (issue 10): load with a cold and a warm cache, time to first image, peak RSS, per mode:
 - Modes (`--modes`, MODES): each latentrt path runs once per mode as its own row, `default` named as the path
   (`latentrt-openvino-int8`), the others with the mode (`latentrt-openvino-int8 (low_memory)`: Pipeline(...,
@@ -128,6 +153,8 @@ IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode"
 DEFAULT_STRENGTH = 0.75  # img2img and inpaint alike: the same steps give the same UNet calls for both
 # the systems whose workers run the image tasks (the peers' workers do text to image only)
 IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+# the systems whose workers run an SDXL folder (the peers' workers load SD 1.x/2.x pipeline classes only)
+SDXL_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 INIT_IMAGE, MASK_IMAGE = "init.png", "mask.png"  # the image tasks' inputs, beside latents.npy in the run folder
 METRIC_LABELS = {
     "load": "load",
@@ -395,7 +422,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
     model_folder = is_model_folder(src)
     if not model_folder and not (src / "model_index.json").is_file():
         raise BenchError(f"{src} is not a diffusers folder (no model_index.json) nor a latentrt model folder (no "
-                         "unet/model.onnx): give a local StableDiffusionPipeline folder, or a folder `latentrt export` wrote")
+                         "unet/model.onnx): give a local StableDiffusionPipeline or StableDiffusionXLPipeline folder, or a folder `latentrt export` wrote")
     unknown = [s for s in cfg.systems if s not in SYSTEMS]
     if unknown or not cfg.systems:
         raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
@@ -425,6 +452,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         if value < 1:
             raise BenchError(f"--{name} must be at least 1, got {value}")
     strength = _check_task(cfg, src, model_folder)
+    family = _check_family(cfg, src)
     unet = _read_json(src / "unet" / "config.json")
     vae = _read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -456,6 +484,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "runs": cfg.runs,
         "task": cfg.task,
         "strength": strength,
+        "family": family,
         "metrics": list(task_metrics(cfg.task)),
         "warmup": "a discarded load-only round; in every run, one call of each component before timing",
         "systems": list(cfg.systems),
@@ -465,6 +494,26 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "device": "cpu",
         "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
     }
+
+
+def _check_family(cfg: BenchConfig, src: Path) -> str:
+    """The model's family ("sd" or "sdxl", protocol.model_family), checked against the systems and the task."""
+    from latentrt.bench.systems.protocol import model_family
+
+    family = model_family(src)
+    if family != "sdxl":
+        return family
+    unable = [s for s in cfg.systems if s not in SDXL_SYSTEMS]
+    if unable:
+        one = len(unable) == 1
+        raise BenchError(f"{', '.join(unable)} cannot run {src}, an SDXL model: {'its worker runs' if one else 'their workers run'} "
+                         f"Stable Diffusion 1.x/2.x pipelines only (ORTStableDiffusionPipeline, OVStableDiffusionPipeline); "
+                         f"leave {'it' if one else 'them'} out of --systems (SDXL runs {', '.join(SDXL_SYSTEMS)})")
+    index = src / "model_index.json"
+    if cfg.task == "txt2img" and index.is_file() and _read_json(index).get("requires_aesthetics_score"):
+        raise BenchError(f"{src} is an SDXL refiner (requires_aesthetics_score, no text-to-image pipeline): it runs "
+                         "--task img2img or --task inpaint only")
+    return family
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
@@ -779,7 +828,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     worker_cfg = {
         **{k: settings[k] for k in ("prompt", "negative", "steps", "guidance", "scheduler", "threads", "height", "width",
-                                    "task", "strength", "seed")},
+                                    "task", "strength", "seed", "family")},
         **task_inputs(settings, workdir),
         "source": str(src),
         "folders": {k: str(v) for k, v in folders.items()},
@@ -1188,7 +1237,8 @@ def _embedding_lines(report: dict) -> list[str]:
         "**Time to first image**: wall-clock from starting a fresh process to its exit with the PNG written (checked), "
         "one image at the bench's size, steps, guidance, scheduler and seed (the same latents), measured in every run "
         "after the row's timed run, the load cache warm: `latentrt generate` for latentrt rows (the commands are in "
-        "the JSON, `embedding.ttfi_commands`), a script doing `StableDiffusionPipeline.from_pretrained` + one "
+        "the JSON, `embedding.ttfi_commands`), a script doing the folder's pipeline class' `from_pretrained` "
+        f"({_diffusers_pipeline(report)}) + one "
         "pipeline call + the PNG for diffusers; not measured for the peers. Peak RSS, TTFI process: that process's "
         f"ru_maxrss. Ratios: the row's figure / the reference's ({ref}; < 1: faster, or less memory).",
         "",
@@ -1214,13 +1264,22 @@ def _cell(system: dict, metric: str) -> str:
     return f"{_fmt_s(med)}{unit} ({_fmt_s(lo)}–{_fmt_s(hi)})"
 
 
+def _diffusers_pipeline(report: dict) -> str:
+    """The diffusers class the reference loaded (StableDiffusionPipeline for older reports)."""
+    for system in report["systems"].values():
+        if system.get("system") in ("diffusers", "diffusers-bf16") and system["info"].get("pipeline"):
+            return system["info"]["pipeline"]
+    return "StableDiffusionXLPipeline" if report["settings"].get("family") == "sdxl" else "StableDiffusionPipeline"
+
+
 def _task_line(s: dict, systems: dict[str, dict]) -> str:
     """The image tasks' inputs and what differs from text to image; empty for txt2img."""
     task = s.get("task", "txt2img")
     if task == "txt2img":
         return ""
-    what = ("image to image (StableDiffusionImg2ImgPipeline for diffusers)" if task == "img2img" else
-            "inpainting with the plain 4-channel UNet (StableDiffusionInpaintPipeline for diffusers; the unmasked region "
+    xl = "XL" if s.get("family") == "sdxl" else ""
+    what = (f"image to image (StableDiffusion{xl}Img2ImgPipeline for diffusers)" if task == "img2img" else
+            f"inpainting with the plain 4-channel UNet (StableDiffusion{xl}InpaintPipeline for diffusers; the unmasked region "
             "replaced by the image's latents noised to the next timestep after every step)")
     return (f"**Task: {task}**, {what}, strength {s['strength']:g}: int({s['steps']} x {s['strength']:g}) = "
             f"{int(s['steps'] * s['strength'])} of the {s['steps']} steps run. Init image: a synthetic picture rendered "

@@ -1,8 +1,16 @@
-"""The PyTorch reference: diffusers' StableDiffusionPipeline on CPU, fp32 (`diffusers`) or under bf16 autocast.
+"""The PyTorch reference: diffusers' StableDiffusionPipeline (or the folder's SDXL pipeline) on CPU, fp32
+(`diffusers`) or under bf16 autocast.
 
 `diffusers-bf16` is what a PyTorch user on a CPU with bf16 instructions picks instead: the same pipeline, fp32
 weights, with every stage (text encoder, UNet, VAE decode, the whole generation) run under
 `torch.autocast("cpu", dtype=torch.bfloat16)`.
+
+SDXL (cfg["family"] "sdxl", the harness reads it from the folder: protocol.model_family): StableDiffusionXLPipeline,
+or StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline for the image tasks, loaded with
+add_watermarker=False (the invisible watermark would change the image); `text_encoder` times its encode_prompt (both
+text encoders, pooled embeddings), the UNet calls carry added_cond_kwargs (text_embeds, time_ids), `vae_decode` the
+VAE decode (its force_upcast only acts in fp16: these weights are fp32). Guidance <= 1 (SDXL-Turbo's 0) runs no CFG
+(UNet batch 1), for both families.
 
 The image tasks (cfg["task"]): `img2img` loads StableDiffusionImg2ImgPipeline, `inpaint` StableDiffusionInpaintPipeline
 (4-channel UNet path: after every step the known region is the image's latents noised to the next timestep) from
@@ -14,7 +22,7 @@ are comparable (tests/test_img2img.py and test_inpaint.py check that parity). `v
 
     diffusers_worker.py CONFIG.json OUT.json               one benchmark run (protocol.run)
     diffusers_worker.py --first-image CONFIG.json OUT.png  what a user's script does for one image: import,
-        StableDiffusionPipeline.from_pretrained, one generation with the config's settings and latents, the PNG
+        the folder's pipeline class' from_pretrained, one generation with the config's settings and latents, the PNG
         saved; the harness times this process from its start to its exit (time to first image)
 """
 
@@ -31,12 +39,21 @@ if str(ROOT) not in sys.path:
 from latentrt.bench.systems.protocol import System, diffusers_scheduler, run, to_uint8, versions  # noqa: E402
 
 
-# task -> (diffusers pipeline class, the module whose randn_tensor draws the pipeline's noise)
+# family -> task -> (diffusers pipeline class, the module under diffusers.pipelines whose randn_tensor draws its noise)
 PIPELINES = {
-    "txt2img": ("StableDiffusionPipeline", "pipeline_stable_diffusion"),
-    "img2img": ("StableDiffusionImg2ImgPipeline", "pipeline_stable_diffusion_img2img"),
-    "inpaint": ("StableDiffusionInpaintPipeline", "pipeline_stable_diffusion_inpaint"),
+    "sd": {
+        "txt2img": ("StableDiffusionPipeline", "stable_diffusion.pipeline_stable_diffusion"),
+        "img2img": ("StableDiffusionImg2ImgPipeline", "stable_diffusion.pipeline_stable_diffusion_img2img"),
+        "inpaint": ("StableDiffusionInpaintPipeline", "stable_diffusion.pipeline_stable_diffusion_inpaint"),
+    },
+    "sdxl": {
+        "txt2img": ("StableDiffusionXLPipeline", "stable_diffusion_xl.pipeline_stable_diffusion_xl"),
+        "img2img": ("StableDiffusionXLImg2ImgPipeline", "stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img"),
+        "inpaint": ("StableDiffusionXLInpaintPipeline", "stable_diffusion_xl.pipeline_stable_diffusion_xl_inpaint"),
+    },
 }
+# from_pretrained's extra arguments per family: SD's safety checker off, SDXL's invisible watermark off
+LOAD_OPTIONS = {"sd": {"safety_checker": None, "requires_safety_checker": False}, "sdxl": {"add_watermarker": False}}
 
 
 class DiffusersSystem(System):
@@ -57,14 +74,14 @@ class DiffusersSystem(System):
         except RuntimeError:  # already set
             pass
         self.task = cfg.get("task", "txt2img")
-        cls_name, module = PIPELINES[self.task]
+        self.family = cfg.get("family", "sd")
+        cls_name, module = PIPELINES[self.family][self.task]
         self.np, self.torch, self.cls = np, torch, getattr(diffusers, cls_name)
         self.modules = [importlib.import_module("diffusers.models.autoencoders.vae"),
-                        importlib.import_module(f"diffusers.pipelines.stable_diffusion.{module}")]
+                        importlib.import_module(f"diffusers.pipelines.{module}")]
 
     def load(self) -> None:
-        self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=self.torch.float32, safety_checker=None,
-                                             requires_safety_checker=False)
+        self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=self.torch.float32, **LOAD_OPTIONS[self.family])
         self.pipe.set_progress_bar_config(disable=True)
 
     def prepare(self) -> None:
@@ -78,7 +95,7 @@ class DiffusersSystem(System):
         x = self.latents * scheduler.init_noise_sigma
         x = torch.cat([x, x]) if self.cfg_on else x  # (2B, 4, h, w)
         self.x_in = scheduler.scale_model_input(x, self.t)
-        self.embeddings = self._encode()
+        self.embeddings, self.added_cond = self._encode()
         if self.task != "txt2img":
             from PIL import Image
 
@@ -102,17 +119,30 @@ class DiffusersSystem(System):
         return stack
 
     def _encode(self):
+        """(encoder_hidden_states, added_cond_kwargs or None) of the UNet's batch, as the pipeline builds them."""
+        torch, cfg, batch = self.torch, self.cfg, self.latents.shape[0]
         with self._mode():
-            cond, uncond = self.pipe.encode_prompt(self.cfg["prompt"], "cpu", self.latents.shape[0], self.cfg_on,
-                                                   self.cfg["negative"])
-        return self.torch.cat([uncond, cond]) if self.cfg_on else cond
+            if self.family == "sd":
+                cond, uncond = self.pipe.encode_prompt(cfg["prompt"], "cpu", batch, self.cfg_on, cfg["negative"])
+                return (torch.cat([uncond, cond]) if self.cfg_on else cond), None
+            cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
+                cfg["prompt"], device="cpu", num_images_per_prompt=batch, do_classifier_free_guidance=self.cfg_on,
+                negative_prompt=cfg["negative"])
+        h, w = cfg["height"], cfg["width"]
+        # the base model's time ids (original size, crop, target size); the refiner's: an aesthetic score last
+        ids = [h, w, 0, 0, 6.0] if self.pipe.config.get("requires_aesthetics_score") else [h, w, 0, 0, h, w]
+        time_ids = torch.tensor([ids] * cond.shape[0], dtype=cond.dtype)
+        if self.cfg_on:
+            cond, pooled, time_ids = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled]), torch.cat([time_ids, time_ids])
+        return cond, {"text_embeds": pooled, "time_ids": time_ids}
 
     def text_encoder(self) -> None:
-        self._encode()  # tokenize + text encoder (once per half with CFG, as the pipeline does)
+        self._encode()  # tokenize + text encoder(s) (once per half with CFG, as the pipeline does)
 
     def unet_step(self) -> None:
         with self._mode():
-            self.pipe.unet(self.x_in, self.t, encoder_hidden_states=self.embeddings, return_dict=False)
+            self.pipe.unet(self.x_in, self.t, encoder_hidden_states=self.embeddings, return_dict=False,
+                           **({"added_cond_kwargs": self.added_cond} if self.added_cond is not None else {}))
 
     def vae_decode(self) -> None:
         with self._mode():
@@ -155,6 +185,7 @@ class DiffusersSystem(System):
             "mkldnn": self.torch.backends.mkldnn.is_available(),
             "scheduler": type(self.pipe.scheduler).__name__,
             "task": self.task,
+            "family": self.family,
             "pipeline": type(self.pipe).__name__,
             "noise": "NumPy (randn_tensor replaced, seeded)" if self.task != "txt2img" else "the harness's latents",
         }

@@ -5,6 +5,10 @@
     latentrt-int8       ONNX Runtime on the int8 folder `latentrt quantize` wrote from that export
     latentrt-openvino-int8  the OpenVINO backend, precision="auto", on that int8 folder
 
+Any family the folder holds (SD 1.x/2.x, SDXL: the Pipeline reads it from the folder): `text_encoder` times the
+family's conditioning (SDXL: both text encoders, the pooled embeddings and time ids), `unet_step` the UNet with that
+conditioning dict; guidance <= 1 (SDXL-Turbo's 0) runs no CFG (UNet batch 1), as the pipeline does.
+
 Load = `Pipeline.from_folder` + `Pipeline.compile(height, width, batch, guidance)`, what a server does after
 loading (OpenVINO compiles each network for the call's static shapes; nothing to do on ONNX Runtime). No
 compiled-model cache, as by default: importing a cached SD 1.5 UNet measured slower than compiling it (README).

@@ -38,6 +38,20 @@ def component_metrics(task: str = "txt2img") -> tuple[str, ...]:
         raise SystemExit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
     return COMPONENT_METRICS if task == "txt2img" else ("text_encoder", "vae_encode", "unet_step", "vae_decode")
 
+# the model families the workers tell apart (read from the folder, as latentrt's runtime does: families.family_for)
+FAMILIES = ("sd", "sdxl")
+
+
+def model_family(folder) -> str:
+    """"sdxl" when the folder is an SDXL one (its UNet takes text_embeds and time_ids: `addition_embed_type`
+    "text_time", or a StableDiffusionXL* pipeline class in model_index.json), else "sd" (SD 1.x / 2.x)."""
+    folder = Path(folder)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    index = folder / "model_index.json"
+    class_name = str(json.loads(index.read_text()).get("_class_name", "")) if index.is_file() else ""
+    return "sdxl" if unet.get("addition_embed_type") == "text_time" or "XL" in class_name else "sd"
+
+
 # latentrt's scheduler names -> (diffusers class, from_config overrides the name implies);
 # the same table tests/test_schedulers.py checks latentrt's schedulers against.
 DIFFUSERS_SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
