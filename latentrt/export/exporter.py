@@ -18,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -237,24 +238,35 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
 
     loaded: dict = {}
     components = {}
-    for spec in specs:
+    for i, spec in enumerate(specs):
         if spec.source not in loaded:
             loaded.clear()  # one source model in memory at a time (the VAE serves two components)
             loaded[spec.source] = _load_model(src, spec.source, projections.get(spec.source, False))
         model = loaded[spec.source]
         module = spec.wrap(model).eval()
+        flops = component_flops(spec.name, model, text_embeds)  # {"flops": ...} for unet, vae_decoder
+        reference = _torch_reference(spec, module) if validate else None  # validation's torch side, run now
         t0 = time.perf_counter()
-        files, rewritten = _export_component(spec, module, tmp / spec.name, opset, rewrites)
-        if spec.extra_files is not None:
-            files += spec.extra_files(tmp / spec.name, model)
+        folder = tmp / spec.name
+        _trace_component(spec, module, folder, opset)
+        files = spec.extra_files(folder, model) if spec.extra_files is not None else []
+        if all(s.source != spec.source for s in specs[i + 1 :]):
+            # Memory: everything that reads the torch model is done, so free it before the ONNX copy of its
+            # weights is loaded and before ONNX Runtime validates. The weights are then never held twice
+            # (torch + ONNX), which is what lets SDXL's 10 GB fp32 UNet export on a 24 GB machine
+            # (benchmarks/results/full_size_exports.md).
+            del model, module
+            loaded.clear()
+        saved, rewritten = _rewrite_and_save(folder, rewrites)
+        files = saved + files
         seconds = time.perf_counter() - t0
-        shutil.copyfile(src / spec.source / "config.json", tmp / spec.name / "config.json")
-        entry = _manifest_entry(spec, tmp / spec.name, files, opset)
+        shutil.copyfile(src / spec.source / "config.json", folder / "config.json")
+        entry = _manifest_entry(spec, folder, files, opset)
         entry.update(rewritten)
         entry["export_seconds"] = round(seconds, 2)
-        entry.update(component_flops(spec.name, model, text_embeds))  # {"flops": ...} for unet, vae_decoder
+        entry.update(flops)
         if validate:
-            comparisons = validate_component(spec, module, tmp / spec.name / "model.onnx")
+            comparisons = validate_component(spec, reference, folder / "model.onnx")
             result.comparisons[spec.name] = comparisons
             entry["validation"] = [c.as_dict() for c in comparisons]
             for c in comparisons:
@@ -316,7 +328,12 @@ def _quiet_export():
 def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, rewrites: dict) -> tuple[list[str], dict]:
     """Trace to a scratch folder, rewrite (``rewrites``: fused_attention, compact_weights), then save
     as model.onnx (+ ONE model.onnx_data when > 2 GB). Returns the files and what the rewrites did."""
-    import onnx
+    _trace_component(spec, module, folder, opset)
+    return _rewrite_and_save(folder, rewrites)
+
+
+def _trace_component(spec: ComponentSpec, module, folder: Path, opset: int) -> None:
+    """torch.onnx.export into ``folder``/.scratch (weights as external files when > 2 GB)."""
     import torch
 
     folder.mkdir(parents=True)
@@ -335,7 +352,15 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, rew
             do_constant_folding=True,
             dynamo=False,
         )
+
+
+def _rewrite_and_save(folder: Path, rewrites: dict) -> tuple[list[str], dict]:
+    """Load the traced graph from ``folder``/.scratch, rewrite it and save it into ``folder``."""
+    import onnx
+
+    scratch = folder / ".scratch"
     model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
+    shutil.rmtree(scratch)  # disk: the traced weights are in memory now; never on disk twice (SDXL: 10 GB)
     rewritten = {}
     if rewrites.get("fused_attention"):
         rewritten["fused_attention"] = fuse_attention(model)
@@ -343,8 +368,29 @@ def _export_component(spec: ComponentSpec, module, folder: Path, opset: int, rew
         rewritten["fp16_stored_weights"] = store_exact_fp16(model)
     files = save_component_model(model, folder)
     del model
-    shutil.rmtree(scratch)
     return files, rewritten
+
+
+class _RecordedOutputs:
+    """What `validate_component` needs of a component's torch wrapper, without the torch model: ``.model.config``
+    (the sample inputs are sized from it) and the outputs on those inputs, computed before the model was freed."""
+
+    def __init__(self, config, outputs):
+        self.model = SimpleNamespace(config=config)
+        self.outputs = outputs
+
+    def __call__(self, *inputs):
+        return self.outputs
+
+
+def _torch_reference(spec: ComponentSpec, module, seed: int = 0) -> _RecordedOutputs:
+    """The torch side of `validate_component(spec, module, ..., seed)`: the same sample inputs, run now."""
+    import torch
+
+    inputs = spec.sample_inputs(module.model, np.random.default_rng(seed))
+    with torch.no_grad():
+        outputs = module(*to_torch(inputs))
+    return _RecordedOutputs(module.model.config, outputs)
 
 
 def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int) -> dict:
