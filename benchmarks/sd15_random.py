@@ -38,6 +38,15 @@ SD15_TEXT = dict(
 )
 
 
+def partial_folder(out: Path) -> Path:
+    """The folder to build ``out`` in (renamed to ``out`` when complete); ``out`` must not exist yet."""
+    if out.exists():
+        raise SystemExit(f"{out} already exists: remove it or choose another folder")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
 def build(out: Path, seed: int = 0) -> Path:
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
@@ -49,10 +58,7 @@ def build(out: Path, seed: int = 0) -> Path:
     from latentrt.export.tiny import SD15_SCHEDULER
 
     out = Path(out)
-    if out.exists():
-        raise SystemExit(f"{out} already exists: remove it or choose another folder")
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_folder(out)
     torch.manual_seed(seed)
     write_diffusers_tokenizer_folder(tmp / "tokenizer", pad_token=EOS)
     UNet2DConditionModel(**SD15_UNET).save_pretrained(tmp / "unet")
