@@ -43,6 +43,7 @@ class OptimumIntelSystem(DiffusersSystem):
 
         torch.set_num_threads(cfg["threads"])  # the pipeline's scheduler math and guidance run in torch
         self.np, self.torch, self.cls = np, torch, OVStableDiffusionPipeline
+        self.task, self.family = "txt2img", "sd"  # what DiffusersSystem reads; the harness refuses the rest for peers
 
     def load(self) -> None:
         cfg = self.cfg
