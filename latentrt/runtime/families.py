@@ -59,6 +59,7 @@ class StableDiffusion:
 
     name = "stable-diffusion"
     text_encoders = ("text_encoder",)
+    is_refiner = False  # an image to image only model (SDXL's refiner)
 
     def __init__(self, folder: ModelFolder):
         self.folder = folder
@@ -138,10 +139,7 @@ class StableDiffusionXL(StableDiffusion):
         index = folder.model_index
         self.force_zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
         self.requires_aesthetics_score = bool(index.get("requires_aesthetics_score", False))
-
-    @property
-    def is_refiner(self) -> bool:
-        return self.requires_aesthetics_score
+        self.is_refiner = self.requires_aesthetics_score
 
     def conditioning(self, run: RunNetwork, text: Prompts, size: SizeConditioning) -> dict[str, NDArray[np.float32]]:
         zeros = text.do_cfg and not text.negative_given and self.force_zeros_for_empty_prompt

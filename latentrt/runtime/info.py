@@ -63,7 +63,7 @@ def _tasks(folder: ModelFolder, family) -> list[str]:
     inpainting UNet); image to image and inpainting need the VAE encoder."""
     inpaint_unet = folder.unet.in_channels == 2 * folder.vae.latent_channels + 1
     encoder = "vae_encoder" in folder.components
-    tasks = [] if inpaint_unet or getattr(family, "is_refiner", False) else ["txt2img"]
+    tasks = [] if inpaint_unet or family.is_refiner else ["txt2img"]
     if encoder:
         tasks += ["inpaint"] if inpaint_unet else ["img2img", "inpaint"]
     return tasks

@@ -260,7 +260,7 @@ class Pipeline:
             raise ValueError("padding_mask_crop crops around the mask: give mask_image (--mask) too")
         if mask_image is not None and image is None:
             raise ValueError("mask_image needs the image to inpaint: give image= too (--image with --mask in the CLI)")
-        if image is None and getattr(self.family, "is_refiner", False):
+        if image is None and self.family.is_refiner:
             raise ValueError(
                 f"{self.folder.path} is an SDXL refiner, an image to image model: give it an image (image=..., --image), "
                 "for example the base model's output, and a strength (diffusers' default for it: 0.3)"
@@ -273,7 +273,7 @@ class Pipeline:
         if image is not None:
             if latents is not None:
                 raise ValueError("give either image (image to image) or latents (text to image), not both")
-            default_strength = 0.3 if getattr(self.family, "is_refiner", False) else 0.8 if mask_image is None else 1.0
+            default_strength = 0.3 if self.family.is_refiner else 0.8 if mask_image is None else 1.0
             strength = _check_strength(default_strength if strength is None else strength)
             if "vae_encoder" not in self.folder.components:
                 raise ValueError(
