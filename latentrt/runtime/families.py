@@ -60,6 +60,7 @@ class StableDiffusion:
     name = "stable-diffusion"
     text_encoders = ("text_encoder",)
     is_refiner = False  # an image to image only model (SDXL's refiner)
+    skip_offset = 0  # how many layers below the last the family already reads without clip_skip
 
     def __init__(self, folder: ModelFolder):
         self.folder = folder
@@ -77,7 +78,7 @@ class StableDiffusion:
         hidden = _last_hidden_state(outputs)
         if text.clip_skip is not None:  # diffusers applies clip_skip to the prompts only, never to the negatives
             n = len(text.prompts)
-            layers = self._hidden_states(outputs, "text_encoder")
+            layers = self._hidden_states(outputs)
             skipped = _final_layer_norm(self.folder, layers[-(text.clip_skip + 1)][-n:])
             hidden = np.concatenate([hidden[:-n], skipped]) if text.do_cfg else skipped
         return {"encoder_hidden_states": _per_image(hidden, text.num_images)}
@@ -86,7 +87,7 @@ class StableDiffusion:
         """clip_skip as diffusers defines it: 1 = the penultimate layer's output; 0 or None = the last."""
         if clip_skip is None:
             return
-        layers = self._layers("text_encoder")
+        layers = self._layers()
         largest = layers - self.skip_offset
         if isinstance(clip_skip, bool) or not isinstance(clip_skip, (int, np.integer)) or not 0 <= clip_skip <= largest:
             raise ValueError(
@@ -94,11 +95,9 @@ class StableDiffusion:
                 f"layers; 1 uses the penultimate layer's output), got {clip_skip!r}"
             )
 
-    skip_offset = 0  # how many layers below the last the family already reads without clip_skip
-
-    def _layers(self, name: str) -> int:
-        config = self.folder.components[name].config
-        return int(config.get("num_hidden_layers", 12))
+    def _layers(self) -> int:
+        """The text encoders' depth (the shallower one bounds clip_skip where there are two)."""
+        return min(int(self.folder.components[name].config.get("num_hidden_layers", 12)) for name in self.text_encoders)
 
     def _encode(self, run: RunNetwork, name: str, texts: list[str], needs_hidden: bool) -> dict[str, NDArray]:
         ids = self.tokenizers[name].encode(texts)  # (N, L) int64
@@ -110,7 +109,7 @@ class StableDiffusion:
             )
         return outputs
 
-    def _hidden_states(self, outputs: dict[str, NDArray], name: str) -> list[NDArray[np.float32]]:
+    def _hidden_states(self, outputs: dict[str, NDArray]) -> list[NDArray[np.float32]]:
         count = sum(1 for key in outputs if key.startswith("hidden_states."))
         return [outputs[f"hidden_states.{i}"].astype(np.float32, copy=False) for i in range(count)]
 
@@ -149,7 +148,7 @@ class StableDiffusionXL(StableDiffusion):
         hidden, pooled = [], None
         for name in self.text_encoders:
             outputs = self._encode(run, name, texts, needs_hidden=True)
-            layers = self._hidden_states(outputs, name)
+            layers = self._hidden_states(outputs)
             chosen = layers[-2]
             if text.clip_skip is not None:  # diffusers: the prompts only, never the negatives
                 chosen = np.concatenate([chosen[:-n], layers[-(text.clip_skip + 2)][-n:]]) if encode_negatives else layers[-(text.clip_skip + 2)]
@@ -199,24 +198,24 @@ class StableDiffusionXL(StableDiffusion):
                 return tensor["axes"][-1]
         return 5 if self.requires_aesthetics_score else 6
 
-    def _layers(self, name: str) -> int:  # the smaller encoder bounds clip_skip
-        return min(int(self.folder.components[n].config.get("num_hidden_layers", 12)) for n in self.text_encoders)
-
     def unet_input_shapes(self, texts: int) -> dict[str, tuple[int, ...]]:
         projection = int(self.folder.components["text_encoder_2"].config.get("projection_dim", 1280))
         return {
-            "encoder_hidden_states": (texts, self.tokenizer.max_length, self.folder.unet.cross_attention_dim),
+            **super().unet_input_shapes(texts),
             "text_embeds": (texts, projection),
             "time_ids": (texts, self.time_ids_width),
         }
 
 
+def is_sdxl(unet_config: dict, model_index: dict) -> bool:
+    """SDXL's UNet takes text_embeds and time_ids (`addition_embed_type` "text_time" in its config), or the
+    model_index names a StableDiffusionXL* pipeline; for ONNX folders and diffusers folders alike."""
+    return unet_config.get("addition_embed_type") == "text_time" or "XL" in str(model_index.get("_class_name", ""))
+
+
 def family_for(folder: ModelFolder) -> StableDiffusion:
-    """The folder's family, from its UNet (SDXL's takes text_embeds and time_ids: `addition_embed_type`
-    "text_time" in its config) and its model_index."""
-    unet_config = folder.components["unet"].config
-    class_name = str(folder.model_index.get("_class_name", ""))
-    if unet_config.get("addition_embed_type") == "text_time" or "XL" in class_name:
+    """The folder's family, read from its UNet config and model_index (`is_sdxl`)."""
+    if is_sdxl(folder.components["unet"].config, folder.model_index):
         return StableDiffusionXL(folder)
     return StableDiffusion(folder)
 
@@ -256,4 +255,4 @@ def _per_image(rows: NDArray, num_images: int) -> NDArray:
     return np.repeat(rows, num_images, axis=0)
 
 
-__all__: Sequence[str] = ["Prompts", "SizeConditioning", "StableDiffusion", "StableDiffusionXL", "family_for", "guidance_embedding"]
+__all__: Sequence[str] = ["Prompts", "SizeConditioning", "StableDiffusion", "StableDiffusionXL", "family_for", "guidance_embedding", "is_sdxl"]

@@ -342,8 +342,8 @@ class Pipeline:
                 x = inpaint_noise * np.float32(sampler.init_noise_sigma)
             else:
                 x = sampler.add_noise(init, inpaint_noise, np.repeat(timesteps[:1], batch)).astype(np.float32, copy=False)
-            masked = pixels * (mask < 0.5).astype(np.float32)
             if inpaint_unet:
+                masked = pixels * (mask < 0.5).astype(np.float32)  # the image with the region to repaint blacked out
                 masked_latents = np.repeat(self._encode_image(masked, rng), batch, axis=0)
                 mask_latents = np.repeat(mask[:, :, ::f, ::f], batch, axis=0)  # torch's 'nearest' at an integer factor
                 if do_cfg:

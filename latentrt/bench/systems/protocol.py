@@ -45,11 +45,12 @@ FAMILIES = ("sd", "sdxl")
 def model_family(folder) -> str:
     """"sdxl" when the folder is an SDXL one (its UNet takes text_embeds and time_ids: `addition_embed_type`
     "text_time", or a StableDiffusionXL* pipeline class in model_index.json), else "sd" (SD 1.x / 2.x)."""
+    from latentrt.runtime.families import is_sdxl  # the runtime's rule; imported here, as peers' venvs import this module
+
     folder = Path(folder)
     unet = json.loads((folder / "unet" / "config.json").read_text())
     index = folder / "model_index.json"
-    class_name = str(json.loads(index.read_text()).get("_class_name", "")) if index.is_file() else ""
-    return "sdxl" if unet.get("addition_embed_type") == "text_time" or "XL" in class_name else "sd"
+    return "sdxl" if is_sdxl(unet, json.loads(index.read_text()) if index.is_file() else {}) else "sd"
 
 
 # latentrt's scheduler names -> (diffusers class, from_config overrides the name implies);
