@@ -1,4 +1,4 @@
-"""The `latentrt` command: generate, export, quantize, info, cache, demo-model, bench."""
+"""The `latentrt` command: generate, export, quantize, info, cache, demo-model, bench, serve."""
 
 from __future__ import annotations
 
@@ -331,6 +331,63 @@ def bench(
         _fail(str(exc))
     write_outputs(report, json_path, markdown, plot, title)
     typer.echo(render_markdown(report, title))
+
+
+@app.command()
+def serve(
+    model: Optional[Path] = typer.Argument(None, help="ONNX model folder (default: the shipped model)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to bind (default 127.0.0.1: this machine only)."),
+    port: int = typer.Option(8000, "--port"),
+    provider: str = typer.Option("auto", "--provider", help="As for generate."),
+    precision: str = typer.Option("auto", "--precision", help="As for generate."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per network (default: all cores)."),
+    max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; past this they get 429 with Retry-After."),
+    max_batch: int = typer.Option(
+        1, "--max-batch",
+        help="Images per UNet call when concurrent text-to-image requests share size, steps, guidance and a "
+        "deterministic scheduler (1: no batching; see benchmarks/results/serve_load.md for when it pays)."),
+    max_images: int = typer.Option(8, "--max-images", help="Most images one request may ask for (n, batch_size x n_iter)."),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images larger than this many pixels (the memory guard applies anyway)."),
+    max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body (base64 images), in MiB: 413 past it."),
+    api_key: Optional[str] = typer.Option(
+        None, "--api-key", envvar="LATENTRT_API_KEY",
+        help="Require 'Authorization: Bearer KEY' on every route but /health (also from $LATENTRT_API_KEY)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP),
+    ray: bool = typer.Option(False, "--ray", help="Serve with Ray Serve (the ray extra): --replicas copies of the app, one pipeline each."),
+    replicas: int = typer.Option(2, "--replicas", help="With --ray: how many replicas."),
+) -> None:
+    """Serve the model over HTTP: OpenAI's POST /v1/images/generations, AUTOMATIC1111's /sdapi/v1/txt2img and
+    img2img, GET /health and GET /metrics (Prometheus)."""
+    _setup_logging(True)
+    try:
+        from latentrt.serve import ServeOptions, is_loopback, run_server
+    except ImportError as exc:
+        _fail(f"`latentrt serve` needs the serve extra ({exc.name} is missing): pip install 'latentrt[serve]'")
+    for name, value in (("--max-queue", max_queue), ("--max-batch", max_batch), ("--max-images", max_images), ("--port", port)):
+        if value < (0 if name == "--port" else 1):
+            _fail(f"{name} must be at least 1, got {value}")
+    if max_body_mb <= 0:
+        _fail(f"--max-body-mb must be positive, got {max_body_mb}")
+    if model is not None and not model.is_dir():
+        _fail(f"{model} is not a folder: give the folder that `latentrt export` wrote (or none for the shipped model)")
+    options = ServeOptions(model=None if model is None else str(model), provider=provider, precision=precision,
+                           threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
+                           max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
+                           cache_dir=None if cache_dir is None else str(cache_dir))
+    bind = host or "127.0.0.1"
+    if host is None:
+        logger.warning("listening on 127.0.0.1:%d, this machine only (--host 0.0.0.0 to accept other machines)%s", port,
+                       "" if api_key else "; no --api-key: anyone who can reach the port can use it")
+    elif not api_key and not is_loopback(bind):
+        logger.warning("listening on %s:%d with no --api-key: anyone who can reach this address can use the server", bind, port)
+    if ray:
+        try:
+            from latentrt.serve.ray_app import run_ray
+        except ImportError as exc:
+            _fail(f"--ray needs the ray extra ({exc.name} is missing): pip install 'latentrt[ray]'")
+        run_ray(options, bind, port, replicas)
+    else:
+        run_server(options, bind, port)
 
 
 def main() -> None:  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,12 +64,23 @@ def save_png(image: Image.Image, path: Path, parameters: GenerationParameters, f
     if path.exists() and not force:
         raise FileExistsError(f"{path} already exists: choose another --output or pass --force to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", parameters.a1111())
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
+    image.save(tmp, format="PNG", pnginfo=_png_info(parameters))
     tmp.replace(path)
     return path
+
+
+def png_bytes(image: Image.Image, parameters: GenerationParameters) -> bytes:
+    """The PNG file save_png writes, in memory (the server's responses)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(parameters))
+    return buffer.getvalue()
+
+
+def _png_info(parameters: GenerationParameters) -> PngImagePlugin.PngInfo:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", parameters.a1111())
+    return info
 
 
 def read_parameters(path: Path) -> str | None:

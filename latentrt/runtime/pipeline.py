@@ -467,6 +467,14 @@ class Pipeline:
             raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {count}: give one per prompt")
         return negatives
 
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
+        """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
+        a text-to-image call draws from its seed: `np.random.default_rng(seed).standard_normal((n, *shape))`."""
+        height, width = self._check_size(height, width)
+        f = self.folder.vae.scale_factor
+        inpaint_unet = self.folder.unet.in_channels == 2 * self.folder.vae.latent_channels + 1
+        return (self.folder.vae.latent_channels if inpaint_unet else self.folder.unet.in_channels, height // f, width // f)
+
     def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         native = self.folder.unet.sample_size * self.folder.vae.scale_factor
         multiple = self.folder.size_multiple

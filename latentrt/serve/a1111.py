@@ -1,0 +1,176 @@
+"""AUTOMATIC1111's /sdapi/v1 (Krita and GIMP plugins, chat front ends, scripts): txt2img, img2img, samplers,
+sd-models, with A1111's field names and its sampler names mapped to latentrt's schedulers.
+
+Differences from A1111, by design: width/height/steps/cfg_scale default to the model's own settings rather than
+512/512/20/7; image i of a request uses seed + i as in A1111; `mask_blur` is ignored (the mask is binarised at 0.5,
+as diffusers does); `resize_mode` is always "just resize"; hires fix, restore faces, scripts and alwayson_scripts
+are not run (accepted and ignored, like every field latentrt does not read).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field
+
+from latentrt.runtime.images import png_bytes
+from latentrt.runtime.pipeline import PipelineResult
+
+from .app import ApiError, Job, make_seeds, model_name, run_job, server_state
+
+router = APIRouter()
+
+# A1111's sampler name -> (latentrt scheduler, its name with A1111's "Karras" schedule or None), and A1111's aliases
+SAMPLERS: dict[str, tuple[str | None, str | None, list[str]]] = {
+    "DPM++ 2M": ("dpm++2m", "dpm++2m-karras", ["k_dpmpp_2m"]),
+    "DPM++ 2M Karras": (None, "dpm++2m-karras", ["k_dpmpp_2m_ka"]),
+    "DPM++ 2M SDE Karras": (None, "dpm++2m-sde-karras", ["k_dpmpp_2m_sde_ka"]),
+    "DPM++ 2M SDE": (None, "dpm++2m-sde-karras", ["k_dpmpp_2m_sde"]),  # latentrt has the SDE variant with Karras only
+    "Euler a": ("euler-a", None, ["k_euler_a"]),
+    "Euler": ("euler", None, ["k_euler"]),
+    "LMS": ("lms", None, ["k_lms"]),
+    "Heun": ("heun", None, ["k_heun"]),
+    "DDIM": ("ddim", None, ["ddim"]),
+    "PLMS": ("pndm", None, ["plms"]),
+    "UniPC": ("unipc", None, ["unipc"]),
+    "LCM": ("lcm", None, ["lcm"]),
+    "DDPM": ("ddpm", None, ["ddpm"]),
+}
+_BY_LOWER = {name.lower(): name for name in SAMPLERS} | {alias: name for name, (_, _, aliases) in SAMPLERS.items() for alias in aliases}
+
+
+def scheduler_for(sampler_name: str | None, schedule: str | None) -> str | None:
+    """latentrt's scheduler for A1111's sampler_name and scheduler ("Automatic", "Karras"); None: the model's own."""
+    schedule = (schedule or "automatic").strip().lower()
+    if schedule not in ("automatic", "karras"):
+        raise ApiError(422, "unknown_sampler", f"scheduler {schedule!r} is not available: use 'Automatic' or 'Karras'")
+    if not sampler_name:
+        if schedule == "karras":
+            raise ApiError(422, "unknown_sampler", "scheduler 'Karras' needs a sampler_name (for example 'DPM++ 2M')")
+        return None
+    from latentrt.runtime.schedulers import available_schedulers
+
+    if sampler_name.strip().lower() in available_schedulers() and schedule == "automatic":
+        return sampler_name.strip().lower()  # latentrt's own names work too
+    a1111 = _BY_LOWER.get(sampler_name.strip().lower())
+    if a1111 is None:
+        raise ApiError(422, "unknown_sampler", f"unknown sampler {sampler_name!r}; available: {', '.join(SAMPLERS)} "
+                       "(GET /sdapi/v1/samplers)")
+    plain, karras, _ = SAMPLERS[a1111]
+    chosen = karras if schedule == "karras" or plain is None else plain
+    if chosen is None:
+        raise ApiError(422, "unknown_sampler", f"sampler {a1111!r} has no 'Karras' schedule in latentrt; use 'Automatic'")
+    return chosen
+
+
+class Txt2ImgRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field("", max_length=4000)
+    negative_prompt: str | None = Field(None, max_length=4000)
+    steps: int | None = Field(None, ge=1)
+    cfg_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    seed: int = Field(-1, ge=-1)
+    sampler_name: str | None = None
+    sampler_index: str | None = None  # the older field for the same thing
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1)
+    n_iter: int = Field(1, ge=1)
+
+
+class Img2ImgRequest(Txt2ImgRequest):
+    init_images: list[str] = Field(min_length=1)
+    mask: str | None = None
+    denoising_strength: float = Field(0.75, gt=0, le=1)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = Field(32, ge=0)
+
+
+def decode_image(data: str, field_name: str, mode: str) -> Image.Image:
+    """A base64 image (a data: URL prefix allowed) as a PIL image of `mode`; 422 naming the field otherwise."""
+    if "," in data[:100] and data.lstrip().startswith("data:"):
+        data = data.split(",", 1)[1]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "bad_image", f"{field_name} is not base64: send the image file's bytes base64-encoded") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            image.load()
+            return image.convert(mode)
+    except (OSError, Image.DecompressionBombError, SyntaxError) as error:
+        raise ApiError(422, "bad_image", f"{field_name} is not an image PIL can read ({error})") from None
+
+
+def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
+    return Job(prompt=body.prompt, negative_prompt=body.negative_prompt,
+               seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter), width=body.width, height=body.height,
+               steps=body.steps, guidance_scale=body.cfg_scale,
+               scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler), **image_task)
+
+
+def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, **echo: Any) -> dict:
+    state = server_state(request)
+    p = result.parameters
+    info = {
+        "prompt": body.prompt, "all_prompts": [x.prompt for x in p],
+        "negative_prompt": p[0].negative_prompt, "all_negative_prompts": [x.negative_prompt for x in p],
+        "seed": p[0].seed, "all_seeds": [x.seed for x in p], "subseed": -1, "all_subseeds": [-1] * len(p),
+        "width": p[0].width, "height": p[0].height, "sampler_name": p[0].sampler, "cfg_scale": p[0].guidance_scale,
+        "steps": p[0].steps, "batch_size": body.batch_size, "denoising_strength": p[0].strength,
+        "sd_model_name": model_name(state), "infotexts": [x.a1111() for x in p], "version": "latentrt",
+    }
+    return {
+        "images": [base64.b64encode(png_bytes(image, parameters)).decode("ascii")
+                   for image, parameters in zip(result.images, p)],
+        "parameters": body.model_dump() | echo,
+        "info": json.dumps(info),
+    }
+
+
+@router.post("/sdapi/v1/txt2img")
+async def txt2img(body: Txt2ImgRequest, request: Request) -> dict:
+    result = await run_job(request, _job(request, body), "/sdapi/v1/txt2img")
+    return _response(request, body, result)
+
+
+@router.post("/sdapi/v1/img2img")
+async def img2img(body: Img2ImgRequest, request: Request) -> dict:
+    image = decode_image(body.init_images[0], "init_images[0]", "RGB")
+    mask = None
+    if body.mask is not None:
+        mask = decode_image(body.mask, "mask", "L")
+        if body.inpainting_mask_invert:
+            mask = ImageOps.invert(mask)
+    elif body.inpaint_full_res:
+        raise ApiError(422, "validation", "inpaint_full_res (only masked) needs a mask")
+    job = _job(request, body, image=image, mask_image=mask, strength=body.denoising_strength,
+               padding_mask_crop=body.inpaint_full_res_padding if (mask is not None and body.inpaint_full_res) else None)
+    result = await run_job(request, job, "/sdapi/v1/img2img")
+    return _response(request, body, result, init_images=None, mask=None)  # A1111 does not echo the images back
+
+
+@router.get("/sdapi/v1/samplers")
+async def samplers() -> list[dict]:
+    return [{"name": name, "aliases": aliases, "options": {}} for name, (_, _, aliases) in SAMPLERS.items()]
+
+
+@router.get("/sdapi/v1/sd-models")
+async def sd_models(request: Request) -> list[dict]:
+    state = server_state(request)
+    state.ready()
+    folder = state.pipe.folder
+    files = ((folder.components["unet"].manifest or {}).get("files") or {}).values()
+    sha256 = next((f.get("sha256") for f in files if f.get("sha256")), None)
+    short = sha256[:10] if sha256 else None
+    return [{"title": f"{folder.name} [{short}]" if short else folder.name, "model_name": folder.name,
+             "hash": short, "sha256": sha256, "filename": str(folder.path), "config": None}]

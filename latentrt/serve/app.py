@@ -1,0 +1,320 @@
+"""The HTTP app: OpenAI's Images API, AUTOMATIC1111's /sdapi/v1, /health and /metrics around one JobQueue.
+
+`create_app(ServeOptions(...))` returns a FastAPI app whose lifespan loads the model in a thread (GET /health
+answers 503 until it is loaded), then serves. Every generation request becomes a `Job`; the handler awaits it
+without blocking the event loop and cancels it when the client disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+
+from latentrt.runtime.pipeline import ImageTooLargeError, Pipeline, PipelineResult
+from latentrt.runtime.schedulers import create_scheduler
+
+from .jobs import Cancelled, Job, JobQueue, QueueFull, ShuttingDown
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+
+logger = logging.getLogger("latentrt.serve")
+
+MAX_SEED = 2**32 - 1  # AUTOMATIC1111's seeds are 32-bit; image i of a request gets seed + i
+
+
+@dataclass
+class ServeOptions:
+    """What `latentrt serve` is given. model: a folder (None: the shipped model)."""
+
+    model: str | None = None
+    provider: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    max_queue: int = 64  # requests waiting past this get 429
+    max_batch: int = 1  # images per UNet call when compatible requests are batched (1: off)
+    max_images: int = 8  # n / batch_size x n_iter per request
+    max_body_bytes: int = 32 * 2**20
+    body_timeout_s: float = 30.0  # a client that has not sent its body by then gets 408
+    max_pixels: int | None = None  # the pipeline's size bound (the memory guard applies anyway)
+    api_key: str | None = None
+    cache_dir: str | None = None
+
+
+class ApiError(Exception):
+    """An answer other than 200: the status, a kind (the metrics' label) and a message for the client."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+@dataclass
+class ServerState:
+    options: ServeOptions
+    metrics: Metrics
+    pipe: Pipeline | None = None
+    queue: JobQueue | None = None
+    load_error: str | None = None
+    draining: bool = False
+    replica: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
+
+    def ready(self) -> JobQueue:
+        if self.draining:
+            raise ApiError(503, "shutting_down", "the server is shutting down and takes no new requests")
+        if self.queue is None:
+            why = f"the model failed to load: {self.load_error}" if self.load_error else "the model is still loading"
+            raise ApiError(503, "not_ready", f"{why}; GET /health says when it is ready",
+                           {"Retry-After": "5"} if not self.load_error else {})
+        return self.queue
+
+
+def load_pipeline(options: ServeOptions) -> Pipeline:
+    kwargs = dict(provider=options.provider, threads=options.threads, precision=options.precision,
+                  max_pixels=options.max_pixels, cache_dir=options.cache_dir)
+    if options.model is None:
+        return Pipeline.default(**kwargs)
+    return Pipeline.from_folder(options.model, **kwargs)
+
+
+def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
+    """The app; `pipe` serves an already loaded pipeline (tests, embedding) instead of loading options.model."""
+    state = ServerState(options, Metrics(queue_depth=lambda: state.queue.depth if state.queue else 0))
+
+    def load() -> None:
+        try:
+            loaded = pipe if pipe is not None else load_pipeline(options)
+            # the native size's shapes (and the VAE encoder), so the first request does not pay for them
+            loaded.compile(image="vae_encoder" in loaded.folder.components)
+            state.pipe = loaded
+            state.queue = JobQueue(loaded, options.max_queue, options.max_batch, on_batch=_record_batch)
+            logger.info("model %s ready on %s (%s)", loaded.folder.name, loaded.provider, loaded.precision)
+        except Exception as error:  # /health reports it; generation requests get 503 with the reason
+            state.load_error = f"{type(error).__name__}: {error}"
+            logger.error("the model failed to load: %s", state.load_error)
+
+    def _record_batch(images: int, seconds: float) -> None:
+        state.metrics.batch_images.observe(images)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load, name="latentrt-serve-load", daemon=True).start()
+        yield
+        state.draining = True
+        if state.queue is not None:  # uvicorn has let the running requests finish; the worker stops
+            await asyncio.to_thread(state.queue.close, 60)
+        if state.pipe is not None and pipe is None:
+            state.pipe.close()
+
+    app = FastAPI(title="latentrt", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.latentrt = state
+    app.add_middleware(_Guard, state=state)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        state.metrics.errors.labels(error.kind).inc()
+        return error_response(request.url.path, error.status, error.kind, error.message, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            state.metrics.errors.labels("malformed_json").inc()
+            return error_response(request.url.path, 400, "malformed_json",
+                                  "the request body is not valid JSON: send a JSON object (Content-Type: application/json)")
+        state.metrics.errors.labels("validation").inc()
+        message = "; ".join(f"{'.'.join(str(x) for x in p['loc'] if x != 'body') or 'body'}: {p['msg']}" for p in problems)
+        return error_response(request.url.path, 422, "validation", message)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if state.draining:
+            return JSONResponse({"status": "shutting_down"}, 503)
+        if state.load_error:
+            return JSONResponse({"status": "failed", "error": state.load_error}, 503)
+        if state.queue is None:
+            return JSONResponse({"status": "loading"}, 503)
+        folder = state.pipe.folder
+        return JSONResponse({"status": "ready", "model": folder.name, "family": state.pipe.family.name,
+                             "provider": state.pipe.provider, "precision": state.pipe.precision,
+                             "queue": state.queue.depth, "replica": state.replica})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    from .a1111 import router as a1111_router
+    from .openai_api import router as openai_router
+
+    app.include_router(openai_router)
+    app.include_router(a1111_router)
+    return app
+
+
+def server_state(request: Request) -> ServerState:
+    return request.app.state.latentrt
+
+
+def error_response(path: str, status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
+    """OpenAI's error shape under /v1, AUTOMATIC1111's ({error, detail}) elsewhere."""
+    if path.startswith("/v1/"):
+        body = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
+                          "param": None, "code": kind}}
+    else:
+        body = {"error": kind, "detail": message}
+    return JSONResponse(body, status, headers=headers)
+
+
+# --- generation, shared by both APIs -------------------------------------------------------------------------
+def make_seeds(request: Request, seed: int | None, count: int) -> list[int]:
+    """Image i gets seed + i (AUTOMATIC1111's rule); None or -1: a random seed. At most --max-images images."""
+    limit = server_state(request).options.max_images
+    if not 1 <= count <= limit:
+        raise ApiError(422, "validation", f"a request makes 1 to {limit} images (--max-images), asked for {count}")
+    if seed is None or seed == -1:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    if not 0 <= seed <= MAX_SEED:
+        raise ApiError(422, "validation", f"seed must be in [0, {MAX_SEED}] or -1 (random), got {seed}")
+    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
+
+
+def check_job(state: ServerState, job: Job) -> None:
+    """What the pipeline would refuse, refused before the job is queued (and batched with others)."""
+    pipe = state.pipe
+    if job.steps is not None and not 1 <= job.steps <= pipe.folder.scheduler_config.get("num_train_timesteps", 1000):
+        raise ApiError(422, "validation", f"steps must be in [1, {pipe.folder.scheduler_config.get('num_train_timesteps', 1000)}], got {job.steps}")
+    if job.guidance_scale is not None and not (np.isfinite(job.guidance_scale) and job.guidance_scale >= 0):
+        raise ApiError(422, "validation", f"the guidance scale must be a finite number >= 0, got {job.guidance_scale}")
+    try:
+        create_scheduler(job.scheduler, pipe.folder.scheduler_config) if job.scheduler else None
+        if job.image is None:
+            pipe.latent_shape(job.height, job.width)  # a multiple of the model's step
+    except ValueError as error:
+        raise ApiError(422, "validation", str(error)) from None
+
+
+async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
+    """Queue the job, await it, cancel it if the client goes away; errors become ApiError."""
+    state = server_state(request)
+    queue = state.ready()
+    check_job(state, job)
+    start = time.perf_counter()
+    try:
+        future = asyncio.wrap_future(queue.submit(job))
+    except QueueFull as error:
+        raise ApiError(429, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
+    except ShuttingDown as error:
+        raise ApiError(503, "shutting_down", str(error)) from None
+    try:
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=0.5)
+            if done:
+                break
+            if await request.is_disconnected():
+                job.cancelled.set()
+                state.metrics.errors.labels("cancelled").inc()
+                raise ApiError(499, "cancelled", "the client disconnected")
+        result = future.result()
+    except ImageTooLargeError as error:
+        raise ApiError(422, "too_large", str(error)) from None
+    except Cancelled as error:
+        raise ApiError(499, "cancelled", str(error)) from None
+    except ValueError as error:
+        raise ApiError(422, "validation", str(error)) from None
+    except FloatingPointError as error:
+        raise ApiError(500, "generation", str(error)) from None
+    except ApiError:
+        raise
+    except Exception as error:
+        logger.exception("generation failed")
+        raise ApiError(500, "internal", f"generation failed: {type(error).__name__}: {error}") from None
+    state.metrics.latency.labels(route).observe(time.perf_counter() - start)
+    state.metrics.images.inc(len(result.images))
+    return result
+
+
+# --- the guard: API key, body size and time ------------------------------------------------------------------
+class _Guard:
+    """A plain ASGI middleware: checks the API key (all routes but /health), reads the body whole within its limits
+    (413 past max_body_bytes, 408 past body_timeout_s), and counts every answer in the metrics."""
+
+    ROUTES = frozenset({"/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/samplers",
+                        "/sdapi/v1/sd-models", "/health", "/metrics"})
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        route = path if path in self.ROUTES else "other"
+        status_seen = {}
+
+        async def counted_send(message):
+            if message["type"] == "http.response.start":
+                status_seen["status"] = message["status"]
+                self.state.metrics.requests.labels(route, str(message["status"])).inc()
+            await send(message)
+
+        options = self.state.options
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if options.api_key and path != "/health":
+            given = headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.api_key.encode()):
+                self.state.metrics.errors.labels("unauthorized").inc()
+                response = error_response(path, 401, "unauthorized", "missing or invalid API key: send "
+                                          "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, counted_send)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > options.max_body_bytes):
+            return await self._refuse(scope, receive, counted_send, 413, "too_large",
+                                      f"the request body is larger than {options.max_body_bytes} bytes")
+        chunks, size, more = [], 0, True
+        deadline = time.monotonic() + options.body_timeout_s
+        while more:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                return await self._refuse(scope, receive, counted_send, 408, "slow_client",
+                                          f"the request body did not arrive within {options.body_timeout_s:g} s")
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > options.max_body_bytes:
+                return await self._refuse(scope, receive, counted_send, 413, "too_large",
+                                          f"the request body is larger than {options.max_body_bytes} bytes")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when the client goes away
+
+        await self.app(scope, replay, counted_send)
+
+    async def _refuse(self, scope, receive, send, status: int, kind: str, message: str):
+        self.state.metrics.errors.labels(kind).inc()
+        headers = {"Connection": "close"}
+        await error_response(scope["path"], status, kind, message, headers)(scope, receive, send)
+
+
+def model_name(state: ServerState) -> str:
+    return state.pipe.folder.name if state.pipe is not None else Path(state.options.model or "shapes").name

@@ -1,0 +1,221 @@
+"""The server's work queue: bounded, one worker thread that owns the pipeline, compatible requests batched.
+
+The HTTP handlers never run a network: they submit a `Job` and await its future (the event loop stays free). The
+worker takes the oldest job and, when batching is on, every queued job that can share its UNet calls (`Job.key`:
+same size, steps, guidance, scheduler, text to image with a deterministic scheduler), and runs them as one
+pipeline call whose latents are each job's own seeded draws: each job gets the images it would get alone.
+A cancelled job (its client went away) is dropped before it runs, and a running call whose jobs are all
+cancelled stops at its next step.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from latentrt.runtime.pipeline import ImageTooLargeError, Pipeline, PipelineResult
+from latentrt.runtime.schedulers import create_scheduler
+
+class QueueFull(Exception):
+    """More jobs waiting than --max-queue allows; `retry_after` is a guess in whole seconds."""
+
+    def __init__(self, waiting: int, retry_after: int):
+        super().__init__(f"the server is busy: {waiting} requests are waiting (--max-queue); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Exception):
+    """The server is draining: running work finishes, new work is refused."""
+
+
+class Cancelled(Exception):
+    """Every job of a running call was cancelled (clients disconnected)."""
+
+
+@dataclass
+class Job:
+    """One request's generation: the pipeline's keyword arguments, and where its result goes."""
+
+    prompt: str
+    negative_prompt: str | None
+    seeds: list[int]  # one per image: each image is the one its seed gives alone
+    width: int | None
+    height: int | None
+    steps: int | None
+    guidance_scale: float | None
+    scheduler: str | None
+    image: Any = None  # PIL image: img2img / inpainting
+    mask_image: Any = None
+    strength: float | None = None
+    padding_mask_crop: int | None = None
+    future: Future = field(default_factory=Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+
+class JobQueue:
+    """Jobs waiting for the one worker thread, at most `max_queue` of them; `max_batch` images per call."""
+
+    def __init__(self, pipe: Pipeline, max_queue: int = 64, max_batch: int = 1,
+                 on_batch: Callable[[int, float], None] | None = None):
+        self.pipe = pipe
+        self.max_queue = max_queue
+        self.max_batch = max(1, max_batch)
+        self.on_batch = on_batch  # (images, seconds) after every pipeline call: metrics
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._running = 0  # jobs in the call the worker is running
+        self._closing = False
+        self._seconds_per_job = 1.0  # moving average, for Retry-After
+        self._stochastic_by_name: dict[str, bool] = {}
+        self._worker = threading.Thread(target=self._work, name="latentrt-serve-worker", daemon=True)
+        self._worker.start()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting, not counting the ones running."""
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> int:
+        with self._cond:
+            return len(self._waiting) + self._running
+
+    def submit(self, job: Job) -> Future:
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down and takes no new requests")
+            if len(self._waiting) >= self.max_queue:
+                ahead = len(self._waiting) + self._running
+                raise QueueFull(len(self._waiting), max(1, math.ceil(ahead * self._seconds_per_job)))
+            self._waiting.append(job)
+            self._cond.notify()
+        return job.future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Refuse new jobs, let the queued and running ones finish, stop the worker."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._worker.join(timeout)
+
+    # --- the worker --------------------------------------------------------------------------------------
+    def _key(self, job: Job) -> tuple | None:
+        """Jobs with equal keys can share one pipeline call; None: the job runs alone (an image task, or a
+        scheduler whose step draws noise from the call's generator: a batch would mix the jobs' noise)."""
+        scheduler = job.scheduler or self.pipe.folder.defaults.scheduler
+        if job.image is not None or self._stochastic(scheduler):
+            return None
+        return (job.width, job.height, job.steps, job.guidance_scale, scheduler, job.negative_prompt is None)
+
+    def _stochastic(self, scheduler: str) -> bool:
+        if scheduler not in self._stochastic_by_name:
+            self._stochastic_by_name[scheduler] = create_scheduler(scheduler, self.pipe.folder.scheduler_config).stochastic
+        return self._stochastic_by_name[scheduler]
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._waiting:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first = self._waiting.popleft()
+            jobs = [first]
+            key = self._key(first) if self.max_batch > 1 else None
+            if key is not None:
+                images = first.n
+                for job in list(self._waiting):
+                    if images + job.n > self.max_batch:
+                        break
+                    if self._key(job) == key:
+                        self._waiting.remove(job)
+                        jobs.append(job)
+                        images += job.n
+            self._running = len(jobs)
+            return jobs
+
+    def _work(self) -> None:
+        while (jobs := self._take()) is not None:
+            live = [job for job in jobs if not job.cancelled.is_set() and job.future.set_running_or_notify_cancel()]
+            for job in jobs:
+                if job not in live and not job.future.done():
+                    job.future.set_exception(Cancelled("the client disconnected before its request ran"))
+            start = time.perf_counter()
+            try:
+                if live:
+                    results = self._run(live)
+                    for job, result in zip(live, results):
+                        job.future.set_result(result)
+            except BaseException as error:  # every job of the call gets the error; the worker goes on
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(error)
+            finally:
+                seconds = time.perf_counter() - start
+                if live:
+                    self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * seconds / len(live)
+                    if self.on_batch is not None:
+                        self.on_batch(sum(job.n for job in live), seconds)
+                with self._cond:
+                    self._running = 0
+
+    def _run(self, jobs: list[Job]) -> list[PipelineResult]:
+        def stop_when_all_cancelled(done: int, total: int) -> None:
+            if all(job.cancelled.is_set() for job in jobs):
+                raise Cancelled("every client of this call disconnected")
+
+        first = jobs[0]
+        common = dict(height=first.height, width=first.width, steps=first.steps, guidance_scale=first.guidance_scale,
+                      scheduler=first.scheduler, progress=stop_when_all_cancelled)
+        if self._key(first) is None:  # image by image, each from its own seed
+            return [_joined([self.pipe(first.prompt, first.negative_prompt, seed=seed, image=first.image,
+                                       mask_image=first.mask_image, strength=first.strength,
+                                       padding_mask_crop=first.padding_mask_crop, **common)
+                             for seed in first.seeds])]
+        try:
+            return self._together(jobs, common)
+        except ImageTooLargeError:
+            if len(jobs) == 1:
+                raise
+            return [self._together([job], common)[0] for job in jobs]  # each fits alone: the memory guard said so
+
+    def _together(self, jobs: list[Job], common: dict) -> list[PipelineResult]:
+        """All the jobs' images in one call, each image's latents drawn from its seed as a call of its own draws them."""
+        first = jobs[0]
+        shape = self.pipe.latent_shape(first.height, first.width)
+        latents = np.concatenate([np.random.default_rng(seed).standard_normal((1, *shape), dtype=np.float32)
+                                  for job in jobs for seed in job.seeds])
+        prompts = [job.prompt for job in jobs for _ in job.seeds]
+        negatives = None if first.negative_prompt is None else [job.negative_prompt for job in jobs for _ in job.seeds]
+        batch = self.pipe(prompts, negatives, latents=latents, **common)
+        results, start = [], 0
+        for job in jobs:
+            part = slice(start, start + job.n)
+            start += job.n
+            results.append(dataclasses.replace(
+                batch,
+                images=batch.images[part],
+                parameters=[dataclasses.replace(p, seed=seed) for p, seed in zip(batch.parameters[part], job.seeds)],
+                latents=batch.latents[part],
+                timings=dict(batch.timings, batched_images=len(prompts)),
+            ))
+        return results
+
+
+def _joined(results: list[PipelineResult]) -> PipelineResult:
+    """Several one-image results as one."""
+    return PipelineResult(images=[image for r in results for image in r.images],
+                          parameters=[p for r in results for p in r.parameters],
+                          latents=np.concatenate([r.latents for r in results]),
+                          timings=results[-1].timings)

@@ -1,0 +1,64 @@
+"""POST /v1/images/generations: OpenAI's Images API (every OpenAI SDK, Open WebUI), with latentrt's fields as
+extensions (`negative_prompt`, `steps`, `guidance_scale`, `scheduler`, `seed`; the SDKs send them with
+`extra_body`). Images come back inline (`b64_json`, PNG with the A1111 parameters chunk), as gpt-image-1 answers."""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from latentrt.runtime.images import png_bytes
+
+from .app import ApiError, Job, make_seeds, model_name, run_job, server_state
+
+router = APIRouter()
+
+_SIZE = re.compile(r"^\s*(\d{1,6})\s*[xX]\s*(\d{1,6})\s*$")
+
+
+class ImageGenerationRequest(BaseModel):
+    # OpenAI's fields latentrt has no use for (quality, style, user, background, ...) are accepted and ignored
+    model_config = ConfigDict(extra="ignore")
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    model: str | None = None
+    n: int = Field(1, ge=1)
+    size: str | None = None  # "WxH"; None or "auto": the model's native size
+    response_format: Literal["b64_json", "url"] | None = None
+    negative_prompt: str | None = None
+    steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
+    scheduler: str | None = None
+    seed: int | None = Field(None, ge=-1)
+
+
+def parse_size(size: str | None) -> tuple[int | None, int | None]:
+    """(width, height) of "WxH"; (None, None) for None or "auto"."""
+    if size is None or size.strip().lower() == "auto":
+        return None, None
+    match = _SIZE.match(size)
+    if not match:
+        raise ApiError(422, "validation", f"size must be 'WIDTHxHEIGHT' (for example '512x512') or 'auto', got {size!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@router.post("/v1/images/generations")
+async def generations(body: ImageGenerationRequest, request: Request) -> dict:
+    state = server_state(request)
+    if body.response_format == "url":
+        raise ApiError(400, "unsupported_response_format",
+                       "latentrt returns images inline and stores none: use response_format 'b64_json'")
+    width, height = parse_size(body.size)
+    job = Job(prompt=body.prompt, negative_prompt=body.negative_prompt, seeds=make_seeds(request, body.seed, body.n),
+              width=width, height=height, steps=body.steps, guidance_scale=body.guidance_scale,
+              scheduler=body.scheduler)
+    result = await run_job(request, job, "/v1/images/generations")
+    data = [{"b64_json": base64.b64encode(png_bytes(image, parameters)).decode("ascii"), "revised_prompt": body.prompt}
+            for image, parameters in zip(result.images, result.parameters)]
+    return {"created": int(time.time()), "model": body.model or model_name(state), "data": data,
+            "output_format": "png", "size": f"{result.images[0].width}x{result.images[0].height}"}
