@@ -467,6 +467,14 @@ class Pipeline:
             raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {count}: give one per prompt")
         return negatives
 
+    def check_fits(self, height: int | None = None, width: int | None = None, num_images: int = 1,
+                   guidance_scale: float | None = None) -> None:
+        """Raise what a text-to-image call of this size would raise before allocating anything: ValueError for a
+        size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available."""
+        height, width = self._check_size(height, width)
+        guidance = self.folder.defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
+        self._check_memory(height, width, num_images, self._uses_cfg(guidance))
+
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
         a text-to-image call draws from its seed: `np.random.default_rng(seed).standard_normal((n, *shape))`."""
@@ -499,7 +507,10 @@ class Pipeline:
         texts = images * (2 if do_cfg else 1)
         tiled = bool(self.vae_tiling)
 
-        compiles = self.provider == "openvino"  # a new size compiles a copy of each network (counted once: conservative)
+        # OpenVINO: a new size compiles a copy of each network (counted once: conservative), unless the UNet has it
+        unet, f = self._models.get("unet"), self.folder.vae.scale_factor
+        sample = (texts, self.folder.unet.in_channels, height // f, width // f)
+        compiles = self.provider == "openvino" and not (unet is not None and unet.compiled_for("sample", sample))
 
         def need(h: int, w: int, tile: bool) -> int:
             return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,

@@ -197,8 +197,10 @@ def check_job(state: ServerState, job: Job) -> None:
         raise ApiError(422, "validation", f"the guidance scale must be a finite number >= 0, got {job.guidance_scale}")
     try:
         create_scheduler(job.scheduler, pipe.folder.scheduler_config) if job.scheduler else None
-        if job.image is None:
-            pipe.latent_shape(job.height, job.width)  # a multiple of the model's step
+        if job.image is None:  # a multiple of the model's step, and within max_pixels and the memory available
+            pipe.check_fits(job.height, job.width, job.n, job.guidance_scale)
+    except ImageTooLargeError as error:
+        raise ApiError(422, "too_large", str(error)) from None
     except ValueError as error:
         raise ApiError(422, "validation", str(error)) from None
 
@@ -222,7 +224,7 @@ async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
                 break
             if await request.is_disconnected():
                 job.cancelled.set()
-                state.metrics.errors.labels("cancelled").inc()
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
                 raise ApiError(499, "cancelled", "the client disconnected")
         result = future.result()
     except ImageTooLargeError as error:
@@ -259,12 +261,12 @@ class _Guard:
             return await self.app(scope, receive, send)
         path = scope["path"]
         route = path if path in self.ROUTES else "other"
-        status_seen = {}
 
         async def counted_send(message):
             if message["type"] == "http.response.start":
-                status_seen["status"] = message["status"]
                 self.state.metrics.requests.labels(route, str(message["status"])).inc()
+                message = dict(message, headers=[*message.get("headers", []),
+                                                 (b"x-latentrt-replica", self.state.replica.encode("latin-1"))])
             await send(message)
 
         options = self.state.options

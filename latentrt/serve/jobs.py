@@ -193,10 +193,12 @@ class JobQueue:
     def _together(self, jobs: list[Job], common: dict) -> list[PipelineResult]:
         """All the jobs' images in one call, each image's latents drawn from its seed as a call of its own draws them."""
         first = jobs[0]
+        images = sum(job.n for job in jobs)
+        self.pipe.check_fits(first.height, first.width, images, first.guidance_scale)  # before the latents are drawn
         shape = self.pipe.latent_shape(first.height, first.width)
         latents = np.concatenate([np.random.default_rng(seed).standard_normal((1, *shape), dtype=np.float32)
                                   for job in jobs for seed in job.seeds])
-        prompts = [job.prompt for job in jobs for _ in job.seeds]
+        prompts = [job.prompt for job in jobs for _ in job.seeds]  # `images` of them
         negatives = None if first.negative_prompt is None else [job.negative_prompt for job in jobs for _ in job.seeds]
         batch = self.pipe(prompts, negatives, latents=latents, **common)
         results, start = [], 0
@@ -208,7 +210,7 @@ class JobQueue:
                 images=batch.images[part],
                 parameters=[dataclasses.replace(p, seed=seed) for p, seed in zip(batch.parameters[part], job.seeds)],
                 latents=batch.latents[part],
-                timings=dict(batch.timings, batched_images=len(prompts)),
+                timings=dict(batch.timings, batched_images=len(prompts)) if len(jobs) > 1 else batch.timings,
             ))
         return results
 

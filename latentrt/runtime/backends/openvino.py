@@ -102,6 +102,11 @@ class OpenVinoModel:
             with self._lock:
                 idle.append(request)
 
+    def compiled_for(self, name: str, shape: tuple[int, ...]) -> bool:
+        """Whether a model compiled in this process takes input `name` at `shape` (the memory guard: no new copy)."""
+        with self._lock:
+            return any((name, tuple(shape)) in key for key in self._compiled)
+
     def compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
         """The compiled model for these input shapes: from this process, the disk cache, or compiled now."""
         key = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items()))

@@ -1,0 +1,404 @@
+"""`latentrt serve` (issue 13): real clients nobody here wrote (the official `openai` package, `requests`) against a
+real uvicorn server on loopback with the shipped model, images checked with the shapes judge; batching, the queue,
+cancellation, bad input, the API key, graceful shutdown, and Ray Serve with 2 replicas."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra: pip install 'latentrt[serve]'")
+import requests  # noqa: E402
+import uvicorn  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from latentrt import Pipeline  # noqa: E402
+from latentrt.serve import ServeOptions, create_app  # noqa: E402
+from latentrt.serve.jobs import Cancelled, Job, JobQueue  # noqa: E402
+from training.shapes.judge import judge  # noqa: E402
+
+PROMPT = "a red circle at the top left on a white background"
+PROMPT2 = "a blue square at the bottom right on a black background"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(pipe: Pipeline | None = None, wait: bool = True, **options):
+    """A uvicorn server in a thread on a free loopback port, ready (GET /health 200) or failed to load (or, with
+    wait=False, only listening)."""
+    port = free_port()
+    app = create_app(ServeOptions(provider="cpu", precision="fp32", **options), pipe=pipe)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            health = requests.get(f"{url}/health", timeout=5)
+            if not wait or health.status_code == 200 or health.json().get("status") == "failed":
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    try:
+        yield url, app.state.latentrt
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    with Pipeline.default(provider="cpu", precision="fp32") as pipeline:
+        yield pipeline
+
+
+@pytest.fixture(scope="module")
+def server(pipe):
+    with running_server(pipe, max_batch=4, max_images=4) as running:
+        yield running
+
+
+def png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def b64png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def metric(url: str, name: str) -> float:
+    """The sum of a metric's samples in GET /metrics."""
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+# --- real clients ------------------------------------------------------------------------------------------
+def test_openai_sdk_generates_what_the_pipeline_generates(server, pipe):
+    openai = pytest.importorskip("openai")
+    url, _ = server
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    response = client.images.generate(model="shapes", prompt=PROMPT, n=2, size="64x64", response_format="b64_json",
+                                      extra_body={"seed": 7, "steps": 4})
+    assert len(response.data) == 2 and response.created > 0
+    images = [png(d.b64_json) for d in response.data]
+    for image, seed in zip(images, (7, 8)):  # image i is seed + i's image, as a call of its own gives it
+        assert f"Seed: {seed}," in image.text["parameters"]
+        alone = pipe(PROMPT, seed=seed, steps=4).arrays[0]
+        assert np.abs(np.asarray(image.convert("RGB"), np.int16) - alone).max() <= 1
+    verdict = judge(np.asarray(images[0].convert("RGB")))
+    assert (verdict.color, verdict.shape, verdict.background) == ("red", "circle", "white")
+    assert response.model_extra.get("model") == "shapes"
+
+
+def test_a1111_txt2img_with_requests(server):
+    url, _ = server
+    body = {"prompt": PROMPT2, "negative_prompt": "", "steps": 4, "cfg_scale": 1, "width": 64, "height": 64,
+            "seed": 5, "sampler_name": "DPM++ 2M", "batch_size": 2}
+    answer = requests.post(f"{url}/sdapi/v1/txt2img", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    data = answer.json()
+    info = json.loads(data["info"])
+    assert info["all_seeds"] == [5, 6] and info["sampler_name"] == "dpm++2m"
+    assert data["parameters"]["prompt"] == PROMPT2
+    images = [png(b) for b in data["images"]]
+    assert [i.size for i in images] == [(64, 64)] * 2
+    assert "Sampler: dpm++2m" in images[1].text["parameters"] and "Seed: 6," in images[1].text["parameters"]
+    verdict = judge(np.asarray(images[0].convert("RGB")))
+    assert (verdict.color, verdict.shape, verdict.background) == ("blue", "square", "black")
+
+
+def test_a1111_img2img_and_inpaint_with_requests(server, pipe):
+    url, _ = server
+    source = pipe(PROMPT, seed=3, steps=4).images[0]
+    body = {"prompt": PROMPT2, "init_images": [b64png(source)], "denoising_strength": 0.75, "seed": 1, "steps": 8}
+    answer = requests.post(f"{url}/sdapi/v1/img2img", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["parameters"]["init_images"] is None  # not echoed back, as A1111
+    assert "Denoising strength: 0.75" in png(answer.json()["images"][0]).text["parameters"]
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (24, 24, 64, 64))
+    body = {"prompt": PROMPT, "init_images": ["data:image/png;base64," + b64png(source)], "mask": b64png(mask),
+            "denoising_strength": 1.0, "seed": 2, "steps": 4, "sampler_name": "Euler a"}
+    answer = requests.post(f"{url}/sdapi/v1/img2img", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    inpainted = np.asarray(png(answer.json()["images"][0]).convert("RGB"), np.int16)
+    expected = pipe(PROMPT, image=source, mask_image=mask, strength=1.0, seed=2, steps=4, scheduler="euler-a").arrays[0]
+    assert np.abs(inpainted - expected).max() <= 1
+    assert "Sampler: euler-a" in png(answer.json()["images"][0]).text["parameters"]
+
+
+def test_samplers_models_health_and_metrics(server):
+    url, _ = server
+    samplers = requests.get(f"{url}/sdapi/v1/samplers", timeout=10).json()
+    assert {"Euler a", "DPM++ 2M Karras", "DDIM", "UniPC"} <= {s["name"] for s in samplers}
+    models = requests.get(f"{url}/sdapi/v1/sd-models", timeout=10).json()
+    assert models[0]["model_name"] == "shapes" and len(models[0]["hash"]) == 10
+    health = requests.get(f"{url}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ready"
+    assert health.headers["x-latentrt-replica"]
+    text = requests.get(f"{url}/metrics", timeout=10).text
+    for name in ("latentrt_requests_total", "latentrt_queue_depth", "latentrt_request_latency_seconds_bucket",
+                 "latentrt_images_total", "latentrt_errors_total"):
+        assert name in text
+
+
+# --- the queue ---------------------------------------------------------------------------------------------
+def _jobs(seeds, scheduler=None):
+    return [Job(prompt=p, negative_prompt=None, seeds=[s], width=None, height=None, steps=4, guidance_scale=None,
+                scheduler=scheduler) for p, s in zip([PROMPT, PROMPT2, PROMPT], seeds)]
+
+
+def _submit_together(queue: JobQueue, jobs: list[Job]):
+    with queue._cond:  # the worker cannot take a job until all are queued: one batch
+        return [queue.submit(job) for job in jobs]
+
+
+def test_compatible_requests_are_batched_into_the_images_they_get_alone(pipe):
+    queue = JobQueue(pipe, max_queue=8, max_batch=4)
+    try:
+        results = [f.result(120) for f in _submit_together(queue, _jobs([11, 12, 13]))]
+    finally:
+        queue.close()
+    assert [r.timings.get("batched_images") for r in results] == [3, 3, 3]
+    for result, prompt, seed in zip(results, [PROMPT, PROMPT2, PROMPT], [11, 12, 13]):
+        assert result.parameters[0].seed == seed and result.parameters[0].prompt == prompt
+        alone = pipe(prompt, seed=seed, steps=4).arrays[0]
+        assert np.abs(result.arrays[0].astype(np.int16) - alone).max() <= 1
+
+
+def test_stochastic_schedulers_and_batching_off_run_alone(pipe):
+    for max_batch, scheduler in ((4, "euler-a"), (1, None)):
+        queue = JobQueue(pipe, max_queue=8, max_batch=max_batch)
+        try:
+            results = [f.result(120) for f in _submit_together(queue, _jobs([1, 2], scheduler))]
+        finally:
+            queue.close()
+        assert [r.timings.get("batched_images") for r in results] == [None, None]
+    alone = pipe(PROMPT2, seed=2, steps=4, scheduler="euler-a").arrays[0]
+    queue = JobQueue(pipe, max_batch=4)
+    try:
+        again = queue.submit(_jobs([7, 2], "euler-a")[1]).result(120)
+    finally:
+        queue.close()
+    assert np.array_equal(again.arrays[0], alone)
+
+
+def test_a_cancelled_job_does_not_run_and_the_queue_bounds(pipe):
+    queue = JobQueue(pipe, max_queue=1, max_batch=1)
+    try:
+        with queue._cond:
+            first, second = _jobs([1, 2])
+            queue.submit(first)
+            with pytest.raises(Exception, match="busy"):
+                queue.submit(second)  # one waiting already: --max-queue 1
+            first.cancelled.set()
+        with pytest.raises(Cancelled):
+            first.future.result(60)
+    finally:
+        queue.close()
+    with pytest.raises(Exception, match="shutting down"):
+        queue.submit(second)
+
+
+def test_a_client_that_disconnects_cancels_its_queued_request(pipe):
+    with running_server(pipe, max_batch=1) as (url, state):
+        slow = {"prompt": PROMPT, "steps": 80, "size": "192x192", "seed": 1}
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(requests.post, f"{url}/v1/images/generations", json=slow, timeout=300)
+            time.sleep(0.5)
+            with pytest.raises(requests.Timeout):  # waits behind the slow one, then gives up
+                requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT2, "seed": 2}, timeout=1.5)
+            time.sleep(1.5)
+            assert metric(url, 'latentrt_errors_total{kind="cancelled"}') == 1
+            assert busy.result().status_code == 200
+        time.sleep(0.5)
+        assert metric(url, "latentrt_images_total") == 1  # the cancelled request made no image
+        assert requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT2}, timeout=60).status_code == 200
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+BAD = [
+    ("/v1/images/generations", b"{not json", 400, "not valid JSON"),
+    ("/v1/images/generations", {"prompt": PROMPT, "steps": "many"}, 422, "steps"),
+    ("/v1/images/generations", {"prompt": ""}, 422, "prompt"),
+    ("/v1/images/generations", {"prompt": PROMPT, "n": 0}, 422, "n"),
+    ("/v1/images/generations", {"prompt": PROMPT, "n": 10**6}, 422, "1 to 4 images"),
+    ("/v1/images/generations", {"prompt": PROMPT, "size": "62x64"}, 422, "multiple of 4"),
+    ("/v1/images/generations", {"prompt": PROMPT, "size": "big"}, 422, "WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": PROMPT, "size": "100000x100000"}, 422, "largest size that fits"),
+    ("/v1/images/generations", {"prompt": PROMPT, "scheduler": "fastest"}, 422, "unknown scheduler"),
+    ("/v1/images/generations", {"prompt": PROMPT, "response_format": "url"}, 400, "b64_json"),
+    ("/v1/images/generations", {"prompt": PROMPT, "guidance_scale": -1}, 422, "guidance_scale"),
+    ("/sdapi/v1/txt2img", {"prompt": PROMPT, "sampler_name": "Warp Drive"}, 422, "unknown sampler"),
+    ("/sdapi/v1/txt2img", {"prompt": PROMPT, "batch_size": 0}, 422, "batch_size"),
+    ("/sdapi/v1/txt2img", {"prompt": PROMPT, "batch_size": 3, "n_iter": 1000}, 422, "1 to 4 images"),
+    ("/sdapi/v1/txt2img", {"prompt": PROMPT, "width": 66}, 422, "multiple of 4"),
+    ("/sdapi/v1/txt2img", {"prompt": PROMPT, "seed": 2**40}, 422, "seed"),
+    ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": ["%%%"]}, 422, "not base64"),
+    ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": [base64.b64encode(b"hello").decode()]}, 422, "not an image"),
+    ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": []}, 422, "init_images"),
+    ("/sdapi/v1/img2img", {"prompt": PROMPT, "init_images": ["x"], "denoising_strength": 2}, 422, "denoising_strength"),
+]
+
+
+@pytest.mark.parametrize("route,body,status,words", BAD, ids=[f"{r.rsplit('/', 1)[1]}-{w}" for r, _, _, w in BAD])
+def test_bad_input_is_answered_and_the_server_keeps_serving(server, route, body, status, words):
+    url, _ = server
+    kwargs = {"data": body, "headers": {"content-type": "application/json"}} if isinstance(body, bytes) else {"json": body}
+    answer = requests.post(f"{url}{route}", timeout=60, **kwargs)
+    assert answer.status_code == status, answer.text
+    error = answer.json()["error"]
+    message = error["message"] if route.startswith("/v1/") else answer.json()["detail"]
+    assert words.lower() in message.lower(), message
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_a_full_queue_answers_429_with_retry_after(server):
+    url, state = server
+    state.queue.max_queue = 0
+    try:
+        answer = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=60)
+    finally:
+        state.queue.max_queue = 64
+    assert answer.status_code == 429 and int(answer.headers["retry-after"]) >= 1
+    assert answer.json()["error"]["code"] == "queue_full"
+
+
+def test_body_limits_and_slow_clients(pipe):
+    with running_server(pipe, max_body_bytes=1000, body_timeout_s=1.0) as (url, _):
+        big = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": "x" * 2000}, timeout=30)
+        assert big.status_code == 413 and "larger than 1000 bytes" in big.json()["detail"]
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:  # promises a body, sends none
+            slow.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 50\r\n\r\n{\"prompt\":")
+            reply = slow.recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
+        assert requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT}, timeout=60).status_code == 200
+
+
+def test_api_key(pipe):
+    openai = pytest.importorskip("openai")
+    with running_server(pipe, api_key="s3cret") as (url, _):
+        assert requests.get(f"{url}/health", timeout=10).status_code == 200  # health stays open (probes)
+        missing = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT}, timeout=10)
+        wrong = requests.get(f"{url}/metrics", headers={"Authorization": "Bearer s3cre"}, timeout=10)
+        other_scheme = requests.get(f"{url}/metrics", headers={"Authorization": "Basic s3cret"}, timeout=10)
+        assert missing.status_code == wrong.status_code == other_scheme.status_code == 401
+        assert missing.json()["detail"] == wrong.json()["detail"]  # which part was wrong is not said
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).images.generate(prompt=PROMPT)
+        good = openai.OpenAI(base_url=f"{url}/v1", api_key="s3cret", max_retries=0).images.generate(prompt=PROMPT)
+        assert len(good.data) == 1
+
+
+def test_health_says_loading_then_ready_and_names_a_failed_load(pipe, tmp_path, monkeypatch):
+    import latentrt.serve.app as serve_app
+
+    gate = threading.Event()
+    real = serve_app.load_pipeline
+    monkeypatch.setattr(serve_app, "load_pipeline", lambda options: (gate.wait(60), real(options))[1])
+    with running_server(wait=False) as (url, _):
+        loading = requests.get(f"{url}/health", timeout=10)
+        refused = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=10)
+        gate.set()
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        assert refused.status_code == 503 and "still loading" in refused.json()["error"]["message"]
+        for _ in range(300):
+            if requests.get(f"{url}/health", timeout=10).status_code == 200:
+                break
+            time.sleep(0.1)
+        assert requests.get(f"{url}/health", timeout=10).json()["status"] == "ready"
+    with running_server(model=str(tmp_path)) as (url, _):
+        failed = requests.get(f"{url}/health", timeout=10)
+        assert failed.status_code == 503 and "not an ONNX model folder" in failed.json()["error"]
+
+
+# --- the command: start, serve, graceful shutdown; Ray Serve ------------------------------------------------
+def _start(args: list[str], port: int, timeout: float = 180):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "latentrt.cli", "serve", *args, "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return process
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    process.kill()
+    pytest.fail(f"the server did not become ready in {timeout} s: {process.stdout.read()}")
+
+
+def test_sigterm_finishes_running_requests_and_refuses_new_ones():
+    port = free_port()
+    process = _start(["--provider", "cpu"], port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(requests.post, f"{url}/v1/images/generations",
+                                  json={"prompt": PROMPT, "steps": 100, "size": "256x256"}, timeout=300)
+            time.sleep(1.5)
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"{url}/health", timeout=5)
+            assert running.result().status_code == 200
+        output, _ = process.communicate(timeout=60)
+        # uvicorn re-raises the signal once it has shut down gracefully: the exit status is SIGTERM's
+        assert process.returncode in (0, -signal.SIGTERM) and "Application shutdown complete" in output, output
+        assert "127.0.0.1" in output and "this machine only" in output  # says where it listens
+    finally:
+        process.kill()
+
+
+@pytest.mark.slow
+def test_ray_serve_two_replicas_lose_no_request():
+    pytest.importorskip("ray", reason="the ray extra: pip install 'latentrt[ray]'")
+    port = free_port()
+    process = _start(["--ray", "--replicas", "2", "--provider", "cpu"], port, timeout=300)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        body = {"prompt": PROMPT, "seed": 4}
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: requests.post(f"{url}/v1/images/generations", json=body, timeout=120),
+                                    range(24)))
+        assert [a.status_code for a in answers] == [200] * 24
+        replicas = {a.headers["x-latentrt-replica"] for a in answers}
+        first = answers[0].json()["data"][0]["b64_json"]
+        assert all(a.json()["data"][0]["b64_json"] == first for a in answers)  # same seed, same image everywhere
+        print(f"Ray Serve: 24 requests, 24 answered 200, replicas {sorted(replicas)}")
+        assert len(replicas) == 2
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
