@@ -30,6 +30,7 @@ from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
 from latentrt.export.specs import VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_spec
 from latentrt.export.validate import Comparison, validate_component
+from latentrt.export.weight_map import fingerprint, rename_compacted, weight_map
 from latentrt.runtime.folder import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -221,6 +222,9 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
+LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")  # the networks LoRAs adapt: their weight maps
+
+
 def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> dict:
     from latentrt.export.tokenizer import export_tokenizer
 
@@ -250,6 +254,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
         folder = tmp / spec.name
         _trace_component(spec, module, folder, opset)
         files = spec.extra_files(folder, model) if spec.extra_files is not None else []
+        prints = fingerprint(model) if spec.name in LORA_COMPONENTS else None  # the LoRA map, matched after the trace
         if all(s.source != spec.source for s in specs[i + 1 :]):
             # Memory: everything that reads the torch model is done, so free it before the ONNX copy of its
             # weights is loaded and before ONNX Runtime validates. The weights are then never held twice
@@ -257,7 +262,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
             # (benchmarks/results/full_size_exports.md).
             del model, module
             loaded.clear()
-        saved, rewritten = _rewrite_and_save(folder, rewrites)
+        saved, rewritten = _rewrite_and_save(folder, rewrites, prints)
         files = saved + files
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", folder / "config.json")
@@ -354,18 +359,22 @@ def _trace_component(spec: ComponentSpec, module, folder: Path, opset: int) -> N
         )
 
 
-def _rewrite_and_save(folder: Path, rewrites: dict) -> tuple[list[str], dict]:
-    """Load the traced graph from ``folder``/.scratch, rewrite it and save it into ``folder``."""
+def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) -> tuple[list[str], dict]:
+    """Load the traced graph from ``folder``/.scratch, rewrite it and save it into ``folder``; with ``prints``
+    (weight_map.fingerprint of the torch model), also map its weights to their initializers (``weights``)."""
     import onnx
 
     scratch = folder / ".scratch"
     model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
     shutil.rmtree(scratch)  # disk: the traced weights are in memory now; never on disk twice (SDXL: 10 GB)
     rewritten = {}
+    weights = weight_map(model, prints) if prints is not None else None
     if rewrites.get("fused_attention"):
         rewritten["fused_attention"] = fuse_attention(model)
     if rewrites.get("compact_weights"):
         rewritten["fp16_stored_weights"] = store_exact_fp16(model)
+    if weights is not None:
+        rewritten["weights"] = rename_compacted(weights, model)
     files = save_component_model(model, folder)
     del model
     return files, rewritten

@@ -1,0 +1,62 @@
+"""Which ONNX initializer holds each diffusers weight: the map LoRA needs, found at export time by content.
+
+The TorchScript exporter keeps a Conv's weight under its parameter name, but writes a Linear as MatMul with a
+transposed copy named `onnx::MatMul_1234`, and the compact-weights rewrite stores exact-fp16 weights as
+`<name>__fp16` behind a Cast. Guessing that at run time is fragile; matching by content at export is exact: every
+Linear (2-D) and Conv (4-D) weight of the torch model is fingerprinted as it is and transposed, and every
+initializer of the exported graph is looked up. A weight whose fingerprint is not unique (two equal tensors, such
+as zero-initialised layers) is left out of the map rather than guessed.
+
+The manifest stores, per component, `"weights": {diffusers name: [initializer, layout, dtype]}` with layout
+"same" (Conv, Gemm with transB) or "transposed" (MatMul: the initializer is W.T).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+
+def _digest(values: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.ascontiguousarray(values, dtype=np.float32).tobytes(), digest_size=16).digest()
+
+
+def fingerprint(model) -> dict[bytes, tuple[str, str] | None]:
+    """{digest: (parameter name, layout)} of the torch model's 2-D and 4-D weights; None for a digest seen twice."""
+    prints: dict[bytes, tuple[str, str] | None] = {}
+
+    def add(key: bytes, value: tuple[str, str]) -> None:
+        prints[key] = None if key in prints else value
+
+    for name, parameter in model.named_parameters():
+        if not name.endswith(".weight") or parameter.ndim not in (2, 4):
+            continue
+        values = parameter.detach().float().cpu().numpy()
+        add(_digest(values), (name, "same"))
+        if values.ndim == 2 and values.shape[0] != 1 and values.shape[1] != 1:
+            add(_digest(values.T), (name, "transposed"))
+    return prints
+
+
+def weight_map(onnx_model, prints: dict[bytes, tuple[str, str] | None]) -> dict[str, list[str]]:
+    """{parameter name: [initializer name, layout, dtype]} for the initializers whose content is a fingerprinted
+    weight (call before any rewrite that changes initializers' values or names; see `rename_compacted`)."""
+    from onnx import numpy_helper
+
+    found: dict[str, list[str]] = {}
+    for init in onnx_model.graph.initializer:
+        if len(init.dims) not in (2, 4):
+            continue
+        match = prints.get(_digest(numpy_helper.to_array(init)))
+        if match is not None and match[0] not in found:
+            found[match[0]] = [init.name, match[1], "float32"]
+    return found
+
+
+def rename_compacted(found: dict[str, list[str]], onnx_model) -> dict[str, list[str]]:
+    """After the compact-weights rewrite: weights now stored as `<initializer>__fp16` are mapped there (float16)."""
+    names = {init.name for init in onnx_model.graph.initializer}
+    return {param: ([f"{init}__fp16", layout, "float16"] if f"{init}__fp16" in names and init not in names
+                    else [init, layout, dtype])
+            for param, (init, layout, dtype) in found.items()}
