@@ -57,14 +57,16 @@ class Backend:
     cache: Path | None = None  # the cache root (ONNX Runtime's optimized copies); None: no cache
     compiled_cache: Path | None = None  # OpenVINO's compiled-model folder; None: none (opt-in)
 
-    def open(self, files: ComponentFiles):
+    def open(self, files: ComponentFiles, weights: dict | None = None):
+        """The network's session; `weights` ({initializer: array}, LoRA-merged) replace the file's values."""
         if self.provider == "openvino":
             from latentrt.runtime.backends.openvino import OpenVinoModel
 
-            return OpenVinoModel(files.name, files.model, self.precision, self.threads, self.compiled_cache,
-                                 files_identity(files.model, files.manifest))
-        return OnnxModel(files.name, files.model, resolve_providers(self.provider), self.threads, self.cache,
-                         files_identity(files.model, files.manifest))
+            return OpenVinoModel(files.name, files.model, self.precision, self.threads,
+                                 None if weights else self.compiled_cache, files_identity(files.model, files.manifest),
+                                 weights=weights)
+        return OnnxModel(files.name, files.model, resolve_providers(self.provider), self.threads,
+                         None if weights else self.cache, files_identity(files.model, files.manifest), weights=weights)
 
     def label(self, folder: ModelFolder) -> str:
         """The precision a generation ran at, as the PNG, `result.parameters` and the bench report give it."""

@@ -25,6 +25,7 @@ from latentrt.runtime.families import Prompts, SizeConditioning, family_for, gui
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
+from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_initializers
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
@@ -73,7 +74,8 @@ class Pipeline:
 
     def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
                  precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True,
-                 low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None):
+                 low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None,
+                 loras: Sequence | None = None):
         self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache)
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive integer (height x width), got {max_pixels!r}")
@@ -95,9 +97,14 @@ class Pipeline:
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
         self._warned_lcm = False  # the LCM-UNet-with-another-scheduler notice is logged once
+        self.loras: list[Lora] = []
+        self.lora_report: dict | None = None  # layers adapted, keys that matched nothing
+        self._lora_weights: dict[str, dict] = {}  # {network: {initializer: LoRA-merged array}}
+        if loras:
+            self.loras, self._lora_weights = self._merge_loras(loras)
         if not self.low_memory:
             for name in self.networks:
-                self._models[name] = self.backend.open(folder.components[name])
+                self._models[name] = self._open(name)
 
     @classmethod
     def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
@@ -111,6 +118,42 @@ class Pipeline:
 
         return cls.from_folder(default_model_path(), provider=provider, threads=threads, **options)
 
+    # --- LoRAs: merged into the weights the sessions are created with -----------------------------------------
+    def set_loras(self, loras: Sequence) -> None:
+        """Apply these LoRAs (paths or (path, scale) pairs; [] removes them) in place of the current ones: the
+        adapted networks are opened again with the merged weights; the folder's files are not reread or changed."""
+        merged = self._merge_loras(loras) if loras else ([], {})
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("this pipeline is closed: create a new one with Pipeline.from_folder(...)")
+            changed = set(self._lora_weights) | set(merged[1])
+            self.loras, self._lora_weights = merged
+            for name in changed:
+                if name in self._models:
+                    self._models[name] = self._open(name)
+
+    def _merge_loras(self, loras: Sequence) -> tuple[list[Lora], dict[str, dict]]:
+        loras = [Lora.of(lora) for lora in loras]
+        maps = {name: (self.folder.components[name].manifest or {}).get("weights") for name in LORA_COMPONENTS
+                if name in self.folder.components}
+        if not any(maps.values()):
+            raise LoraError(f"{self.folder.path} has no weight map (manifest 'weights'), which LoRAs need to find the "
+                            "layers they adapt: export the model with `latentrt export` (optimum's folders have none)")
+        cache: dict[str, dict] = {}
+
+        def initializer(component: str, name: str):
+            if component not in cache:
+                wanted = {entry[0] for entry in maps[component].values()}
+                cache[component] = read_initializers(self.folder.components[component].model, wanted)
+            return cache[component][name]
+
+        patch = build_patch(loras, {name: m for name, m in maps.items() if m}, initializer)
+        self.lora_report = {"layers": patch.matched, "unmatched": len(patch.unmatched), "examples": patch.unmatched[:5]}
+        return loras, patch.weights
+
+    def _open(self, name: str):
+        return self.backend.open(self.folder.components[name], self._lora_weights.get(name))
+
     # --- the networks: resident, or opened per use with low_memory -------------------------------------------
     @contextmanager
     def _network(self, name: str):
@@ -120,7 +163,7 @@ class Pipeline:
                 raise RuntimeError("this pipeline is closed: create a new one with Pipeline.from_folder(...)")
             model = self._models.get(name)
             if model is None:
-                model = self._models[name] = self.backend.open(self.folder.components[name])
+                model = self._models[name] = self._open(name)
             self._users[name] += 1
         try:
             yield model
@@ -162,7 +205,7 @@ class Pipeline:
         if image and "vae_encoder" in self.folder.components and not self.low_memory:
             with self._lock:
                 if "vae_encoder" not in self._models:
-                    self._models["vae_encoder"] = self.backend.open(self.folder.components["vae_encoder"])
+                    self._models["vae_encoder"] = self._open("vae_encoder")
         if self.low_memory or not hasattr(self._models["unet"], "compile"):
             return  # ONNX Runtime sessions take any shape as they are; low_memory keeps no network to compile
         height, width = self._check_size(height, width)

@@ -101,7 +101,7 @@ class OnnxModel:
     """
 
     def __init__(self, name: str, path: Path, providers: list[str], threads: int | None = None,
-                 cache: Path | None = None, identity: dict[str, Any] | None = None):
+                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None):
         self.name = name
         self.path = Path(path)
         self.session = None
@@ -118,7 +118,10 @@ class OnnxModel:
                                name, copy, _reason(exc))
                 shutil.rmtree(copy, ignore_errors=True)
         if self.session is None:
-            self.session = _load(name, self.path, session_options(threads), providers)
+            options = session_options(threads)
+            if weights:
+                self._weights = _override(options, weights)
+            self.session = _load(name, self.path, options, providers)
         self.providers = self.session.get_providers()
         logger.info("%s: running on %s", name, self.providers[0])
         if self.providers[0] != providers[0]:
@@ -133,6 +136,26 @@ class OnnxModel:
 
     def _check(self, feeds: dict[str, NDArray]) -> None:
         check_feeds(self.name, self.inputs, feeds)
+
+
+def _override(options: ort.SessionOptions, weights: dict[str, NDArray]) -> list:
+    """LoRA-merged initializers in place of the file's (the optimized copy is not used). Initializers the file keeps
+    in its external data go through add_external_initializers; inline ones through add_initializer, which ONNX
+    Runtime 1.32 ignores for Conv weights at its full (layout) optimization level, so such sessions run at the
+    extended level. ONNX Runtime does not copy the values: the returned OrtValues must live as long as the session."""
+    from latentrt.runtime.lora import ExternalArray
+
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(a))) for name, a in weights.items()}
+    external = [name for name, a in weights.items() if isinstance(a, ExternalArray)]
+    if external:
+        options.add_external_initializers(external, [values[name] for name in external])
+    inline = [name for name in weights if name not in external]
+    for name in inline:
+        options.add_initializer(name, values[name])
+    if inline:
+        options.graph_optimization_level = min(options.graph_optimization_level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                               key=int)
+    return list(values.values())
 
 
 def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, NDArray]) -> None:

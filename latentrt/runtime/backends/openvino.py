@@ -61,8 +61,9 @@ class OpenVinoModel:
     """One network on OpenVINO's CPU plugin, called with keyword arrays like `session.OnnxModel`."""
 
     def __init__(self, name: str, path: Path, precision: str, threads: int | None = None,
-                 cache: Path | None = None, identity: dict[str, Any] | None = None):
+                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None):
         self.name = name
+        self.weights = weights or {}  # LoRA-merged initializers: they replace the file's constants at each read
         self.path = Path(path)
         self.precision = precision
         self.providers = ["openvino"]
@@ -81,13 +82,16 @@ class OpenVinoModel:
 
     def _read(self) -> Any:
         try:
-            return core().read_model(str(self.path))
+            model = core().read_model(str(self.path))
         except RuntimeError as exc:
             reason = str(exc).strip().splitlines()[-1][:300]
             raise ModelLoadError(
                 f"{self.name}: {self.path} could not be loaded (OpenVINO: {reason}). The file is corrupted or truncated, "
                 "or its model.onnx_data is missing: re-export the folder with `latentrt export`"
             ) from exc
+        if self.weights:
+            _replace_constants(model, self.weights, self.name)
+        return model
 
     def __call__(self, **feeds: NDArray) -> dict[str, NDArray]:
         check_feeds(self.name, self.inputs, feeds)
@@ -158,3 +162,19 @@ def _info(port) -> TensorInfo:
         raise ModelLoadError(f"graph tensor {port.get_any_name()!r} has unsupported type {port.get_element_type()}") from exc
     shape = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
     return TensorInfo(port.get_any_name(), dtype, shape)
+
+
+def _replace_constants(model, weights: dict[str, Any], name: str) -> None:
+    """Swap the Constant nodes OpenVINO made of the named initializers for the given arrays (same shape and type)."""
+    from openvino import op
+
+    pending = dict(weights)
+    for node in model.get_ops():
+        if node.get_type_name() == "Constant" and node.get_friendly_name() in pending:
+            value = pending.pop(node.get_friendly_name())
+            replacement = op.Constant(np.ascontiguousarray(value))
+            replacement.set_friendly_name(node.get_friendly_name())
+            node.output(0).replace(replacement.output(0))
+    if pending:
+        raise ModelLoadError(f"{name}: OpenVINO's graph has no constant named {next(iter(pending))!r} to apply a LoRA to "
+                             f"({len(pending)} of {len(weights)} missing); use provider='cpu' for LoRAs on this folder")
