@@ -70,6 +70,9 @@ def generate(
         None, "--vae-tiling/--no-vae-tiling", help="Decode in overlapping tiles (default: automatic, for images over 4x the VAE's native area or that would not fit)."
     ),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images with more pixels (height x width) than this."),
+    lora: Optional[list[str]] = typer.Option(
+        None, "--lora", help="FILE[:SCALE]: a LoRA (.safetensors, diffusers/PEFT or kohya keys) merged at load, scale 1 "
+        "by default; repeat for several (the lora extra)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -83,9 +86,17 @@ def generate(
     if existing and not force:
         _fail(f"{', '.join(existing)} already exists: choose another --output or pass --force to overwrite")
     try:
+        from latentrt.runtime.lora import Lora
+
         options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
-                       low_memory=low_memory, vae_tiling=vae_tiling, max_pixels=max_pixels)
+                       low_memory=low_memory, vae_tiling=vae_tiling, max_pixels=max_pixels,
+                       loras=[Lora.parse(text) for text in lora or []])
         pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
+        if pipe.lora_report is not None:
+            report = pipe.lora_report
+            typer.echo(f"LoRA: {report['layers']} layers adapted" + (
+                f", {report['unmatched']} keys matched no layer (e.g. {', '.join(report['examples'][:2])})"
+                if report["unmatched"] else ""), err=True)
         with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:

@@ -173,3 +173,22 @@ def test_a_folder_without_a_weight_map_is_refused_with_the_fix(lora_setup, tmp_p
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(LoraError, match="no weight map.*latentrt export"):
         Pipeline.from_folder(copy, provider="cpu", loras=[(first, 1.0)])
+
+
+def test_cli_lora(lora_setup, tmp_path):
+    from typer.testing import CliRunner
+
+    from latentrt.cli import app
+
+    _, onnx, first, _, _ = lora_setup
+    args = ["generate", PROMPT, "-m", str(onnx), "--seed", "3", "--steps", "4", "--provider", "cpu", "--no-cache"]
+    plain = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "plain.png")])
+    adapted = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "lora.png"), "--lora", f"{first}:0.8"])
+    assert plain.exit_code == 0 and adapted.exit_code == 0, adapted.output
+    assert "LoRA: 72 layers adapted" in adapted.output
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(tmp_path / name)) for name in ("plain.png", "lora.png"))
+    assert image_psnr(a, b) < 30
+    bad = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "x.png"), "--lora", f"{tmp_path / 'none.safetensors'}"])
+    assert bad.exit_code == 2 and "does not exist" in bad.output and not (tmp_path / "x.png").exists()

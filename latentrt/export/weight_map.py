@@ -14,6 +14,7 @@ The manifest stores, per component, `"weights": {diffusers name: [initializer, l
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 
@@ -48,10 +49,34 @@ def weight_map(onnx_model, prints: dict[bytes, tuple[str, str] | None]) -> dict[
     for init in onnx_model.graph.initializer:
         if len(init.dims) not in (2, 4):
             continue
-        match = prints.get(_digest(numpy_helper.to_array(init)))
+        values = numpy_helper.to_array(init)
+        match = prints.get(_digest(values))
         if match is not None and match[0] not in found:
-            found[match[0]] = [init.name, match[1], "float32"]
+            found[match[0]] = [init.name, match[1], str(values.dtype)]
     return found
+
+
+def add_weight_maps(src: Path, folder: Path, components=("text_encoder", "text_encoder_2", "unet")) -> dict[str, int]:
+    """Write the `weights` maps into an exported folder's manifest from the diffusers folder it was exported from
+    (for folders exported before the map existed, such as the shipped model's first export); {component: layers}."""
+    import json
+
+    import onnx
+
+    from latentrt.export.exporter import _load_model
+
+    manifest_path = Path(folder) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    counts = {}
+    for name in components:
+        if name not in manifest["components"]:
+            continue
+        prints = fingerprint(_load_model(Path(src), name, projection=name == "text_encoder_2"))
+        model = onnx.load(str(Path(folder) / name / "model.onnx"))
+        manifest["components"][name]["weights"] = weight_map(model, prints)
+        counts[name] = len(manifest["components"][name]["weights"])
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return counts
 
 
 def rename_compacted(found: dict[str, list[str]], onnx_model) -> dict[str, list[str]]:
