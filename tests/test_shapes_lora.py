@@ -25,15 +25,7 @@ def images(pipe: Pipeline) -> list[np.ndarray]:
     return [pipe(p, seed=s).arrays[0] for p in PROMPTS for s in SEEDS]
 
 
-@pytest.mark.parametrize("provider", [
-    # ONNX Runtime 1.32 constant-folds Cast(fp16 weight) with the file's value, ignoring add_initializer's override:
-    # the shipped model's compact fp16 weights come out of the LoRA unchanged. And any override drops the session to
-    # the extended optimization level, so even scale 0 moves a pixel by 1 (seed 0 of the third prompt). Remove the
-    # mark once latentrt.runtime.session handles both.
-    pytest.param("cpu", marks=pytest.mark.xfail(
-        strict=True, reason="ORT: LoRA-merged fp16 initializers ignored by constant folding; scale 0 not bit-exact")),
-    "openvino",
-])
+@pytest.mark.parametrize("provider", ["cpu", "openvino"])
 def test_red_to_blue_lora(provider):
     if provider == "openvino":
         pytest.importorskip("openvino", reason="the openvino extra")

@@ -119,9 +119,10 @@ class OnnxModel:
                 shutil.rmtree(copy, ignore_errors=True)
         if self.session is None:
             options = session_options(threads)
+            source, disabled = self.path, None
             if weights:
-                self._weights = _override(options, weights)
-            self.session = _load(name, self.path, options, providers)
+                self._weights, source, disabled = _override(options, weights, self.path)
+            self.session = _load(name, source, options, providers, disabled)
         self.providers = self.session.get_providers()
         logger.info("%s: running on %s", name, self.providers[0])
         if self.providers[0] != providers[0]:
@@ -138,24 +139,38 @@ class OnnxModel:
         check_feeds(self.name, self.inputs, feeds)
 
 
-def _override(options: ort.SessionOptions, weights: dict[str, NDArray]) -> list:
-    """LoRA-merged initializers in place of the file's (the optimized copy is not used). Initializers the file keeps
-    in its external data go through add_external_initializers; inline ones through add_initializer, which ONNX
-    Runtime 1.32 ignores for Conv weights at its full (layout) optimization level, so such sessions run at the
-    extended level. ONNX Runtime does not copy the values: the returned OrtValues must live as long as the session."""
+def _override(options: ort.SessionOptions, weights: dict[str, NDArray], path: Path):
+    """LoRA-merged initializers in place of the file's (the load cache's optimized copy is not used):
+    (OrtValues that must live as long as the session, the model to load (a path, or bytes), optimizers to disable).
+
+    Initializers the file keeps in its external data go through add_external_initializers (full optimization).
+    A file with inline weights only (small models) is patched in memory and loaded from bytes: ONNX Runtime 1.32
+    ignores add_initializer for Conv weights at its layout level, and constant-folds a Cast of an fp16-stored weight
+    (--compact-weights) from the file's values. Inline weights beside external data fall back to add_initializer at
+    the extended level without constant folding."""
     from latentrt.runtime.lora import ExternalArray
 
-    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(a))) for name, a in weights.items()}
     external = [name for name, a in weights.items() if isinstance(a, ExternalArray)]
+    inline = [name for name in weights if name not in external]
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(weights[name]))) for name in external}
     if external:
         options.add_external_initializers(external, [values[name] for name in external])
-    inline = [name for name in weights if name not in external]
+    if not inline:
+        return list(values.values()), path, None
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        for init in model.graph.initializer:
+            if init.name in weights:
+                init.CopyFrom(numpy_helper.from_array(np.asarray(weights[init.name]), init.name))
+        return list(values.values()), model.SerializeToString(), None
     for name in inline:
+        values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(weights[name])))
         options.add_initializer(name, values[name])
-    if inline:
-        options.graph_optimization_level = min(options.graph_optimization_level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                               key=int)
-    return list(values.values())
+    options.graph_optimization_level = min(options.graph_optimization_level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, key=int)
+    return list(values.values()), path, ["ConstantFolding"]
 
 
 def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, NDArray]) -> None:
@@ -175,12 +190,15 @@ def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, 
                 raise ValueError(f"{component}: input {name!r} axis {axis} must be {want}, got shape {value.shape}")
 
 
-def _load(name: str, path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+def _load(name: str, path: Path | bytes, options: ort.SessionOptions, providers: list[str],
+          disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), options, providers=providers)
+        return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers,
+                                    disabled_optimizers=disabled_optimizers)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelLoadError(
-            f"{name}: {path} could not be loaded ({_reason(exc)}). The file is corrupted or truncated, "
+            f"{name}: {'its LoRA-patched graph' if isinstance(path, bytes) else path} could not be loaded ({_reason(exc)}). "
+            "The file is corrupted or truncated, "
             "or its model.onnx_data is missing: re-export the folder with `latentrt export`"
         ) from exc
 
