@@ -354,9 +354,10 @@ def serve(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per network (default: all cores)."),
     max_queue: int = typer.Option(64, "--max-queue", help="Requests that may wait; past this they get 429 with Retry-After."),
     max_batch: int = typer.Option(
-        1, "--max-batch",
+        0, "--max-batch",
         help="Images per UNet call when concurrent text-to-image requests share size, steps, guidance and a "
-        "deterministic scheduler (1: no batching; see benchmarks/results/serve_load.md for when it pays)."),
+        "deterministic scheduler; 1: no batching; 0 (default): measured at start, 8 if a 2-image call costs under "
+        "0.8x two 1-image calls, else 1 (benchmarks/results/serve_load.md)."),
     max_images: int = typer.Option(8, "--max-images", help="Most images one request may ask for (n, batch_size x n_iter)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images larger than this many pixels (the memory guard applies anyway)."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body (base64 images), in MiB: 413 past it."),
@@ -375,8 +376,9 @@ def serve(
     except ImportError as exc:
         _fail(f"`latentrt serve` needs the serve extra ({exc.name} is missing): pip install 'latentrt[serve]'")
     for name, value in (("--max-queue", max_queue), ("--max-batch", max_batch), ("--max-images", max_images), ("--port", port)):
-        if value < (0 if name == "--port" else 1):
-            _fail(f"{name} must be at least 1, got {value}")
+        minimum = 0 if name in ("--port", "--max-batch") else 1
+        if value < minimum:
+            _fail(f"{name} must be at least {minimum}, got {value}")
     if max_body_mb <= 0:
         _fail(f"--max-body-mb must be positive, got {max_body_mb}")
     if model is not None and not model.is_dir():

@@ -42,7 +42,7 @@ class ServeOptions:
     precision: str = "auto"
     threads: int | None = None
     max_queue: int = 64  # requests waiting past this get 429
-    max_batch: int = 1  # images per UNet call when compatible requests are batched (1: off)
+    max_batch: int = 0  # images per UNet call when compatible requests are batched (1: off; 0: auto, measured)
     max_images: int = 8  # n / batch_size x n_iter per request
     max_body_bytes: int = 32 * 2**20
     body_timeout_s: float = 30.0  # a client that has not sent its body by then gets 408
@@ -67,6 +67,7 @@ class ServerState:
     queue: JobQueue | None = None
     load_error: str | None = None
     draining: bool = False
+    max_batch: int = 1  # what batching was set to (options.max_batch, or measured)
     replica: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
 
     def ready(self) -> JobQueue:
@@ -87,6 +88,35 @@ def load_pipeline(options: ServeOptions) -> Pipeline:
     return Pipeline.from_folder(options.model, **kwargs)
 
 
+AUTO_BATCH = 8  # --max-batch when batching pays
+AUTO_BATCH_GAIN = 0.8  # it pays when a 2-image call costs under 0.8 x two 1-image calls
+
+
+def auto_batch(pipe: Pipeline) -> int:
+    """Measure whether batching pays for this model on this machine: one-step generations at the native size with
+    1 and 2 images (best of 5 each): AUTO_BATCH if 2 images cost under AUTO_BATCH_GAIN x twice one image's time,
+    else 1 (off). Small models gain (call overheads shared); a model whose one-image step takes over a second is
+    compute-bound on a CPU (its cost grows with the batch) and is not measured further: off."""
+
+    def seconds(images: int, tries: int) -> float:
+        best = float("inf")
+        for _ in range(tries):
+            start = time.perf_counter()
+            pipe("warm-up", steps=1, seed=0, num_images=images)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    one = seconds(1, 1)
+    if one > 1.0:
+        logger.info("batching: a one-image step takes %.1f s (compute-bound): --max-batch 1", one)
+        return 1
+    pipe.compile(batch=2)
+    one, two = seconds(1, 5), seconds(2, 5)
+    chosen = AUTO_BATCH if two < AUTO_BATCH_GAIN * 2 * one else 1
+    logger.info("batching: 1 image %.3f s, 2 images %.3f s per call: --max-batch %d", one, two, chosen)
+    return chosen
+
+
 def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
     """The app; `pipe` serves an already loaded pipeline (tests, embedding) instead of loading options.model."""
     state = ServerState(options, Metrics(queue_depth=lambda: state.queue.depth if state.queue else 0))
@@ -94,10 +124,15 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
     def load() -> None:
         try:
             loaded = pipe if pipe is not None else load_pipeline(options)
-            # the native size's shapes (and the VAE encoder), so the first request does not pay for them
+            # the native size's shapes (and the VAE encoder), so the first request does not pay for them; with
+            # batching, every batch size up to --max-batch (OpenVINO compiles per shape: memory is then taken at
+            # start, not as batches of new sizes arrive)
             loaded.compile(image="vae_encoder" in loaded.folder.components)
-            state.pipe = loaded
-            state.queue = JobQueue(loaded, options.max_queue, options.max_batch, on_batch=_record_batch)
+            max_batch = options.max_batch or auto_batch(loaded)
+            for batch in range(2, max_batch + 1):
+                loaded.compile(batch=batch)
+            state.pipe, state.max_batch = loaded, max_batch
+            state.queue = JobQueue(loaded, options.max_queue, max_batch, on_batch=_record_batch)
             logger.info("model %s ready on %s (%s)", loaded.folder.name, loaded.provider, loaded.precision)
         except Exception as error:  # /health reports it; generation requests get 503 with the reason
             state.load_error = f"{type(error).__name__}: {error}"
@@ -147,7 +182,7 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
         folder = state.pipe.folder
         return JSONResponse({"status": "ready", "model": folder.name, "family": state.pipe.family.name,
                              "provider": state.pipe.provider, "precision": state.pipe.precision,
-                             "queue": state.queue.depth, "replica": state.replica})
+                             "queue": state.queue.depth, "max_batch": state.max_batch, "replica": state.replica})
 
     @app.get("/metrics")
     async def metrics() -> Response:
