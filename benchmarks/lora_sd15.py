@@ -5,8 +5,8 @@
 
 <sd15-diffusers> is a StableDiffusionPipeline folder (random weights from the published config are fine), and
 <sd15-latentrt> its `latentrt export` (whose manifest maps the weights; `weight_map.add_weight_maps` adds the map to
-an older export). Three LoRAs are made with PEFT (rank 16 on the UNet's attention and feed-forward, rank 8 on the
-text encoder's attention), each load is a fresh process (wall time from Popen to the pipeline being ready, and its
+an older export). Three LoRAs are made with PEFT (rank 16, alpha 16, on the UNet's attention and feed-forward and
+the text encoder's attention and MLP), each load is a fresh process (wall time from Popen to the pipeline being ready, and its
 peak RSS), ONNX Runtime CPU with the load cache warm; then one image at 256x256, 4 steps, with and without the
 LoRAs, against diffusers with the same latents (UNet LoRA through diffusers' loader; the text encoder's merged
 by the definition, because transformers 5.24's LoRA loader requires peft >= 0.22, which the package index lacks).
@@ -77,8 +77,8 @@ def main() -> None:
         latents = np.random.default_rng(0).standard_normal((1, *pipe.latent_shape(256, 256)), dtype=np.float32)
     for name, chosen in (("1 LoRA", [(loras[0], 1.0)]), ("3 LoRAs", [(p, s) for p, s in zip(loras, (0.6, 0.8, 1.0))])):
         with Pipeline.from_folder(args.folder, provider="cpu", precision="fp32", loras=chosen) as pipe:
-            ours = pipe(T.PROMPT, steps=4, guidance_scale=7.5, latents=latents).arrays[0]
-        theirs = T.diffusers_image(args.src, chosen, latents)
+            ours = pipe(T.PROMPT, steps=4, guidance_scale=7.5, latents=latents, height=256, width=256).arrays[0]
+        theirs = T.diffusers_image(args.src, chosen, latents, size=256)
         parity[name] = image_psnr(ours, theirs)
         print(name, "PSNR", parity[name], flush=True)
     report = {"loads": rows, "parity_psnr_db": parity, "settings": "256x256, 4 steps, guidance 7.5, ONNX Runtime CPU fp32",
@@ -86,8 +86,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
     lines = ["# LoRA on the SD 1.5 architecture (random weights): load cost and parity", "",
-             "Three PEFT LoRAs (rank 16 on the UNet's attention and feed-forward, rank 8 on the text encoder's "
-             "attention and MLP); each load a fresh process, ONNX Runtime CPU, the load cache warm for the plain load "
+             "Three PEFT LoRAs (rank 16, alpha 16, on the UNet's attention and feed-forward and on the text "
+             "encoder's attention and MLP); each load a fresh process, ONNX Runtime CPU, the load cache warm for the plain load "
              "(a LoRA load reads model.onnx: the cached optimized copy holds the unmerged weights).", "",
              "| load | time | peak RSS | layers adapted |", "| --- | ---: | ---: | ---: |"]
     for name, row in rows.items():

@@ -51,7 +51,7 @@ def make_peft_lora(src: Path, out: Path, seed: int, rank: int = 4, alpha: int = 
     return out / "lora.safetensors"
 
 
-def diffusers_image(src: Path, loras: list[tuple[Path, float]], latents: np.ndarray) -> np.ndarray:
+def diffusers_image(src: Path, loras: list[tuple[Path, float]], latents: np.ndarray, size: int | None = None) -> np.ndarray:
     """diffusers with the LoRAs: the UNet through diffusers' own loader (load_lora_adapter + set_adapters); the text
     encoder merged by the definition, W + scale * alpha / r * B @ A in torch (transformers 5.24's LoRA loader needs
     peft >= 0.22, which the package index does not have)."""
@@ -79,7 +79,7 @@ def diffusers_image(src: Path, loras: list[tuple[Path, float]], latents: np.ndar
                     up = state[key.replace("lora_A", "lora_B")]
                     modules[module].weight += scale * factors["alpha"] / factors["rank"] * (up @ down)
     image = pipe(PROMPT, num_inference_steps=4, guidance_scale=7.5, latents=torch.from_numpy(latents),
-                 output_type="np").images[0]
+                 height=size, width=size, output_type="np").images[0]
     return (image * 255).round().astype(np.uint8)
 
 

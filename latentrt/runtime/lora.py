@@ -162,6 +162,7 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
     initializer's current values (float32 or float16, in its own layout)."""
     patch = LoraPatch()
     deltas: dict[tuple[str, str], NDArray] = {}  # (component, param) -> summed delta, diffusers layout
+    lookups = {component: _lookup(component, weights) for component, weights in manifest_weights.items()}
     for lora in loras:
         tensors, metadata = read_lora(lora.path)
         layers: dict[tuple[str, str], dict[str, NDArray]] = {}
@@ -178,7 +179,7 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
             if component not in manifest_weights:
                 patch.unmatched.append(f"{component}.{module}")
                 continue
-            param = _lookup(component, manifest_weights[component]).get(module)
+            param = lookups[component].get(module)
             if param is None or "down" not in parts or "up" not in parts:
                 patch.unmatched.append(f"{component}.{module}")
                 continue

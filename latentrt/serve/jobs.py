@@ -121,7 +121,11 @@ class JobQueue:
 
     def _stochastic(self, scheduler: str) -> bool:
         if scheduler not in self._stochastic_by_name:
-            self._stochastic_by_name[scheduler] = create_scheduler(scheduler, self.pipe.folder.scheduler_config).stochastic
+            try:
+                stochastic = create_scheduler(scheduler, self.pipe.folder.scheduler_config).stochastic
+            except ValueError:  # an unknown name runs alone, and its call says what is wrong
+                stochastic = True
+            self._stochastic_by_name[scheduler] = stochastic
         return self._stochastic_by_name[scheduler]
 
     def _take(self) -> list[Job] | None:
