@@ -158,8 +158,8 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
                 initializer_arrays) -> LoraPatch:
     """Merge `loras` into the weights they adapt.
 
-    manifest_weights: {component: the manifest's `weights` map}; initializer_arrays(component, name) returns the
-    initializer's current values (float32 or float16, in its own layout)."""
+    manifest_weights: {component: the manifest's `weights` map}; initializer_arrays(component, names) returns
+    {name: the initializer's current values (float32 or float16, in its own layout)} for the names a LoRA adapts."""
     patch = LoraPatch()
     deltas: dict[tuple[str, str], NDArray] = {}  # (component, param) -> summed delta, diffusers layout
     lookups = {component: _lookup(component, weights) for component, weights in manifest_weights.items()}
@@ -196,9 +196,13 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
                             f"layer of {', '.join(sorted(manifest_weights))} (first keys: {', '.join(list(tensors)[:3])})")
         patch.matched += matched_here
         patch.unmatched.extend(ignored)
+    needed: dict[str, set[str]] = {}
+    for component, param in deltas:
+        needed.setdefault(component, set()).add(manifest_weights[component][param][0])
+    currents = {component: initializer_arrays(component, names) for component, names in needed.items()}
     for (component, param), delta in deltas.items():
         initializer, layout, dtype = manifest_weights[component][param]
-        current = initializer_arrays(component, initializer)
+        current = currents[component][initializer]
         shaped = delta.T if layout == "transposed" else delta
         if tuple(shaped.shape) != tuple(current.shape):
             raise LoraError(

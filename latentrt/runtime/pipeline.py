@@ -123,6 +123,8 @@ class Pipeline:
         """Apply these LoRAs (paths or (path, scale) pairs; [] removes them) in place of the current ones: the
         adapted networks are opened again with the merged weights; the folder's files are not reread or changed."""
         merged = self._merge_loras(loras) if loras else ([], {})
+        if not loras:
+            self.lora_report = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("this pipeline is closed: create a new one with Pipeline.from_folder(...)")
@@ -139,15 +141,10 @@ class Pipeline:
         if not any(maps.values()):
             raise LoraError(f"{self.folder.path} has no weight map (manifest 'weights'), which LoRAs need to find the "
                             "layers they adapt: export the model with `latentrt export` (optimum's folders have none)")
-        cache: dict[str, dict] = {}
+        def initializers(component: str, names: set[str]) -> dict:  # only the weights the LoRAs adapt are read
+            return read_initializers(self.folder.components[component].model, names)
 
-        def initializer(component: str, name: str):
-            if component not in cache:
-                wanted = {entry[0] for entry in maps[component].values()}
-                cache[component] = read_initializers(self.folder.components[component].model, wanted)
-            return cache[component][name]
-
-        patch = build_patch(loras, {name: m for name, m in maps.items() if m}, initializer)
+        patch = build_patch(loras, {name: m for name, m in maps.items() if m}, initializers)
         self.lora_report = {"layers": patch.matched, "unmatched": len(patch.unmatched), "examples": patch.unmatched[:5]}
         return loras, patch.weights
 
