@@ -30,7 +30,7 @@ from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
 from latentrt.export.specs import VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_spec
 from latentrt.export.validate import Comparison, validate_component
-from latentrt.export.weight_map import fingerprint, rename_compacted, weight_map
+from latentrt.export.weight_map import fingerprint, locate, rename_compacted, weight_map
 from latentrt.runtime.folder import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -374,9 +374,11 @@ def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) 
     if rewrites.get("compact_weights"):
         rewritten["fp16_stored_weights"] = store_exact_fp16(model)
     if weights is not None:
-        rewritten["weights"] = rename_compacted(weights, model)
+        weights = rename_compacted(weights, model)
     files = save_component_model(model, folder)
     del model
+    if weights is not None:
+        rewritten["weights"] = locate(folder, weights)  # where each weight's bytes are: the runtime reads no protobuf
     return files, rewritten
 
 

@@ -7,8 +7,11 @@ Linear (2-D) and Conv (4-D) weight of the torch model is fingerprinted as it is 
 initializer of the exported graph is looked up. A weight whose fingerprint is not unique (two equal tensors, such
 as zero-initialised layers) is left out of the map rather than guessed.
 
-The manifest stores, per component, `"weights": {diffusers name: [initializer, layout, dtype]}` with layout
-"same" (Conv, Gemm with transB) or "transposed" (MatMul: the initializer is W.T).
+The manifest stores, per component, `"weights": {diffusers name: [initializer, layout, dtype, shape, file,
+offset]}` with layout "same" (Conv, Gemm with transB) or "transposed" (MatMul: the initializer is W.T), and where
+the initializer's raw little-endian bytes are: `model.onnx_data` at the external-data offset, or inside
+`model.onnx` itself (found by content, kept only when unique). The runtime reads and patches weights from that
+alone, without the onnx package (the wall between export and runtime).
 """
 
 from __future__ import annotations
@@ -56,6 +59,30 @@ def weight_map(onnx_model, prints: dict[bytes, tuple[str, str] | None]) -> dict[
     return found
 
 
+def locate(folder: Path, found: dict[str, list[str]]) -> dict[str, list]:
+    """Add the shape, file and byte offset of each mapped initializer in the saved component folder."""
+    import onnx
+
+    path = Path(folder) / "model.onnx"
+    model = onnx.load(str(path), load_external_data=False)
+    data = path.read_bytes()
+    by_name = {init.name: init for init in model.graph.initializer}
+    located = {}
+    for param, (name, layout, dtype) in found.items():
+        init = by_name.get(name)
+        if init is None:
+            continue
+        shape = [int(d) for d in init.dims]
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in init.external_data}
+            located[param] = [name, layout, dtype, shape, info["location"], int(info.get("offset", 0))]
+        elif init.raw_data:
+            start = data.find(init.raw_data)
+            if start >= 0 and data.find(init.raw_data, start + 1) < 0:
+                located[param] = [name, layout, dtype, shape, "model.onnx", start]
+    return located
+
+
 def add_weight_maps(src: Path, folder: Path, components=("text_encoder", "text_encoder_2", "unet")) -> dict[str, int]:
     """Write the `weights` maps into an exported folder's manifest from the diffusers folder it was exported from
     (for folders exported before the map existed, such as the shipped model's first export); {component: layers}."""
@@ -73,7 +100,7 @@ def add_weight_maps(src: Path, folder: Path, components=("text_encoder", "text_e
             continue
         prints = fingerprint(_load_model(Path(src), name, projection=name == "text_encoder_2"))
         model = onnx.load(str(Path(folder) / name / "model.onnx"))
-        manifest["components"][name]["weights"] = weight_map(model, prints)
+        manifest["components"][name]["weights"] = locate(Path(folder) / name, weight_map(model, prints))
         counts[name] = len(manifest["components"][name]["weights"])
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return counts

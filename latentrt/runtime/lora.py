@@ -36,9 +36,18 @@ _DOWN_UP = (("lora_A.weight", "lora_B.weight"), ("lora.down.weight", "lora.up.we
             ("lora_down.weight", "lora_up.weight"))
 
 
-class ExternalArray(np.ndarray):
-    """An initializer's values that the ONNX file keeps in its external data file (ONNX Runtime overrides those
-    with add_external_initializers, at full graph optimization)."""
+@dataclass(frozen=True)
+class StoredWeight:
+    """An initializer's LoRA-merged values and where the file keeps its bytes (the manifest's weight map): `file`
+    "model.onnx" (inline) or its external data file, at byte `offset`."""
+
+    values: NDArray
+    file: str
+    offset: int
+
+    @property
+    def external(self) -> bool:
+        return self.file != "model.onnx"
 
 
 class LoraError(ValueError):
@@ -154,12 +163,11 @@ def _lookup(component: str, weights: dict[str, list]) -> dict[str, str]:
     return names
 
 
-def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
-                initializer_arrays) -> LoraPatch:
+def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]], read_weight) -> LoraPatch:
     """Merge `loras` into the weights they adapt.
 
-    manifest_weights: {component: the manifest's `weights` map}; initializer_arrays(component, names) returns
-    {name: the initializer's current values (float32 or float16, in its own layout)} for the names a LoRA adapts."""
+    manifest_weights: {component: the manifest's `weights` map}; read_weight(component, file, offset, dtype, shape)
+    returns an initializer's current values (float32 or float16, in its own layout)."""
     patch = LoraPatch()
     deltas: dict[tuple[str, str], NDArray] = {}  # (component, param) -> summed delta, diffusers layout
     lookups = {component: _lookup(component, weights) for component, weights in manifest_weights.items()}
@@ -196,21 +204,21 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
                             f"layer of {', '.join(sorted(manifest_weights))} (first keys: {', '.join(list(tensors)[:3])})")
         patch.matched += matched_here
         patch.unmatched.extend(ignored)
-    needed: dict[str, set[str]] = {}
-    for component, param in deltas:
-        needed.setdefault(component, set()).add(manifest_weights[component][param][0])
-    currents = {component: initializer_arrays(component, names) for component, names in needed.items()}
     for (component, param), delta in deltas.items():
-        initializer, layout, dtype = manifest_weights[component][param]
-        current = currents[component][initializer]
+        entry = manifest_weights[component][param]
+        if len(entry) != 6:
+            raise LoraError(f"the weight map of {component} predates byte offsets: re-export the model with `latentrt "
+                            "export` (or rerun weight_map.add_weight_maps) to apply LoRAs")
+        initializer, layout, dtype, shape, file, offset = entry
+        current = read_weight(component, file, offset, dtype, shape)
         shaped = delta.T if layout == "transposed" else delta
         if tuple(shaped.shape) != tuple(current.shape):
             raise LoraError(
                 f"the LoRA's layer {component}.{param[: -len('.weight')]} has shape {tuple(delta.shape)} but the model's "
                 f"weight is {tuple(current.shape if layout != 'transposed' else current.T.shape)}: a LoRA for another "
                 "architecture")
-        merged = (np.asarray(current, np.float32) + shaped).astype(current.dtype)
-        patch.weights.setdefault(component, {})[initializer] = merged.view(type(current))  # keeps ExternalArray
+        merged = (current.astype(np.float32) + shaped).astype(current.dtype)
+        patch.weights.setdefault(component, {})[initializer] = StoredWeight(merged, file, int(offset))
     if patch.unmatched:
         logger.warning("%d LoRA layer(s) matched no layer of the model and were not applied, e.g. %s",
                        len(patch.unmatched), ", ".join(patch.unmatched[:3]))
@@ -231,26 +239,12 @@ def _product(up: NDArray, down: NDArray, where: str) -> NDArray:
     raise LoraError(f"{where}: up {up.shape} and down {down.shape} are neither Linear (2-D) nor Conv (4-D) factors")
 
 
-def read_initializers(model_path: Path, names: set[str]) -> dict[str, NDArray]:
-    """The named initializers of an ONNX file, external data read at its offsets (the `onnx` package: the lora extra).
-    The arrays of initializers stored in the external data file are returned as `ExternalArray`s."""
-    try:
-        import onnx
-        from onnx import numpy_helper
-    except ImportError as error:
-        raise LoraError("LoRAs need the onnx package to read the weights they adapt: pip install 'latentrt[lora]'") from error
-    model = onnx.load(str(model_path), load_external_data=False)
-    found = {}
-    for init in model.graph.initializer:
-        if init.name not in names:
-            continue
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            info = {entry.key: entry.value for entry in init.external_data}
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
-            count = int(np.prod(init.dims)) if init.dims else 1
-            values = np.fromfile(Path(model_path).parent / info["location"], dtype=dtype, count=count,
-                                 offset=int(info.get("offset", 0)))
-            found[init.name] = values.reshape(tuple(init.dims)).view(ExternalArray)
-        else:
-            found[init.name] = numpy_helper.to_array(init)
-    return found
+def read_weight(folder: Path, file: str, offset: int, dtype: str, shape: list[int]) -> NDArray:
+    """An initializer's values from its raw little-endian bytes (the manifest's weight map says where)."""
+    path = Path(folder) / file
+    count = int(np.prod(shape)) if shape else 1
+    values = np.fromfile(path, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=int(offset))
+    if values.size != count:
+        raise LoraError(f"{path} ends before the weight the manifest places at byte {offset}: the folder is truncated "
+                        "or was changed after export; re-export it")
+    return values.astype(np.dtype(dtype)).reshape(shape)

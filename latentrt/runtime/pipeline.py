@@ -25,7 +25,7 @@ from latentrt.runtime.families import Prompts, SizeConditioning, family_for, gui
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
-from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_initializers
+from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_weight
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
@@ -141,10 +141,10 @@ class Pipeline:
         if not any(maps.values()):
             raise LoraError(f"{self.folder.path} has no weight map (manifest 'weights'), which LoRAs need to find the "
                             "layers they adapt: export the model with `latentrt export` (optimum's folders have none)")
-        def initializers(component: str, names: set[str]) -> dict:  # only the weights the LoRAs adapt are read
-            return read_initializers(self.folder.components[component].model, names)
+        def weight(component: str, *where) -> NDArray:  # only the weights the LoRAs adapt are read
+            return read_weight(self.folder.components[component].model.parent, *where)
 
-        patch = build_patch(loras, {name: m for name, m in maps.items() if m}, initializers)
+        patch = build_patch(loras, {name: m for name, m in maps.items() if m}, weight)
         self.lora_report = {"layers": patch.matched, "unmatched": len(patch.unmatched), "examples": patch.unmatched[:5]}
         return loras, patch.weights
 

@@ -139,35 +139,32 @@ class OnnxModel:
         check_feeds(self.name, self.inputs, feeds)
 
 
-def _override(options: ort.SessionOptions, weights: dict[str, NDArray], path: Path):
-    """LoRA-merged initializers in place of the file's (the load cache's optimized copy is not used):
-    (OrtValues that must live as long as the session, the model to load (a path, or bytes), optimizers to disable).
+def _override(options: ort.SessionOptions, weights: dict, path: Path):
+    """LoRA-merged initializers ({name: lora.StoredWeight}) in place of the file's (the load cache's optimized copy
+    is not used): (OrtValues that must live as long as the session, the model to load (a path, or bytes),
+    optimizers to disable).
 
     Initializers the file keeps in its external data go through add_external_initializers (full optimization).
-    A file with inline weights only (small models) is patched in memory and loaded from bytes: ONNX Runtime 1.32
-    ignores add_initializer for Conv weights at its layout level, and constant-folds a Cast of an fp16-stored weight
-    (--compact-weights) from the file's values. Inline weights beside external data fall back to add_initializer at
-    the extended level without constant folding."""
-    from latentrt.runtime.lora import ExternalArray
-
-    external = [name for name, a in weights.items() if isinstance(a, ExternalArray)]
+    A file with inline weights only (small models) is patched in memory at the weights' byte offsets and loaded
+    from bytes: ONNX Runtime 1.32 ignores add_initializer for Conv weights at its layout optimization level, and
+    constant-folds a Cast of an fp16-stored weight (--compact-weights) from the file's values. Inline weights in
+    a graph that also has external data fall back to add_initializer at the extended level without constant
+    folding."""
+    external = [name for name, w in weights.items() if w.external]
     inline = [name for name in weights if name not in external]
-    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(weights[name]))) for name in external}
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[name].values)) for name in external}
     if external:
         options.add_external_initializers(external, [values[name] for name in external])
     if not inline:
         return list(values.values()), path, None
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(path), load_external_data=False)
-    if not any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
-        for init in model.graph.initializer:
-            if init.name in weights:
-                init.CopyFrom(numpy_helper.from_array(np.asarray(weights[init.name]), init.name))
-        return list(values.values()), model.SerializeToString(), None
+    if not external and not (Path(path).parent / "model.onnx_data").exists():
+        data = bytearray(Path(path).read_bytes())
+        for name in inline:
+            raw = np.ascontiguousarray(weights[name].values).astype(weights[name].values.dtype.newbyteorder("<")).tobytes()
+            data[weights[name].offset:weights[name].offset + len(raw)] = raw
+        return list(values.values()), bytes(data), None
     for name in inline:
-        values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(np.asarray(weights[name])))
+        values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(weights[name].values))
         options.add_initializer(name, values[name])
     options.graph_optimization_level = min(options.graph_optimization_level, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, key=int)
     return list(values.values()), path, ["ConstantFolding"]

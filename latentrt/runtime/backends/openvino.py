@@ -63,7 +63,8 @@ class OpenVinoModel:
     def __init__(self, name: str, path: Path, precision: str, threads: int | None = None,
                  cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None):
         self.name = name
-        self.weights = weights or {}  # LoRA-merged initializers: they replace the file's constants at each read
+        # LoRA-merged initializers ({name: lora.StoredWeight}): they replace the file's constants at each read
+        self.weights = {name: w.values for name, w in (weights or {}).items()}
         self.path = Path(path)
         self.precision = precision
         self.providers = ["openvino"]
