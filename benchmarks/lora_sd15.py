@@ -93,6 +93,10 @@ def main() -> None:
     for name, row in rows.items():
         layers = row["report"]["layers"] if row["report"] else 0
         lines.append(f"| {name} | {row['seconds']:.1f} s | {row['peak_rss_mb']:,.0f} MB | {layers} |")
+    lines += ["", "A LoRA load leaves the load cache: ONNX Runtime optimizes the UNet from model.onnx again (about 11 s "
+              "for SD 1.5's UNet on this machine, issue 10's measurement), and the merged weights are held beside the "
+              "graph while the session is built (the peak RSS); reading the adapted weights at their byte offsets and "
+              "merging them is a small part, so three LoRAs cost about what one does."]
     lines += ["", "Parity with diffusers (same latents, " + report["settings"] + "): " +
               ", ".join(f"{name} {psnr:.1f} dB" for name, psnr in parity.items()) + ".", "",
               "Reproduce: `" + report["command"] + "`"]
