@@ -15,6 +15,7 @@ import argparse
 import base64
 import io
 import json
+import os
 import platform
 import random
 import socket
@@ -44,13 +45,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "latentrt.cli", "serve", *args, "--port", str(port)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+def start_server(args: list[str], port: int, timeout: float = 300, capture: bool = False) -> subprocess.Popen:
+    """`latentrt serve ARGS --port PORT` in a child process, returned once GET /health answers 200. capture: its
+    stdout and stderr together in `process.stdout` (the tests read what it printed); else stdout is discarded."""
+    output = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT) if capture else dict(stdout=subprocess.DEVNULL,
+                                                                                           stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "latentrt.cli", "serve", *args, "--port", str(port)], cwd=ROOT,
+                               text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"), **output)
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited: {process.stderr.read()}")
+            raise RuntimeError(f"the server exited: {(process.stdout if capture else process.stderr).read()}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                 return process
@@ -58,7 +63,8 @@ def start_server(args: list[str], port: int) -> subprocess.Popen:
             pass
         time.sleep(0.5)
     process.kill()
-    raise RuntimeError("the server did not become ready in 300 s")
+    raise RuntimeError(f"the server did not become ready in {timeout:g} s"
+                       + (f": {process.stdout.read()}" if capture else ""))
 
 
 def scenario(name: str, args: list[str], clients: int, per_client: int) -> dict:

@@ -7,11 +7,9 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +24,7 @@ import requests  # noqa: E402
 import uvicorn  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.serve_load import free_port, start_server  # noqa: E402
 from latentrt import Pipeline  # noqa: E402
 from latentrt.serve import ServeOptions, create_app  # noqa: E402
 from latentrt.serve.jobs import Cancelled, Job, JobQueue  # noqa: E402
@@ -34,12 +33,6 @@ from training.shapes.judge import judge  # noqa: E402
 PROMPT = "a red circle at the top left on a white background"
 PROMPT2 = "a blue square at the bottom right on a black background"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -341,20 +334,7 @@ def test_health_says_loading_then_ready_and_names_a_failed_load(pipe, tmp_path, 
 
 # --- the command: start, serve, graceful shutdown; Ray Serve ------------------------------------------------
 def _start(args: list[str], port: int, timeout: float = 180):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    process = subprocess.Popen([sys.executable, "-m", "latentrt.cli", "serve", *args, "--port", str(port)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return process
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    pytest.fail(f"the server did not become ready in {timeout} s: {process.stdout.read()}")
+    return start_server(args, port, timeout, capture=True)
 
 
 def test_sigterm_finishes_running_requests_and_refuses_new_ones():

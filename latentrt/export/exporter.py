@@ -32,6 +32,7 @@ from latentrt.export.specs import VAE_COMPONENTS, ComponentSpec, text_encoder_sp
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.export.weight_map import fingerprint, locate, rename_compacted, weight_map
 from latentrt.runtime.folder import file_sha256
+from latentrt.runtime.lora import LORA_COMPONENTS  # the networks LoRAs adapt: their weight maps
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +221,6 @@ def check_defaults(defaults: dict | None) -> dict | None:
             raise ExportError(f"unknown default scheduler {name!r}: choose one of {', '.join(available_schedulers())}")
         checked["scheduler"] = name
     return checked or None
-
-
-LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")  # the networks LoRAs adapt: their weight maps
 
 
 def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> dict:

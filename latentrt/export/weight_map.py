@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentrt.runtime.lora import LORA_COMPONENTS
+
 
 def _digest(values: np.ndarray) -> bytes:
     return hashlib.blake2b(np.ascontiguousarray(values, dtype=np.float32).tobytes(), digest_size=16).digest()
@@ -83,7 +85,7 @@ def locate(folder: Path, found: dict[str, list[str]]) -> dict[str, list]:
     return located
 
 
-def add_weight_maps(src: Path, folder: Path, components=("text_encoder", "text_encoder_2", "unet")) -> dict[str, int]:
+def add_weight_maps(src: Path, folder: Path, components=LORA_COMPONENTS) -> dict[str, int]:
     """Write the `weights` maps into an exported folder's manifest from the diffusers folder it was exported from
     (for folders exported before the map existed, such as the shipped model's first export); {component: layers}."""
     import json

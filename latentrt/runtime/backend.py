@@ -58,7 +58,7 @@ class Backend:
     compiled_cache: Path | None = None  # OpenVINO's compiled-model folder; None: none (opt-in)
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
-        """The network's session; `weights` ({initializer: array}, LoRA-merged) replace the file's values."""
+        """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
         if self.provider == "openvino":
             from latentrt.runtime.backends.openvino import OpenVinoModel
 

@@ -142,6 +142,11 @@ class ModelFolder:
         return self.path.name
 
     @property
+    def inpaint_unet(self) -> bool:
+        """A 9-channel inpainting UNet: it takes the latents, the mask and the masked image's latents."""
+        return self.unet.in_channels == 2 * self.vae.latent_channels + 1
+
+    @property
     def size_multiple(self) -> int:
         """Height and width must be multiples of this (the VAE's downsampling factor)."""
         return self.vae.scale_factor

@@ -61,7 +61,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
 def _tasks(folder: ModelFolder, family) -> list[str]:
     """What `pipe(...)` can do with this folder: text to image needs no image (not a refiner, not a 9-channel
     inpainting UNet); image to image and inpainting need the VAE encoder."""
-    inpaint_unet = folder.unet.in_channels == 2 * folder.vae.latent_channels + 1
+    inpaint_unet = folder.inpaint_unet
     encoder = "vae_encoder" in folder.components
     tasks = [] if inpaint_unet or family.is_refiner else ["txt2img"]
     if encoder:

@@ -85,9 +85,9 @@ class Lora:
 
 @dataclass
 class LoraPatch:
-    """The merged weights per network: {component: {initializer: array in the initializer's layout and dtype}}."""
+    """The merged weights per network: {component: {initializer: StoredWeight (its layout and dtype)}}."""
 
-    weights: dict[str, dict[str, NDArray]] = field(default_factory=dict)
+    weights: dict[str, dict[str, StoredWeight]] = field(default_factory=dict)
     matched: int = 0  # adapted layers
     unmatched: list[str] = field(default_factory=list)  # key stems of the files that matched no layer
 

@@ -293,7 +293,7 @@ class Pipeline:
         guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
         pixels = mask = crop = None
         vae = self.folder.vae
-        inpaint_unet = self.folder.unet.in_channels == 2 * vae.latent_channels + 1  # latents, mask, masked latents
+        inpaint_unet = self.folder.inpaint_unet  # latents, mask, masked latents
         if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, (int, np.integer)) or padding_mask_crop < 0):
             raise ValueError(f"padding_mask_crop must be a whole number of pixels >= 0, got {padding_mask_crop!r}")
         if padding_mask_crop is not None and mask_image is None:
@@ -371,7 +371,7 @@ class Pipeline:
         sampler.set_timesteps(steps)
         timesteps = sampler.timesteps
         f = vae.scale_factor
-        shape = (batch, vae.latent_channels if inpaint_unet else self.folder.unet.in_channels, height // f, width // f)
+        shape = (batch, *self.latent_shape(height, width))
         if mask is not None:  # diffusers' inpainting prepare_latents and prepare_mask_latents, draws in its order
             t0 = time.perf_counter()
             timesteps = _img2img_timesteps(sampler, steps, strength)
@@ -520,8 +520,8 @@ class Pipeline:
         a text-to-image call draws from its seed: `np.random.default_rng(seed).standard_normal((n, *shape))`."""
         height, width = self._check_size(height, width)
         f = self.folder.vae.scale_factor
-        inpaint_unet = self.folder.unet.in_channels == 2 * self.folder.vae.latent_channels + 1
-        return (self.folder.vae.latent_channels if inpaint_unet else self.folder.unet.in_channels, height // f, width // f)
+        channels = self.folder.vae.latent_channels if self.folder.inpaint_unet else self.folder.unet.in_channels
+        return (channels, height // f, width // f)
 
     def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
         native = self.folder.unet.sample_size * self.folder.vae.scale_factor

@@ -160,7 +160,7 @@ def _override(options: ort.SessionOptions, weights: dict, path: Path):
     if not external and not (Path(path).parent / "model.onnx_data").exists():
         data = bytearray(Path(path).read_bytes())
         for name in inline:
-            raw = np.ascontiguousarray(weights[name].values).astype(weights[name].values.dtype.newbyteorder("<")).tobytes()
+            raw = weights[name].values.astype(weights[name].values.dtype.newbyteorder("<")).tobytes()  # ONNX raw_data
             data[weights[name].offset:weights[name].offset + len(raw)] = raw
         return list(values.values()), bytes(data), None
     for name in inline:

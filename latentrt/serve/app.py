@@ -15,7 +15,6 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -354,4 +353,4 @@ class _Guard:
 
 
 def model_name(state: ServerState) -> str:
-    return state.pipe.folder.name if state.pipe is not None else Path(state.options.model or "shapes").name
+    return state.pipe.folder.name  # asked after run_job: the model is loaded

@@ -87,11 +87,6 @@ class JobQueue:
         """Jobs waiting, not counting the ones running."""
         return len(self._waiting)
 
-    @property
-    def busy(self) -> int:
-        with self._cond:
-            return len(self._waiting) + self._running
-
     def submit(self, job: Job) -> Future:
         with self._cond:
             if self._closing:
