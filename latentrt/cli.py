@@ -73,6 +73,12 @@ def generate(
     lora: Optional[list[str]] = typer.Option(
         None, "--lora", help="FILE[:SCALE]: a LoRA (.safetensors, diffusers/PEFT or kohya keys) merged at load, scale 1 "
         "by default; repeat for several (the lora extra)."),
+    cache_interval: int = typer.Option(
+        1, "--cache-interval", help="DeepCache: run the full UNet on one call in N and only its shallow end on the "
+        "others (a folder exported with --deepcache); 1 = off."),
+    cache_schedule: str = typer.Option(
+        "uniform", "--cache-schedule", help="With --cache-interval: uniform (calls 0, N, 2N...) or nonuniform (the "
+        "paper's: denser full calls early on)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -107,6 +113,7 @@ def generate(
                 prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
                 seed=seed, height=height, width=width, num_images=num_images, progress=progress,
                 image=image, strength=strength, mask_image=mask, padding_mask_crop=mask_padding, clip_skip=clip_skip,
+                cache_interval=cache_interval, cache_schedule=cache_schedule,
             )
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))
@@ -114,7 +121,9 @@ def generate(
         save_png(image, path, params, force=force)
         typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     t = result.timings
-    typer.echo(f"text encoder {t['text_encoder']:.2f} s, denoise {t['denoise']:.2f} s ({t['unet_step'] * 1000:.0f} ms/step), VAE decode {t['vae_decode']:.2f} s")
+    calls = result.unet_calls
+    shallow = f"; DeepCache: {calls['full']} full UNet calls, {calls['shallow']} shallow" if calls.get("shallow") else ""
+    typer.echo(f"text encoder {t['text_encoder']:.2f} s, denoise {t['denoise']:.2f} s ({t['unet_step'] * 1000:.0f} ms/step{shallow}), VAE decode {t['vae_decode']:.2f} s")
 
 
 @app.command()
@@ -133,6 +142,12 @@ def export(
     default_steps: Optional[int] = typer.Option(None, "--default-steps", help="Steps `generate` uses when none are given."),
     default_guidance: Optional[float] = typer.Option(None, "--default-guidance", help="Guidance scale `generate` uses by default."),
     default_scheduler: Optional[str] = typer.Option(None, "--default-scheduler", help="Sampler `generate` uses by default."),
+    deepcache: bool = typer.Option(
+        False, "--deepcache", help="Also export DeepCache's shallow UNet (and the full UNet's cached feature), for "
+        "`--cache-interval`: fewer full UNet calls per image."),
+    cache_branch: int = typer.Option(
+        0, "--cache-branch", help="With --deepcache: the skip branch the UNet is split at, 0 (the shallowest: fastest) "
+        "up; DeepCache's cache_branch_id."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
@@ -146,7 +161,7 @@ def export(
         defaults = {"steps": default_steps, "guidance_scale": default_guidance, "scheduler": default_scheduler}
         report = export_pipeline(
             src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults,
-            fused_attention=fused_attention,
+            fused_attention=fused_attention, cache_branch=cache_branch if deepcache else None,
         )
     except (ExportError, FileExistsError, ValidationError) as exc:
         _fail(str(exc))

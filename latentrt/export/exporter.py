@@ -28,7 +28,9 @@ from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
-from latentrt.export.specs import VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_spec
+from latentrt.export import deepcache
+from latentrt.export.specs import (VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_shallow_spec,
+                                   unet_spec)
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.export.weight_map import fingerprint, locate, rename_compacted, weight_map
 from latentrt.runtime.folder import file_sha256
@@ -167,6 +169,7 @@ def export_pipeline(
     compact_weights: bool = False,
     defaults: dict | None = None,
     fused_attention: bool = True,
+    cache_branch: int | None = None,
 ) -> ExportReport:
     """Export ``src`` to ``out``.
 
@@ -180,6 +183,8 @@ def export_pipeline(
     index = check_source(src)
     kind = SOURCE_CLASSES[index.get("_class_name") or "StableDiffusionPipeline"]
     defaults = check_defaults(defaults)
+    if cache_branch is not None and (isinstance(cache_branch, bool) or not isinstance(cache_branch, int) or cache_branch < 0):
+        raise ExportError(f"the DeepCache branch must be a whole number >= 0 (0: the shallowest split), got {cache_branch!r}")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     started = time.perf_counter()
@@ -187,7 +192,7 @@ def export_pipeline(
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
         rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
-        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report)
+        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch)
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -223,7 +228,7 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
-def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> dict:
+def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch=None) -> dict:
     from latentrt.export.tokenizer import export_tokenizer
 
     encoders = _text_encoders(src, index, kind)
@@ -232,7 +237,9 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
     unet_config = _config(src, "unet")
     try:
         specs = [text_encoder_spec(name, _config(src, name), projection) for name, _, projection in encoders]
-        specs += [unet_spec(unet_config, text_embeds), *VAE_COMPONENTS]
+        # DeepCache's shallow UNet first: the torch UNet is freed after the last component that reads it (SDXL)
+        specs += [unet_shallow_spec(unet_config, text_embeds, cache_branch)] if cache_branch is not None else []
+        specs += [unet_spec(unet_config, text_embeds, cache_branch), *VAE_COMPONENTS]
     except (KeyError, ValueError) as exc:
         raise ExportError(f"{src}: {exc}") from exc
     time_ids = next((t.axes[-1] for t in specs[len(encoders)].inputs if t.name == "time_ids"), None)
@@ -240,19 +247,29 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
 
     loaded: dict = {}
     components = {}
+    split_info = None
+    prints_of: dict = {}  # one fingerprint per source model (the UNet serves unet and unet_shallow)
     for i, spec in enumerate(specs):
         if spec.source not in loaded:
             loaded.clear()  # one source model in memory at a time (the VAE serves two components)
+            prints_of.clear()
             loaded[spec.source] = _load_model(src, spec.source, projections.get(spec.source, False))
         model = loaded[spec.source]
-        module = spec.wrap(model).eval()
+        try:
+            module = spec.wrap(model).eval()
+        except ValueError as exc:  # a DeepCache branch this UNet does not have
+            raise ExportError(f"{src}: {exc}") from exc
+        if spec.name == "unet_shallow":
+            split_info = _deepcache_entry(module.split)
         flops = component_flops(spec.name, model, text_embeds)  # {"flops": ...} for unet, vae_decoder
         reference = _torch_reference(spec, module) if validate else None  # validation's torch side, run now
         t0 = time.perf_counter()
         folder = tmp / spec.name
         _trace_component(spec, module, folder, opset)
         files = spec.extra_files(folder, model) if spec.extra_files is not None else []
-        prints = fingerprint(model) if spec.name in LORA_COMPONENTS else None  # the LoRA map, matched after the trace
+        prints = None
+        if spec.name in LORA_COMPONENTS:  # the LoRA map, matched after the trace
+            prints = prints_of[spec.source] = prints_of.get(spec.source) or fingerprint(model)
         if all(s.source != spec.source for s in specs[i + 1 :]):
             # Memory: everything that reads the torch model is done, so free it before the ONNX copy of its
             # weights is loaded and before ONNX Runtime validates. The weights are then never held twice
@@ -260,6 +277,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
             # (benchmarks/results/full_size_exports.md).
             del model, module
             loaded.clear()
+            prints_of.clear()
         saved, rewritten = _rewrite_and_save(folder, rewrites, prints)
         files = saved + files
         seconds = time.perf_counter() - t0
@@ -285,7 +303,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
     (tmp / "scheduler").mkdir()
     shutil.copyfile(src / "scheduler" / "scheduler_config.json", tmp / "scheduler" / "scheduler_config.json")
     _write_model_index(tmp, index, kind, [name for name, _, _ in encoders])
-    return {
+    manifest = {
         "format": "latentrt-onnx/1",
         "exporter": _versions(),
         "source": {"path": str(src.resolve()), "class_name": index.get("_class_name")},
@@ -294,6 +312,21 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report) -> 
         "precision": "fp32",
         "rewrites": rewrites,
         "components": components,
+    }
+    if split_info is not None:
+        manifest["deepcache"] = split_info
+    return manifest
+
+
+def _deepcache_entry(split: deepcache.Split) -> dict:
+    """The manifest's `deepcache`: what the runtime needs to run and compile the shallow UNet."""
+    return {
+        "shallow": "unet_shallow",
+        "feature": deepcache.FEATURE,
+        "branch": split.branch,
+        "branches": split.branches,
+        "feature_channels": split.channels,
+        "feature_downsamples": split.downsamples,  # each halves the latent's sides, rounding up
     }
 
 
@@ -381,11 +414,12 @@ def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) 
 
 
 class _RecordedOutputs:
-    """What `validate_component` needs of a component's torch wrapper, without the torch model: ``.model.config``
-    (the sample inputs are sized from it) and the outputs on those inputs, computed before the model was freed."""
+    """What `validate_component` needs of a component's torch wrapper, without the torch model: the sample inputs
+    and the outputs on them, computed before the model was freed."""
 
-    def __init__(self, config, outputs):
+    def __init__(self, config, inputs, outputs):
         self.model = SimpleNamespace(config=config)
+        self.sample_inputs = inputs
         self.outputs = outputs
 
     def __call__(self, *inputs):
@@ -393,21 +427,32 @@ class _RecordedOutputs:
 
 
 def _torch_reference(spec: ComponentSpec, module, seed: int = 0) -> _RecordedOutputs:
-    """The torch side of `validate_component(spec, module, ..., seed)`: the same sample inputs, run now."""
+    """The torch side of `validate_component(spec, module, ..., seed)`: the same sample inputs, run now.
+
+    DeepCache's shallow UNet is held to the FULL torch UNet's output: its sample inputs carry the feature the
+    full UNet computed from the same inputs, and with it the shallow graph must reproduce that output."""
     import torch
 
     inputs = spec.sample_inputs(module.model, np.random.default_rng(seed))
     with torch.no_grad():
-        outputs = module(*to_torch(inputs))
-    return _RecordedOutputs(module.model.config, outputs)
+        if spec.name == "unet_shallow":
+            plain = {name: value for name, value in inputs.items() if name != deepcache.FEATURE}
+            outputs = module.full_unet()(*to_torch(plain))
+        else:
+            outputs = module(*to_torch(inputs))
+    return _RecordedOutputs(module.model.config, inputs, outputs)
 
 
 def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int) -> dict:
+    import onnx
+
+    # the graph's own inputs: the tracer drops one the graph does not use (a shallow UNet with no attention)
+    taken = {i.name for i in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.input}
     return {
         "file": "model.onnx",
         "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in files else None,
         "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)} for name in files},
-        "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs],
+        "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs if t.name in taken],
         "outputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.outputs],
         "opset": opset,
         "precision": "fp32",

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentrt.export import deepcache
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -73,20 +75,39 @@ class _TextEncoder(nn.Module):
 
 
 class _UNet(nn.Module):
-    """Positional graph inputs -> diffusers' keywords: text_embeds and time_ids go in added_cond_kwargs."""
+    """Positional graph inputs -> diffusers' keywords: text_embeds and time_ids go in added_cond_kwargs.
+    With `cache_branch` (DeepCache), the output is (out_sample, deepcache_feature) at that split."""
 
-    def __init__(self, model: nn.Module, extra: tuple[str, ...] = ()):
+    def __init__(self, model: nn.Module, extra: tuple[str, ...] = (), cache_branch: int | None = None):
         super().__init__()
         self.model = model
         self.extra = extra  # names of the inputs after encoder_hidden_states, in graph order
+        self.split = None if cache_branch is None else deepcache.locate_split(model, cache_branch)
 
-    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+    def keywords(self, extra: tuple) -> dict:
         named = dict(zip(self.extra, extra))
         added = {k: named[k] for k in ("text_embeds", "time_ids") if k in named}
-        return self.model(
-            sample, timestep, encoder_hidden_states, timestep_cond=named.get("timestep_cond"),
-            added_cond_kwargs=added or None, return_dict=False,
-        )[0]
+        return {"timestep_cond": named.get("timestep_cond"), "added_cond_kwargs": added or None}
+
+    def forward(self, sample, timestep, encoder_hidden_states, *extra):
+        if self.split is None:
+            return self.model(sample, timestep, encoder_hidden_states, **self.keywords(extra), return_dict=False)[0]
+        with deepcache.FeatureTap(self.model, self.split) as tap:
+            out = self.model(sample, timestep, encoder_hidden_states, **self.keywords(extra), return_dict=False)[0]
+        return out, tap.value
+
+
+class _ShallowUNet(_UNet):
+    """DeepCache's shallow UNet: (sample, timestep, encoder_hidden_states, *extra, deepcache_feature) -> out_sample."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, *extra_and_feature):
+        *extra, feature = extra_and_feature
+        return deepcache.shallow_forward(self.model, self.split, sample, timestep, encoder_hidden_states, feature,
+                                         **self.keywords(tuple(extra)))
+
+    def full_unet(self) -> _UNet:
+        """The plain UNet wrapper around the same model: the output the shallow UNet must reproduce."""
+        return _UNet(self.model, self.extra)
 
 
 class _VaeDecoder(nn.Module):
@@ -244,21 +265,51 @@ def unet_extra_inputs(unet_config: Mapping[str, Any], text_embeds_width: int | N
     return extra
 
 
-def unet_spec(unet_config: Mapping[str, Any], text_embeds_width: int | None = None) -> ComponentSpec:
+_UNET_INPUTS = (
+    TensorSpec("sample", "float32", ("batch_size", "num_channels", "height", "width")),
+    # float so that fractional timesteps (Euler, Heun, DPM-Solver Karras) reach the UNet intact
+    TensorSpec("timestep", "float32", ("steps",)),
+    TensorSpec("encoder_hidden_states", "float32", ("batch_size", "sequence_length", "hidden_size")),
+)
+_UNET_OUTPUT = TensorSpec("out_sample", "float32", ("batch_size", "num_channels", "height", "width"))
+_FEATURE = TensorSpec(deepcache.FEATURE, "float32", ("batch_size", "feature_channels", "feature_height", "feature_width"))
+
+
+def unet_spec(unet_config: Mapping[str, Any], text_embeds_width: int | None = None,
+              cache_branch: int | None = None) -> ComponentSpec:
+    """The UNet; with `cache_branch` (DeepCache), it also outputs the feature the shallow UNet takes."""
     extra = unet_extra_inputs(unet_config, text_embeds_width)
     return ComponentSpec(
         name="unet",
         source="unet",
-        inputs=(
-            TensorSpec("sample", "float32", ("batch_size", "num_channels", "height", "width")),
-            # float so that fractional timesteps (Euler, Heun, DPM-Solver Karras) reach the UNet intact
-            TensorSpec("timestep", "float32", ("steps",)),
-            TensorSpec("encoder_hidden_states", "float32", ("batch_size", "sequence_length", "hidden_size")),
-        )
-        + extra,
-        outputs=(TensorSpec("out_sample", "float32", ("batch_size", "num_channels", "height", "width")),),
-        wrap=functools.partial(_UNet, extra=tuple(t.name for t in extra)),
+        inputs=_UNET_INPUTS + extra,
+        outputs=(_UNET_OUTPUT,) + ((_FEATURE,) if cache_branch is not None else ()),
+        wrap=functools.partial(_UNet, extra=tuple(t.name for t in extra), cache_branch=cache_branch),
         sample_inputs=functools.partial(_unet_inputs, extra=extra),
+    )
+
+
+def _shallow_inputs(model: nn.Module, rng: np.random.Generator, extra: tuple[TensorSpec, ...], cache_branch: int) -> dict[str, np.ndarray]:
+    """The UNet's sample inputs and the feature the full UNet computes from them: the shallow UNet must then
+    reproduce the full UNet's output (the check the export makes, `validate_shallow`)."""
+    inputs = _unet_inputs(model, rng, extra)
+    full = _UNet(model, tuple(t.name for t in extra), cache_branch)
+    with torch.no_grad():
+        _, feature = full(*to_torch(inputs))
+    inputs[deepcache.FEATURE] = feature.numpy()
+    return inputs
+
+
+def unet_shallow_spec(unet_config: Mapping[str, Any], text_embeds_width: int | None, cache_branch: int) -> ComponentSpec:
+    """DeepCache's shallow UNet (deepcache.py): the UNet's inputs and the cached feature -> out_sample."""
+    extra = unet_extra_inputs(unet_config, text_embeds_width)
+    return ComponentSpec(
+        name="unet_shallow",
+        source="unet",
+        inputs=_UNET_INPUTS + extra + (_FEATURE,),
+        outputs=(_UNET_OUTPUT,),
+        wrap=functools.partial(_ShallowUNet, extra=tuple(t.name for t in extra), cache_branch=cache_branch),
+        sample_inputs=functools.partial(_shallow_inputs, extra=extra, cache_branch=cache_branch),
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 REQUIRED_COMPONENTS = ("unet", "vae_decoder")  # and a text encoder: text_encoder, or text_encoder_2 (SDXL refiner)
-OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder")
+OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "unet_shallow")
 REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
 
 
@@ -145,6 +145,12 @@ class ModelFolder:
     def inpaint_unet(self) -> bool:
         """A 9-channel inpainting UNet: it takes the latents, the mask and the masked image's latents."""
         return self.unet.in_channels == 2 * self.vae.latent_channels + 1
+
+    @property
+    def deepcache(self) -> dict[str, Any] | None:
+        """The manifest's `deepcache` entry when the folder can cache (`latentrt export --deepcache`), else None."""
+        entry = (self.manifest or {}).get("deepcache")
+        return entry if entry and entry.get("shallow", "unet_shallow") in self.components else None
 
     @property
     def size_multiple(self) -> int:

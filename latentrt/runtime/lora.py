@@ -29,8 +29,10 @@ from numpy.typing import NDArray
 
 logger = logging.getLogger(__name__)
 
-LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
+LORA_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "unet_shallow")
 _PEFT_PREFIXES = {"unet": "unet", "text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2"}
+# networks holding copies of another's weights under the same names (DeepCache's shallow UNet): adapted alike
+_SHARES_WEIGHTS_OF = {"unet_shallow": "unet"}
 _KOHYA_PREFIXES = {"lora_unet": "unet", "lora_te": "text_encoder", "lora_te1": "text_encoder", "lora_te2": "text_encoder_2"}
 _DOWN_UP = (("lora_A.weight", "lora_B.weight"), ("lora.down.weight", "lora.up.weight"),
             ("lora_down.weight", "lora_up.weight"))
@@ -204,6 +206,10 @@ def build_patch(loras: list[Lora], manifest_weights: dict[str, dict[str, list]],
                             f"layer of {', '.join(sorted(manifest_weights))} (first keys: {', '.join(list(tensors)[:3])})")
         patch.matched += matched_here
         patch.unmatched.extend(ignored)
+    for (owner, param), delta in list(deltas.items()):
+        for copy, source in _SHARES_WEIGHTS_OF.items():
+            if source == owner and param in manifest_weights.get(copy, {}):
+                deltas[(copy, param)] = delta
     for (component, param), delta in deltas.items():
         entry = manifest_weights[component][param]
         if len(entry) != 6:

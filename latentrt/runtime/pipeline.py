@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
+from latentrt.runtime.deepcache import check_cache_interval, full_calls
 from latentrt.runtime.families import Prompts, SizeConditioning, family_for, guidance_embedding
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
@@ -42,6 +43,7 @@ class PipelineResult:
     parameters: list[GenerationParameters]  # one per image
     latents: NDArray[np.float32]  # final latents, (B, C, H/f, W/f)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    unet_calls: dict[str, int] = field(default_factory=dict)  # {"full": n, "shallow": m} (shallow: DeepCache)
 
     @property
     def arrays(self) -> NDArray[np.uint8]:
@@ -91,7 +93,8 @@ class Pipeline:
                                      folder.components["vae_decoder"].config.get("block_out_channels") or [0, 0, 0, 0])
         self.family = family_for(folder)  # how prompts become the UNet's conditioning (SD, SDXL)
         self.tokenizer = self.family.tokenizer
-        self.networks = self.family.text_encoders + ("unet", "vae_decoder")
+        # DeepCache's shallow UNet (a small graph) is resident with the rest where the folder has one
+        self.networks = self.family.text_encoders + ("unet", "vae_decoder") + (("unet_shallow",) if folder.deepcache else ())
         self._models: dict[str, object] = {}
         self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
@@ -214,15 +217,20 @@ class Pipeline:
         unet_shapes = self.family.unet_input_shapes(texts)
         if self.guidance_embedding_dim:
             unet_shapes["timestep_cond"] = (texts, self.guidance_embedding_dim)
+        unet_shapes = {
+            "sample": (texts, *latent),
+            "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
+            **unet_shapes,
+        }
         jobs = [
-            (self.unet, {
-                "sample": (texts, *latent),
-                "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
-                **unet_shapes,
-            }),
+            (self.unet, unet_shapes),
             *[(self._models[name], {"input_ids": (texts, self.family.tokenizers[name].max_length)}) for name in self.family.text_encoders],
             (self.vae_decoder, {next(iter(self.vae_decoder.inputs)): (batch, self.folder.vae.latent_channels, *latent[1:])}),
         ]
+        if "unet_shallow" in self._models:  # DeepCache: the UNet's shapes and the feature's
+            shallow = self._models["unet_shallow"]
+            feature = self._feature_shape(texts, *latent[1:])
+            jobs.append((shallow, {name: shape for name, shape in {**unet_shapes, **feature}.items() if name in shallow.inputs}))
         if image and "vae_encoder" in self._models:  # one image at a time, as the call encodes it
             encoder = self._models["vae_encoder"]
             jobs.append((encoder, {next(iter(encoder.inputs)): (1, 3, height, width)}))
@@ -254,6 +262,8 @@ class Pipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float = 6.0,
         negative_aesthetic_score: float = 2.5,
+        cache_interval: int = 1,
+        cache_schedule: str = "uniform",
     ) -> PipelineResult:
         """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
 
@@ -280,6 +290,10 @@ class Pipeline:
         (default: the image's size, (0, 0), the image's size) and, for a refiner, aesthetic_score and
         negative_aesthetic_score, as diffusers' StableDiffusionXL pipelines. A UNet that takes `timestep_cond`
         (LCM) gets the guidance scale as an embedding and runs without classifier-free guidance, as diffusers.
+
+        cache_interval=N (DeepCache; a folder exported with `--deepcache`): one UNet call in N runs the full UNet
+        and caches its deep feature, the others run only the shallow UNet on it (`cache_schedule`: "uniform", or
+        "nonuniform" as the paper's 1:N strategy; see runtime/deepcache.py). 1 (the default) is no caching.
         """
         timings: dict[str, float] = {}
         # 1. check inputs
@@ -337,6 +351,7 @@ class Pipeline:
         height, width = self._check_size(height, width)
         _check_positive_int("steps", steps)
         _check_positive_int("num_images", num_images)
+        cache_interval = self._check_cache(cache_interval, cache_schedule)
         if pixels is not None and int(steps * strength) < 1:  # diffusers' get_timesteps would leave no step to run
             raise ValueError(
                 f"strength {strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
@@ -409,15 +424,24 @@ class Pipeline:
         if pixels is None:
             x = latents * np.float32(sampler.init_noise_sigma)  # (B, C, H/f, W/f)
 
-        # 4. denoise
+        # 4. denoise (DeepCache: the full UNet where the plan says so, else the shallow one on its cached feature)
         t0 = time.perf_counter()
+        plan = full_calls(len(timesteps), cache_interval, cache_schedule)
+        if cache_interval > len(timesteps):
+            logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
+                           "full UNet, every other call reuses its deep feature", cache_interval, len(timesteps))
+        feature = None
         with self._network("unet"):  # resident for the whole loop, also with low_memory
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
                 x_in = sampler.scale_model_input(x_in, t)
                 if mask is not None and inpaint_unet:
                     x_in = np.concatenate([x_in.astype(np.float32, copy=False), extra], axis=1)
-                noise = self._unet(x_in.astype(np.float32, copy=False), t, conditioning)
+                if plan[i]:
+                    noise, feature = self._unet(x_in.astype(np.float32, copy=False), t, conditioning,
+                                                keep_feature=cache_interval > 1)
+                else:
+                    noise = self._unet_shallow(x_in.astype(np.float32, copy=False), t, conditioning, feature)
                 if do_cfg:
                     uncond, cond = np.split(noise, 2)
                     noise = uncond + np.float32(guidance_scale) * (cond - uncond)
@@ -431,6 +455,7 @@ class Pipeline:
                     progress(i + 1, len(timesteps))
         timings["denoise"] = time.perf_counter() - t0
         timings["unet_step"] = timings["denoise"] / max(len(timesteps), 1)
+        unet_calls = {"full": sum(plan), "shallow": len(plan) - sum(plan)}
 
         # 5. decode
         t0 = time.perf_counter()
@@ -456,10 +481,12 @@ class Pipeline:
                 strength=strength,
                 task="txt2img" if pixels is None else "img2img" if mask is None else "inpaint",
                 mask_padding=None if crop is None else int(padding_mask_crop),
+                cache_interval=cache_interval,
+                cache_schedule=cache_schedule,
             )
             for i in range(batch)
         ]
-        return PipelineResult(images=images, parameters=parameters, latents=x, timings=timings)
+        return PipelineResult(images=images, parameters=parameters, latents=x, timings=timings, unet_calls=unet_calls)
 
     # --- steps -------------------------------------------------------------------------------------------
     def _image_size(self, image: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
@@ -588,14 +615,45 @@ class Pipeline:
             feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
             return network(**feeds)
 
-    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray]) -> NDArray[np.float32]:
-        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep."""
+    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], keep_feature: bool = False):
+        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep. With
+        keep_feature (DeepCache), returns (output, the deep feature the shallow UNet reuses)."""
         with self._network("unet") as unet:
-            info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
-            shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
-            timestep = model_timestep(t, info.dtype, shape)
-            out = unet(sample=sample, timestep=timestep, **conditioning)
-            return next(iter(out.values()))
+            out = unet(sample=sample, timestep=self._timestep(unet, t, sample), **conditioning)
+            noise = next(iter(out.values()))
+            return (noise, out[self.folder.deepcache["feature"]] if keep_feature else None)
+
+    def _unet_shallow(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray],
+                      feature: NDArray[np.float32]) -> NDArray[np.float32]:
+        """DeepCache's shallow UNet on the cached feature (it takes only the inputs its layers use)."""
+        with self._network("unet_shallow") as shallow:
+            feeds = {"sample": sample, "timestep": self._timestep(shallow, t, sample), **conditioning,
+                     self.folder.deepcache["feature"]: feature}
+            return next(iter(shallow(**{k: v for k, v in feeds.items() if k in shallow.inputs}).values()))
+
+    @staticmethod
+    def _timestep(unet, t, sample: NDArray) -> NDArray:
+        info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
+        shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
+        return model_timestep(t, info.dtype, shape)
+
+    def _check_cache(self, interval, schedule: str) -> int:
+        interval = check_cache_interval(interval)
+        if schedule not in ("uniform", "nonuniform"):
+            raise ValueError(f"unknown cache_schedule {schedule!r}: choose uniform or nonuniform")
+        if interval > 1 and self.folder.deepcache is None:
+            raise ValueError(
+                f"{self.folder.path} has no DeepCache shallow UNet (unet_shallow/), which cache_interval > 1 needs: "
+                "export the model again with `latentrt export --deepcache`"
+            )
+        return interval
+
+    def _feature_shape(self, texts: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
+        """The cached feature's shape for latents of height x width: each downsampler halves a side, rounding up."""
+        entry = self.folder.deepcache
+        for _ in range(entry["feature_downsamples"]):
+            height, width = -(-height // 2), -(-width // 2)
+        return {entry["feature"]: (texts, entry["feature_channels"], height, width)}
 
     def _decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
         vae = self.folder.vae
