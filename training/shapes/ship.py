@@ -246,7 +246,8 @@ def main() -> None:
     log.info("defaults: %s", defaults)
     (RESULTS / "sweep.json").write_text(json.dumps({"sweep": SWEEP, "tolerance": TOLERANCE, "defaults": defaults,
                                                     "rows": rows}, indent=1) + "\n")
-    export_pipeline(REFERENCE, SHIPPED, force=True, compact_weights=True, defaults=defaults, report=log.info)
+    export_pipeline(REFERENCE, SHIPPED, force=True, compact_weights=True, defaults=defaults, report=log.info,
+                    cache_branch=0)  # DeepCache: unet_shallow/ (0.46 MB), for --cache-interval
     make_portable(REFERENCE)
     make_portable(SHIPPED)
 
