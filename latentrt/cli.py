@@ -315,6 +315,11 @@ def bench(
         help="Comma-separated, from: default, low_memory (one network resident at a time). Each latentrt path runs once "
         "per mode, as a row of its own; the other systems have no modes.",
     ),
+    cache_interval: Optional[str] = typer.Option(
+        None, "--cache-interval",
+        help="Comma-separated DeepCache intervals N > 1: each latentrt path also runs with one full UNet call in N, a "
+        "row per N (the export then includes the shallow UNet; --modes default gives the uncached row).",
+    ),
     task: str = typer.Option(
         "txt2img", "--task",
         help="txt2img, img2img or inpaint (the plain UNet, known region blended): the image tasks start from an init "
@@ -343,10 +348,17 @@ def bench(
 
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         _fail("--plot needs matplotlib, not installed here: pip install matplotlib (or 'latentrt[dev]')")
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    for text in (cache_interval or "").split(","):
+        if not text.strip():
+            continue
+        if not text.strip().isdigit() or int(text) < 2:
+            _fail(f"--cache-interval takes whole numbers >= 2 (1 is the uncached row, --modes default), got {text.strip()!r}")
+        mode_list.append(f"cache{int(text)}")
     config = BenchConfig(
         src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
         threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
-        modes=tuple(m.strip() for m in modes.split(",") if m.strip()), task=task, strength=strength,
+        modes=tuple(mode_list), task=task, strength=strength,
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
         seed=seed, note=note, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
         progress=lambda message: typer.echo(message, err=True),

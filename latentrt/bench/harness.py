@@ -119,6 +119,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -141,8 +142,16 @@ logger = logging.getLogger(__name__)
 SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8", "diffusers", "diffusers-bf16",
            "optimum", "optimum-intel")
 LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8")
-# latentrt's modes (--modes): each latentrt path runs once per mode, as a row of its own
+# latentrt's modes (--modes): each latentrt path runs once per mode, as a row of its own; "cacheN" (--cache-interval
+# N) is the default mode with DeepCache, one full UNet call in N (the export then includes the shallow UNet)
 MODES = ("default", "low_memory")
+CACHE_MODE = re.compile(r"cache([2-9]|[1-9][0-9]+)$")
+
+
+def cache_interval(mode: str) -> int:
+    """The DeepCache interval a mode runs with: N for "cacheN", else 1 (no caching)."""
+    match = CACHE_MODE.match(mode)
+    return int(match.group(1)) if match else 1
 # systems whose time to first image is measured (latentrt's CLI; diffusers' worker with --first-image)
 TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 REFERENCE = "diffusers"
@@ -278,17 +287,19 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 _EXPORT = (
     "import sys; from latentrt.export.exporter import export_pipeline; "
-    "r = export_pipeline(sys.argv[1], sys.argv[2], report=print); print(f'exported in {r.seconds:.1f} s')"
+    "r = export_pipeline(sys.argv[1], sys.argv[2], report=print, cache_branch=0 if sys.argv[3:] == ['deepcache'] else None); "
+    "print(f'exported in {r.seconds:.1f} s')"
 )
 
 
-def _current_export(out: Path) -> bool:
-    """A finished export made with today's default rewrites (fused attention), else it is redone."""
+def _current_export(out: Path, deepcache: bool = False) -> bool:
+    """A finished export made with today's default rewrites (fused attention) and, when `deepcache`, with the
+    shallow UNet; else it is redone."""
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("rewrites", {}).get("fused_attention") is True
+    return manifest.get("rewrites", {}).get("fused_attention") is True and (not deepcache or "deepcache" in manifest)
 
 
 def peers_available() -> bool:
@@ -360,7 +371,8 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
         folders["latentrt"] = Path(cfg.src).resolve()
     elif {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
         out = folder / "latentrt"
-        if not _current_export(out):
+        deepcache = any(cache_interval(mode) > 1 for mode in cfg.modes)
+        if not _current_export(out, deepcache):
             missing = _missing(EXPORT_MODULES)
             if missing:
                 raise BenchError(f"exporting {cfg.src} needs the export extra ({', '.join(missing)} missing): "
@@ -368,7 +380,8 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
             cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
             shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
             # in a process of its own: the harness itself never imports torch
-            _run_logged([sys.executable, "-c", _EXPORT, cfg.src, out], folder / "export.log")
+            _run_logged([sys.executable, "-c", _EXPORT, cfg.src, out, *(["deepcache"] if deepcache else [])],
+                        folder / "export.log")
         folders["latentrt"] = out
     if {"latentrt-int8", "latentrt-openvino-int8"} & set(cfg.systems):
         folders["latentrt-int8"] = _ensure_int8(cfg, folder, folders["latentrt"])
@@ -402,6 +415,8 @@ def is_model_folder(src: Path) -> bool:
 
 def row_name(system: str, mode: str) -> str:
     """A row's name in the report and the tables: the path for the default mode, else "path (mode)"."""
+    if cache_interval(mode) > 1:
+        return f"{system} (cache interval {cache_interval(mode)})"
     return system if mode == "default" else f"{system} ({mode})"
 
 
@@ -439,9 +454,13 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         if missing:
             raise BenchError(f"{system} needs {', '.join(missing)}, not installed here: pip install 'latentrt[export]', "
                              "or leave it out of --systems")
-    bad_modes = [m for m in cfg.modes if m not in MODES]
+    bad_modes = [m for m in cfg.modes if m not in MODES and not CACHE_MODE.match(m)]
     if bad_modes or not cfg.modes:
-        raise BenchError(f"unknown modes {bad_modes or '(none)'}: --modes takes a comma-separated list of {', '.join(MODES)}")
+        raise BenchError(f"unknown modes {bad_modes or '(none)'}: --modes takes a comma-separated list of {', '.join(MODES)} "
+                         "(and cacheN, which --cache-interval N adds)")
+    if model_folder and any(cache_interval(m) > 1 for m in cfg.modes) and not ((src / "manifest.json").is_file() and "deepcache" in _read_json(src / "manifest.json")):
+        raise BenchError(f"{src} has no DeepCache shallow UNet, which --cache-interval needs: export it with "
+                         "`latentrt export --deepcache`, or give the diffusers folder (the bench exports it so)")
     if len(set(cfg.modes)) != len(cfg.modes):
         raise BenchError(f"--modes names a mode twice: {', '.join(cfg.modes)}")
     if cfg.fast_path is not None and (cfg.fast_path not in LATENTRT_PATHS or cfg.fast_path not in cfg.systems):
@@ -937,7 +956,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             "cache_fill_after_load_s": cold.get(row, {}).get("cache_fill_after_load_s"),
             "ttfi": None,
             "ttfi_peak_rss_mb": None,
-            "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),
+            "unet_calls_per_image": len(runs[-1]["stage_calls"]["unet_step"]),  # full UNet calls
+            # DeepCache rows: the calls that ran only the shallow UNet on the cached feature
+            "shallow_unet_calls_per_image": (runs[-1]["info"].get("unet_calls") or {}).get("shallow", 0),
             "vae_encode_calls_per_image": len(runs[-1]["stage_calls"].get("vae_encode", [])),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
@@ -1367,6 +1388,14 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
             else:
                 lines.append(f"- faster than optimum on every component: {'yes' if t['met'] else 'no, slower on ' + ', '.join(t['slower_on'])}")
         lines.append("")
+    cached = {row: r for row, r in report["systems"].items() if r.get("shallow_unet_calls_per_image")}
+    if cached:
+        lines += ["**DeepCache rows** (`--cache-interval`): the UNet calls each generation ran, full + shallow (the "
+                  "shallow UNet on the cached feature); `UNet call` above is the full call's median. "
+                  + "; ".join(f"{row}: {r['unet_calls_per_image']} + {r['shallow_unet_calls_per_image']}"
+                              for row, r in cached.items())
+                  + "; every uncached row: " + ", ".join(sorted({str(r["unet_calls_per_image"]) for row, r in report["systems"].items()
+                                                                  if row not in cached})) + " full.", ""]
     lines += [
         f"**Machine.** {m['cpu_model']}, {m['logical_cores']} logical cores"
         + (f" ({m['physical_cores']} physical)" if m.get("physical_cores") else "")

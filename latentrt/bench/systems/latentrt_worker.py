@@ -24,6 +24,8 @@ cold load leaves the cache as filled as the default mode's.
 
 from __future__ import annotations
 
+import re
+
 import sys
 from pathlib import Path
 
@@ -41,7 +43,7 @@ PATHS = {
     "latentrt-int8": ("cpu", None, "latentrt-int8"),
     "latentrt-openvino-int8": ("openvino", "auto", "latentrt-int8"),
 }
-MODES = ("default", "low_memory")
+MODES = ("default", "low_memory")  # and "cacheN": the default mode with DeepCache, cache_interval N
 
 
 class LatentrtSystem(System):
@@ -54,8 +56,10 @@ class LatentrtSystem(System):
             raise SystemExit(f"unknown latentrt path {self.name!r}: one of {', '.join(PATHS)}")
         self.provider, self.precision, self.folder_key = PATHS[self.name]
         self.mode = cfg.get("mode", "default")
-        if self.mode not in MODES:
-            raise SystemExit(f"unknown mode {self.mode!r}: one of {', '.join(MODES)}")
+        cache = re.fullmatch(r"cache([0-9]+)", self.mode)
+        if self.mode not in MODES and not cache:
+            raise SystemExit(f"unknown mode {self.mode!r}: one of {', '.join(MODES)}, cacheN")
+        self.cache_interval = int(cache.group(1)) if cache else 1
         import numpy as np
 
         from latentrt import Pipeline
@@ -132,9 +136,11 @@ class LatentrtSystem(System):
                       **({"mask_image": self.mask} if self.mask is not None else {})}
         result = self.pipe(
             cfg["prompt"], negative_prompt=cfg["negative"], steps=cfg["steps"], guidance_scale=cfg["guidance"],
-            scheduler=cfg["scheduler"], height=cfg["height"], width=cfg["width"], **inputs,
+            scheduler=cfg["scheduler"], height=cfg["height"], width=cfg["width"], cache_interval=self.cache_interval,
+            **inputs,
         )
         self.timings = result.timings
+        self.unet_calls = result.unet_calls
         return result.arrays  # uint8 (B, H, W, 3)
 
     def stages(self):
@@ -156,6 +162,8 @@ class LatentrtSystem(System):
             "providers": getattr(self.pipe.unet, "providers", None),
             "intra_op_threads": self.cfg["threads"],
             "pipeline_timings": getattr(self, "timings", None),
+            "cache_interval": self.cache_interval,
+            "unet_calls": getattr(self, "unet_calls", None),  # {"full": n, "shallow": m}: what the generation ran
             "task": self.cfg.get("task", "txt2img"),
             "vae_encoder_first_call_s": getattr(self, "first_vae_encode_s", None),  # opens (OpenVINO: compiles) it
         }
