@@ -125,6 +125,41 @@ def test_a1111_txt2img_with_requests(server):
     assert (verdict.color, verdict.shape, verdict.background) == ("blue", "square", "black")
 
 
+def test_deepcache_requests_batch_and_give_the_pipelines_images(server, pipe, tmp_path):
+    """cache_interval (latentrt's extension) on both APIs: concurrent requests batch with each other only when their
+    intervals agree, and every image is the one the pipeline gives alone."""
+    url, _ = server
+    bodies = [{"prompt": PROMPT, "n": 1, "size": "64x64", "seed": seed, "steps": 9, "scheduler": "ddim",
+               "cache_interval": interval} for seed, interval in ((1, 3), (2, 3), (3, 1))]
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda b: requests.post(f"{url}/v1/images/generations", json=b, timeout=120), bodies))
+    for body, answer in zip(bodies, answers):
+        assert answer.status_code == 200, answer.text
+        image = png(answer.json()["data"][0]["b64_json"])
+        alone = pipe(PROMPT, seed=body["seed"], steps=9, scheduler="ddim", cache_interval=body["cache_interval"]).arrays[0]
+        assert np.abs(np.asarray(image.convert("RGB"), np.int16) - alone).max() <= 1
+        assert ("DeepCache interval: 3" in image.text["parameters"]) == (body["cache_interval"] == 3)
+    answer = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 9, "seed": 1,
+                                                              "sampler_name": "DDIM", "cache_interval": 3}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert "DeepCache interval: 3" in png(answer.json()["images"][0]).text["parameters"]
+    answer = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "cache_interval": 0}, timeout=30)
+    assert answer.status_code == 422
+
+
+def test_deepcache_request_to_a_model_without_the_shallow_unet_is_refused(tiny_sd1):
+    from types import SimpleNamespace
+
+    from latentrt.serve.app import ApiError, check_job
+    from latentrt.serve.jobs import Job
+
+    with Pipeline.from_folder(tiny_sd1[1], provider="cpu") as plain:
+        job = Job(PROMPT, None, [1], None, None, 4, None, None, cache_interval=2)
+        with pytest.raises(ApiError, match="latentrt export --deepcache") as refused:
+            check_job(SimpleNamespace(pipe=plain), job)
+        assert refused.value.status == 422
+
+
 def test_a1111_img2img_and_inpaint_with_requests(server, pipe):
     url, _ = server
     source = pipe(PROMPT, seed=3, steps=4).images[0]

@@ -49,6 +49,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "scheduler": folder.scheduler_config.get("_class_name"),
         "prediction_type": folder.scheduler_config.get("prediction_type", "epsilon"),
         "defaults": manifest.get("defaults"),
+        "deepcache": folder.deepcache,  # None: no shallow UNet (`latentrt export --deepcache`)
         "components": components,
         "verified": verify and folder.manifest is not None,
         "schedulers": available_schedulers(),
@@ -98,6 +99,11 @@ def render(d: dict[str, Any]) -> str:
     lines.append(f"scheduler     {d['scheduler']}, prediction {d['prediction_type']}")
     if d["defaults"]:
         lines.append(f"defaults      {d['defaults']}")
+    if d.get("deepcache"):
+        lines.append(f"DeepCache     split at skip branch {d['deepcache']['branch']} (unet_shallow): --cache-interval N runs "
+                     "the full UNet on one call in N")
+    else:
+        lines.append("DeepCache     no (export with --deepcache for --cache-interval)")
     lines.append("components")
     for name, c in d["components"].items():
         mb = sum(c["bytes"].values()) / 1e6

@@ -84,6 +84,7 @@ class Txt2ImgRequest(BaseModel):
     scheduler: str | None = None
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
+    cache_interval: int = Field(1, ge=1)  # latentrt's extension: DeepCache, one full UNet call in N
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -115,7 +116,8 @@ def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
     return Job(prompt=body.prompt, negative_prompt=body.negative_prompt,
                seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter), width=body.width, height=body.height,
                steps=body.steps, guidance_scale=body.cfg_scale,
-               scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler), **image_task)
+               scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
+               cache_interval=body.cache_interval, **image_task)
 
 
 def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, **echo: Any) -> dict:

@@ -229,6 +229,9 @@ def check_job(state: ServerState, job: Job) -> None:
         raise ApiError(422, "validation", f"steps must be in [1, {pipe.folder.scheduler_config.get('num_train_timesteps', 1000)}], got {job.steps}")
     if job.guidance_scale is not None and not (np.isfinite(job.guidance_scale) and job.guidance_scale >= 0):
         raise ApiError(422, "validation", f"the guidance scale must be a finite number >= 0, got {job.guidance_scale}")
+    if job.cache_interval > 1 and pipe.folder.deepcache is None:
+        raise ApiError(422, "validation", f"cache_interval {job.cache_interval} needs a model exported with "
+                       "`latentrt export --deepcache` (a shallow UNet), which this one is not: send cache_interval 1")
     try:
         create_scheduler(job.scheduler, pipe.folder.scheduler_config) if job.scheduler else None
         if job.image is None:  # a multiple of the model's step, and within max_pixels and the memory available

@@ -56,6 +56,7 @@ class Job:
     mask_image: Any = None
     strength: float | None = None
     padding_mask_crop: int | None = None
+    cache_interval: int = 1  # DeepCache (a folder exported with --deepcache)
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -112,7 +113,8 @@ class JobQueue:
         scheduler = job.scheduler or self.pipe.folder.defaults.scheduler
         if job.image is not None or self._stochastic(scheduler):
             return None
-        return (job.width, job.height, job.steps, job.guidance_scale, scheduler, job.negative_prompt is None)
+        return (job.width, job.height, job.steps, job.guidance_scale, scheduler, job.negative_prompt is None,
+                job.cache_interval)
 
     def _stochastic(self, scheduler: str) -> bool:
         if scheduler not in self._stochastic_by_name:
@@ -176,7 +178,7 @@ class JobQueue:
 
         first = jobs[0]
         common = dict(height=first.height, width=first.width, steps=first.steps, guidance_scale=first.guidance_scale,
-                      scheduler=first.scheduler, progress=stop_when_all_cancelled)
+                      scheduler=first.scheduler, cache_interval=first.cache_interval, progress=stop_when_all_cancelled)
         if self._key(first) is None:  # image by image, each from its own seed
             return [_joined([self.pipe(first.prompt, first.negative_prompt, seed=seed, image=first.image,
                                        mask_image=first.mask_image, strength=first.strength,

@@ -1,5 +1,5 @@
 """POST /v1/images/generations: OpenAI's Images API (every OpenAI SDK, Open WebUI), with latentrt's fields as
-extensions (`negative_prompt`, `steps`, `guidance_scale`, `scheduler`, `seed`; the SDKs send them with
+extensions (`negative_prompt`, `steps`, `guidance_scale`, `scheduler`, `seed`, `cache_interval`; the SDKs send them with
 `extra_body`). Images come back inline (`b64_json`, PNG with the A1111 parameters chunk), as gpt-image-1 answers."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class ImageGenerationRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     scheduler: str | None = None
     seed: int | None = Field(None, ge=-1)
+    cache_interval: int = Field(1, ge=1)  # DeepCache: one full UNet call in N (a folder exported with --deepcache)
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
@@ -56,7 +57,7 @@ async def generations(body: ImageGenerationRequest, request: Request) -> dict:
     width, height = parse_size(body.size)
     job = Job(prompt=body.prompt, negative_prompt=body.negative_prompt, seeds=make_seeds(request, body.seed, body.n),
               width=width, height=height, steps=body.steps, guidance_scale=body.guidance_scale,
-              scheduler=body.scheduler)
+              scheduler=body.scheduler, cache_interval=body.cache_interval)
     result = await run_job(request, job, "/v1/images/generations")
     data = [{"b64_json": base64.b64encode(png_bytes(image, parameters)).decode("ascii"), "revised_prompt": body.prompt}
             for image, parameters in zip(result.images, result.parameters)]
