@@ -242,3 +242,17 @@ def test_loras_adapt_the_shallow_unet_too(tiny_sd1, deepcache_sd1, tmp_path):
     plain_full, _ = Pipeline.from_folder(deepcache_sd1[2], provider="cpu", use_cache=False)._unet(sample, 300.0, conditioning)
     assert np.abs(full - plain_full).max() > 1e-3, "the LoRA changes the UNet"
     assert np.abs(pipe._unet_shallow(sample, 300.0, conditioning, feature) - full).max() <= 1e-5 * np.abs(full).max()
+
+
+def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1, monkeypatch):
+    pipe = Pipeline.from_folder(deepcache_sd1[0], provider="cpu", use_cache=False, low_memory=True)
+    opened = []
+    original = pipe._open
+    monkeypatch.setattr(pipe, "_open", lambda name: opened.append(name) or original(name))
+    result = pipe(PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
+    assert result.unet_calls == {"full": 3, "shallow": 6}
+    assert opened.count("unet_shallow") == 1 and opened.count("unet") == 1
+    assert "unet_shallow" not in pipe._models  # released after the call, as every network with low_memory
+    same = Pipeline.from_folder(deepcache_sd1[0], provider="cpu", use_cache=False)(
+        PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
+    assert np.array_equal(result.arrays, same.arrays)

@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -431,7 +431,8 @@ class Pipeline:
             logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
                            "full UNet, every other call reuses its deep feature", cache_interval, len(timesteps))
         feature = None
-        with self._network("unet"):  # resident for the whole loop, also with low_memory
+        shallow = self._network("unet_shallow") if not all(plan) else nullcontext()
+        with self._network("unet"), shallow:  # resident for the whole loop, also with low_memory
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
                 x_in = sampler.scale_model_input(x_in, t)

@@ -24,7 +24,7 @@ import numpy as np
 
 from .evaluate import prompt_splits
 from .judge import ATTRIBUTES, score
-from .precision import draw, psnr_per_image
+from .precision import draw, psnr_per_image, write_report
 from .ship import REFERENCE, RESULTS, SHIPPED
 
 STEPS = (20, 50)
@@ -146,10 +146,7 @@ def main() -> None:
         "branches": branches,
         "recommended": f"interval {max(recommended)}" if recommended else None,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, report, markdown(report))
 
 
 def _calls(pipe, settings: dict) -> dict:
