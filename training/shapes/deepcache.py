@@ -8,14 +8,15 @@ Runtime fp32 (the parity path) at the model's guidance (1). Grid: steps (20, 50)
 cache interval (1 = uncached, 2, 3, 5; uniform, and the non-uniform schedule at 3 and 5). PSNR: each image
 against the uncached image of the same steps and sampler (uint8). Then the split point: the shapes UNet
 exported at every branch it has (`latentrt export --deepcache --cache-branch B`), at 20 steps of dpm++2m,
-interval 3. `s / image` is the wall time of the draw in this run (2 threads, batches of 16): a relative
-figure between rows, not a benchmark.
+interval 3, with the time of one shallow UNet call against one full call (batch 16, 2 threads, the two
+alternated 20 times, medians): what a shallow call saves at that split.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -36,13 +37,10 @@ RECOMMEND_POINTS = 2.0  # a default interval is recommended only within this man
 
 
 def measure(pipe, splits: dict, settings: dict, reference: dict | None) -> tuple[dict, dict]:
-    t0 = time.perf_counter()
     drawn = draw(pipe, splits, **settings)
-    seconds = time.perf_counter() - t0
     images = np.concatenate([i for i, _ in drawn.values()])
     attrs = [a for _, group in drawn.values() for a in group]
-    row = {**settings, "images": len(images), "s_per_image": round(seconds / len(images), 4),
-           **{k: round(v, 4) for k, v in score(list(images), attrs).items()}}
+    row = {**settings, "images": len(images), **{k: round(v, 4) for k, v in score(list(images), attrs).items()}}
     if reference is not None:
         psnr = psnr_per_image(images, np.concatenate([i for i, _ in reference.values()]))
         finite = psnr[np.isfinite(psnr)]
@@ -56,15 +54,15 @@ def measure(pipe, splits: dict, settings: dict, reference: dict | None) -> tuple
 def markdown(report: dict) -> str:
     cols = (*ATTRIBUTES, "all")
     head = ("| steps | sampler | interval | schedule | full / shallow UNet calls | " + " | ".join(cols)
-            + " | Δ all (points) | PSNR vs uncached median / min (dB) | s / image |")
-    rule = "| ---: | --- | ---: | --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: |"
+            + " | Δ all (points) | PSNR vs uncached median / min (dB) |")
+    rule = "| ---: | --- | ---: | --- | --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |"
 
     def line(row: dict, base: dict) -> str:
         psnr = "–" if "psnr_median" not in row else (
             "all identical" if row["psnr_median"] is None else f"{row['psnr_median']} / {row['psnr_min']}")
         return (f"| {row['steps']} | {row['scheduler']} | {row['cache_interval']} | {row['cache_schedule']} | "
                 f"{row['full_calls']} / {row['shallow_calls']} | " + " | ".join(f"{100 * row[c]:.1f}%" for c in cols)
-                + f" | {100 * (row['all'] - base['all']):+.1f} | {psnr} | {row['s_per_image']:.3f} |")
+                + f" | {100 * (row['all'] - base['all']):+.1f} | {psnr} |")
 
     lines = [
         "# DeepCache on the shipped shapes model: adherence and PSNR against uncached",
@@ -79,15 +77,16 @@ def markdown(report: dict) -> str:
         lines.append(line(row, report["uncached"][f"{row['steps']}/{row['scheduler']}"]))
     lines += ["", f"## The split point (branch), {BRANCH_SETTING['steps']} steps of {BRANCH_SETTING['scheduler']}, "
               f"interval {BRANCH_SETTING['cache_interval']}", "",
-              "| branch | shallow graph MB | " + " | ".join(cols) + " | Δ all (points) | PSNR vs uncached median / min (dB) | s / image |",
-              "| ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: | ---: |"]
+              "| branch | shallow graph MB | shallow call / full call (ms) | " + " | ".join(cols)
+              + " | Δ all (points) | PSNR vs uncached median / min (dB) |",
+              "| ---: | ---: | ---: | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |"]
     base = report["uncached"][f"{BRANCH_SETTING['steps']}/{BRANCH_SETTING['scheduler']}"]
     for row in report["branches"]:
-        lines.append(f"| {row['branch']} | {row['shallow_mb']:.2f} | " + " | ".join(f"{100 * row[c]:.1f}%" for c in cols)
-                     + f" | {100 * (row['all'] - base['all']):+.1f} | {row['psnr_median']} / {row['psnr_min']} | "
-                     f"{row['s_per_image']:.3f} |")
-    lines += ["", f"Uncached at the same setting: {base['s_per_image']:.3f} s / image.", "",
-              f"**Recommended** (uniform, within {RECOMMEND_POINTS:g} points of uncached on `all` at every steps x sampler "
+        calls = row["call_ms"]
+        lines.append(f"| {row['branch']} | {row['shallow_mb']:.2f} | {calls['shallow'] / calls['full']:.2f} "
+                     f"({calls['shallow']:.1f} / {calls['full']:.1f}) | " + " | ".join(f"{100 * row[c]:.1f}%" for c in cols)
+                     + f" | {100 * (row['all'] - base['all']):+.1f} | {row['psnr_median']} / {row['psnr_min']} |")
+    lines += ["", f"**Recommended** (uniform, within {RECOMMEND_POINTS:g} points of uncached on `all` at every steps x sampler "
               f"of the grid): {report['recommended'] or 'none'}.", ""]
     return "\n".join(lines)
 
@@ -132,6 +131,7 @@ def main() -> None:
             row, _ = measure(pipe, splits, settings, references[f"{BRANCH_SETTING['steps']}/{BRANCH_SETTING['scheduler']}"])
             row["branch"] = branch
             row["shallow_mb"] = sum(f.stat().st_size for f in (folder / "unet_shallow").iterdir()) / 1e6
+            row["call_ms"] = call_times(pipe)
             branches.append(row)
             pipe.close()
 
@@ -147,6 +147,24 @@ def main() -> None:
         "recommended": f"interval {max(recommended)}" if recommended else None,
     }
     write_report(args.out, report, markdown(report))
+
+
+def call_times(pipe, batch: int = 16, repeats: int = 20) -> dict[str, float]:
+    """Median ms of one full and one shallow UNet call on the same inputs, the two alternated."""
+    from latentrt.runtime.families import Prompts, SizeConditioning
+
+    sample = np.random.default_rng(0).standard_normal((batch, *pipe.latent_shape()), dtype=np.float32)
+    text = Prompts(["a red circle at the top left on a white background"] * batch, [""] * batch, False, False, 1)
+    conditioning = pipe.family.conditioning(pipe._run, text, SizeConditioning(64, 64))
+    _, feature = pipe._unet(sample, 500.0, conditioning, keep_feature=True)
+    times: dict[str, list[float]] = {"full": [], "shallow": []}
+    for _ in range(repeats):
+        for kind, call in (("full", lambda: pipe._unet(sample, 500.0, conditioning)),
+                           ("shallow", lambda: pipe._unet_shallow(sample, 500.0, conditioning, feature))):
+            t0 = time.perf_counter()
+            call()
+            times[kind].append(1000 * (time.perf_counter() - t0))
+    return {kind: round(statistics.median(values), 2) for kind, values in times.items()}
 
 
 def _calls(pipe, settings: dict) -> dict:
