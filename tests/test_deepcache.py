@@ -256,3 +256,17 @@ def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1, monk
     same = Pipeline.from_folder(deepcache_sd1[0], provider="cpu", use_cache=False)(
         PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
     assert np.array_equal(result.arrays, same.arrays)
+
+
+def test_sdxl_caches_too(tiny_sdxl, tmp_path):
+    """SDXL's extra UNet inputs (text_embeds, time_ids) reach the shallow UNet where its layers use them."""
+    folder = _export(tiny_sdxl[0], tmp_path / "sdxl", 1)
+    pipe = Pipeline.from_folder(folder, provider="cpu", use_cache=False)
+    plain = Pipeline.from_folder(tiny_sdxl[1], provider="cpu", use_cache=False)
+    latents = _latents(pipe, seed=2)
+    same = pipe(PROMPT, NEGATIVE, steps=6, guidance_scale=5.0, scheduler="euler", latents=latents)
+    assert np.array_equal(same.arrays, plain(PROMPT, NEGATIVE, steps=6, guidance_scale=5.0, scheduler="euler",
+                                             latents=latents).arrays)
+    cached = pipe(PROMPT, NEGATIVE, steps=6, guidance_scale=5.0, scheduler="euler", latents=latents, cache_interval=2)
+    assert cached.unet_calls == {"full": 3, "shallow": 3}
+    assert np.isfinite(cached.latents).all() and not np.array_equal(cached.arrays, same.arrays)
