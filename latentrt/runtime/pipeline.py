@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
-from latentrt.runtime.deepcache import check_cache_interval, full_calls
+from latentrt.runtime.deepcache import CACHE_SCHEDULES, check_cache_interval, full_calls
 from latentrt.runtime.families import Prompts, SizeConditioning, family_for, guidance_embedding
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
@@ -640,8 +640,8 @@ class Pipeline:
 
     def _check_cache(self, interval, schedule: str) -> int:
         interval = check_cache_interval(interval)
-        if schedule not in ("uniform", "nonuniform"):
-            raise ValueError(f"unknown cache_schedule {schedule!r}: choose uniform or nonuniform")
+        if schedule not in CACHE_SCHEDULES:
+            raise ValueError(f"unknown cache_schedule {schedule!r}: choose {' or '.join(CACHE_SCHEDULES)}")
         if interval > 1 and self.folder.deepcache is None:
             raise ValueError(
                 f"{self.folder.path} has no DeepCache shallow UNet (unet_shallow/), which cache_interval > 1 needs: "
