@@ -338,6 +338,8 @@ def bench(
     seed: int = typer.Option(0, "--seed", help="Seed of the initial latents every system gets."),
     title: Optional[str] = typer.Option(None, "--title", help="Heading of the markdown and the plot."),
     note: Optional[str] = typer.Option(None, "--note", help="Conditions to record with the results."),
+    ttfi: bool = typer.Option(True, "--ttfi/--no-ttfi", help="Time to first image in every run (a generation more per "
+                              "row and run; --no-ttfi halves a long benchmark)."),
 ) -> None:
     """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings: load (cold and warm load
     cache), stages, end to end, time to first image and peak RSS."""
@@ -360,7 +362,7 @@ def bench(
         threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
         modes=tuple(mode_list), task=task, strength=strength,
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
-        seed=seed, note=note, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
+        seed=seed, note=note, ttfi=ttfi, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
         progress=lambda message: typer.echo(message, err=True),
     )
     try:

@@ -103,7 +103,7 @@ Embedding (issue 10): load with a cold and a warm cache, time to first image, pe
   `pipe.compile(H, W, batch, guidance)`. The OpenVINO rows use no load cache (its compiled-model cache is
   opt-in, left off as by default: $LATENTRT_CACHE is removed from their environment), so both of their loads
   compile.
-- `ttfi`, time to first image: in every run, after each row's timed run, a fresh process that makes one image
+- `ttfi`, time to first image (`--no-ttfi`: not measured): in every run, after each row's timed run, a fresh process that makes one image
   with the benchmark's settings and latents (seed) and writes the PNG, timed from its start (Popen) to its exit
   (the PNG checked): `latentrt generate ...` (the console script beside this interpreter) with the warm cache
   for latentrt rows, `diffusers_worker.py --first-image` (from_pretrained, one pipeline call, the PNG) for
@@ -243,6 +243,7 @@ class BenchConfig:
     optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
     optimum_intel_model_cache: bool = False  # True: OpenVINO CACHE_DIR for optimum-intel (off by its default on CPU)
     fast_path: str | None = None  # the latentrt path the issue-9 figures are for; default: lowest end to end
+    ttfi: bool = True  # time to first image in every run (False: not measured, for long settings)
     command: str | None = None  # the exact command line, recorded in the report
     note: str | None = None  # conditions worth recording (machine load, ...)
     progress: Callable[[str], None] = field(default=lambda message: None, repr=False)
@@ -777,7 +778,8 @@ def _ttfi_command(system: str, mode: str, settings: dict, worker_cfg: dict, cfg_
         tail = ["--negative", settings["negative"], "--provider", provider, "--precision", precision or "auto",
                 "--threads", settings["threads"], "--seed", settings["seed"], "--steps", settings["steps"],
                 "--height", settings["height"], "--width", settings["width"], "--guidance", settings["guidance"],
-                "--scheduler", settings["scheduler"], *(["--low-memory"] if mode == "low_memory" else [])]
+                "--scheduler", settings["scheduler"], *(["--low-memory"] if mode == "low_memory" else []),
+                *(["--cache-interval", cache_interval(mode)] if cache_interval(mode) > 1 else [])]
         cache = ["--cache-dir", cache_dir] if cache_dir is not None else []
         cmd = [*_latentrt_command(), "generate", settings["prompt"], "-m", folder, "-o", png, *tail, *cache]
         shown = ["latentrt", "generate", settings["prompt"], "-m", f"<{folder_key} folder>", "-o", "<out>.png", *tail,
@@ -861,7 +863,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     cold: dict[str, dict[str, Any]] = {}  # latentrt row -> its cold-cache load
     reports: dict[str, list[dict]] = {row: [] for row, _, _ in rows}
     # time to first image: text to image only (the image tasks' rows have none)
-    ttfis: dict[str, list[dict]] = {row: [] for row, system, _ in rows if system in TTFI_SYSTEMS and cfg.task == "txt2img"}
+    ttfis: dict[str, list[dict]] = {row: [] for row, system, _ in rows
+                                    if system in TTFI_SYSTEMS and cfg.task == "txt2img" and cfg.ttfi}
     ttfi_shown: dict[str, str] = {}
     roofs: list[dict] = []
     # The load cache of this run: a temporary folder, removed at the end whatever happens (GBs for SD 1.5)
