@@ -28,7 +28,7 @@ from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
-from latentrt.export import deepcache
+from latentrt.export import deepcache, fp16
 from latentrt.export.specs import (VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_shallow_spec,
                                    unet_spec)
 from latentrt.export.validate import Comparison, validate_component
@@ -170,6 +170,7 @@ def export_pipeline(
     defaults: dict | None = None,
     fused_attention: bool = True,
     cache_branch: int | None = None,
+    precision: str = "fp32",
 ) -> ExportReport:
     """Export ``src`` to ``out``.
 
@@ -178,11 +179,20 @@ def export_pipeline(
     ``compact_weights`` stores weights that are exact in fp16 as fp16 (lossless, see compact.py).
     ``defaults`` ({"steps", "guidance_scale", "scheduler"}) are the generation defaults written in the
     manifest, which the runtime uses when a call leaves them out.
+    ``precision`` "fp16": the text encoders and the UNet are converted to fp16 after their fp32 validation, with
+    fp32 islands and a float32 interface, and validated again against fp16 thresholds (see fp16.py); the VAE
+    too unless its config says force_upcast.
     """
     src, out = Path(src), Path(out)
     index = check_source(src)
     kind = SOURCE_CLASSES[index.get("_class_name") or "StableDiffusionPipeline"]
     defaults = check_defaults(defaults)
+    try:
+        fp16.check_precision(precision)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    if precision == "fp16" and compact_weights:
+        raise ExportError("--compact-weights is for fp32 folders: an fp16 export already stores its weights in fp16")
     if cache_branch is not None and (isinstance(cache_branch, bool) or not isinstance(cache_branch, int) or cache_branch < 0):
         raise ExportError(f"the DeepCache branch must be a whole number >= 0 (0: the shallowest split), got {cache_branch!r}")
     if out.exists() and not force:
@@ -192,7 +202,7 @@ def export_pipeline(
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
         rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
-        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch)
+        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch, precision)
         if defaults:
             manifest["defaults"] = defaults
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
@@ -228,13 +238,14 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
-def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch=None) -> dict:
+def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch=None, precision="fp32") -> dict:
     from latentrt.export.tokenizer import export_tokenizer
 
     encoders = _text_encoders(src, index, kind)
     projections = {name: projection for name, _, projection in encoders}
     text_embeds = next((int(_config(src, n)["projection_dim"]) for n, _, p in encoders if p), None)
     unet_config = _config(src, "unet")
+    vae_force_upcast = bool(_config(src, "vae").get("force_upcast", True))  # diffusers' default: True
     try:
         specs = [text_encoder_spec(name, _config(src, name), projection) for name, _, projection in encoders]
         # DeepCache's shallow UNet first: the torch UNet is freed after the last component that reads it (SDXL)
@@ -282,14 +293,26 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         files = saved + files
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", folder / "config.json")
-        entry = _manifest_entry(spec, folder, files, opset)
+        comparisons = validate_component(spec, reference, folder / "model.onnx") if validate else []
+        fp32_comparisons, islands = None, None
+        if precision == "fp16" and fp16.converts(spec.name, vae_force_upcast):
+            fp32_comparisons = comparisons
+            upcast = spec.source == "unet" and bool(unet_config.get("upcast_attention"))  # SD 2.x
+            files, islands = _convert_fp16(folder, files, rewritten, upcast)
+            comparisons = validate_component(spec, reference, folder / "model.onnx", precision="fp16") if validate else []
+        entry = _manifest_entry(spec, folder, files, opset, "fp16" if islands is not None else "fp32")
         entry.update(rewritten)
+        if islands is not None:
+            entry["fp32_islands"] = islands  # nodes kept fp32 per island (fp16.py)
+        elif precision == "fp16":
+            entry["kept_fp32"] = "the VAE's config says force_upcast: it overflows fp16"
         entry["export_seconds"] = round(seconds, 2)
         entry.update(flops)
         if validate:
-            comparisons = validate_component(spec, reference, folder / "model.onnx")
             result.comparisons[spec.name] = comparisons
             entry["validation"] = [c.as_dict() for c in comparisons]
+            if fp32_comparisons is not None:  # the same export before the fp16 conversion
+                entry["validation_fp32"] = [c.as_dict() for c in fp32_comparisons]
             for c in comparisons:
                 report(f"  {c}")
         size = sum(f["bytes"] for f in entry["files"].values())
@@ -309,7 +332,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         "source": {"path": str(src.resolve()), "class_name": index.get("_class_name")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "opset": opset,
-        "precision": "fp32",
+        "precision": precision,
         "rewrites": rewrites,
         "components": components,
     }
@@ -413,6 +436,26 @@ def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) 
     return files, rewritten
 
 
+def _convert_fp16(folder: Path, files: list[str], rewritten: dict, upcast_attention: bool) -> tuple[list[str], dict]:
+    """Replace the validated fp32 graph in ``folder`` by its fp16 conversion (fp16.py); returns the files and the
+    islands. The LoRA weight map (``rewritten["weights"]``) is located again in the new file, now float16."""
+    import onnx
+
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=True)
+    islands = fp16.convert_to_fp16(model, upcast_attention)
+    saved = [name for name in files if name.startswith("model.onnx")]
+    for name in saved:
+        (folder / name).unlink()
+    new = save_component_model(model, folder)
+    if "weights" in rewritten:
+        stored = {init.name: init.data_type for init in model.graph.initializer}
+        found = {param: [name, layout, "float16" if stored.get(name) == onnx.TensorProto.FLOAT16 else dtype]
+                 for param, (name, layout, dtype, *_) in rewritten["weights"].items()}
+        rewritten["weights"] = locate(folder, found)
+    del model
+    return new + [name for name in files if name not in saved], islands
+
+
 class _RecordedOutputs:
     """What `validate_component` needs of a component's torch wrapper, without the torch model: the sample inputs
     and the outputs on them, computed before the model was freed."""
@@ -443,7 +486,7 @@ def _torch_reference(spec: ComponentSpec, module, seed: int = 0) -> _RecordedOut
     return _RecordedOutputs(module.model.config, inputs, outputs)
 
 
-def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int) -> dict:
+def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int, precision: str = "fp32") -> dict:
     import onnx
 
     # the graph's own inputs: the tracer drops one the graph does not use (a shallow UNet with no attention)
@@ -455,7 +498,7 @@ def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: 
         "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs if t.name in taken],
         "outputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.outputs],
         "opset": opset,
-        "precision": "fp32",
+        "precision": precision,  # of the graph's computation; its inputs and outputs are float32 either way
     }
 
 

@@ -23,6 +23,9 @@ import numpy as np
 
 COMPONENT_MAX_REL_ERROR = 1e-4
 IMAGE_MIN_PSNR_DB = 40.0
+# fp16 graphs (`export --precision fp16`): see the module docstring for the why of each value
+FP16_MAX_REL_ERROR = {"text_encoder": 1e-2, "text_encoder_2": 1e-2, "unet": 5e-2, "unet_shallow": 5e-2,
+                      "vae_decoder": 2e-2, "vae_encoder": 2e-2}
 
 
 class ValidationError(RuntimeError):
@@ -68,10 +71,11 @@ def compare_arrays(name: str, actual: np.ndarray, reference: np.ndarray) -> Comp
     return Comparison(name, max_abs, rel, psnr)
 
 
-def check_component(comparison: Comparison, max_rel_error: float = COMPONENT_MAX_REL_ERROR) -> Comparison:
+def check_component(comparison: Comparison, max_rel_error: float = COMPONENT_MAX_REL_ERROR,
+                    precision: str = "fp32") -> Comparison:
     if not comparison.max_rel_error <= max_rel_error:
         raise ValidationError(
-            f"{comparison} exceeds the fp32 threshold (max rel error {max_rel_error:g}): "
+            f"{comparison} exceeds the {precision} threshold (max rel error {max_rel_error:g}): "
             "the ONNX graph does not reproduce the PyTorch model"
         )
     return comparison
@@ -92,8 +96,12 @@ def check_images(a: np.ndarray, b: np.ndarray, min_psnr_db: float = IMAGE_MIN_PS
     return psnr
 
 
-def validate_component(spec, torch_module, onnx_path, seed: int = 0) -> list[Comparison]:
-    """Run `torch_module` (the spec's wrapper) and the exported graph on the spec's sample inputs."""
+def validate_component(spec, torch_module, onnx_path, seed: int = 0, precision: str = "fp32") -> list[Comparison]:
+    """Run `torch_module` (the spec's wrapper) and the exported graph on the spec's sample inputs.
+
+    An fp16 graph runs on ONNX Runtime's CPU provider too: it has few fp16 kernels, and for each node without one
+    it inserts Casts and computes in fp32, so every intermediate value is still rounded to fp16 (and overflows
+    past 65504 to inf) as on a GPU, whose fp16 GEMMs and convolutions also accumulate in fp32."""
     import onnxruntime as ort
     import torch
 
@@ -114,6 +122,7 @@ def validate_component(spec, torch_module, onnx_path, seed: int = 0) -> list[Com
     results = []
     for out_spec, got, ref in zip(spec.outputs, actual, expected):
         comparison = compare_arrays(f"{spec.name}.{out_spec.name}", got, ref.numpy())
-        results.append(check_component(comparison))
+        threshold = COMPONENT_MAX_REL_ERROR if precision == "fp32" else FP16_MAX_REL_ERROR[spec.name]
+        results.append(check_component(comparison, threshold, precision))
     return results
 
