@@ -148,6 +148,9 @@ def export(
     cache_branch: int = typer.Option(
         0, "--cache-branch", help="With --deepcache: the skip branch the UNet is split at, 0 (the shallowest: fastest) "
         "up; DeepCache's cache_branch_id."),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32, or fp16 (for GPUs): text encoders and UNet in fp16 with fp32 islands, "
+        "float32 inputs and outputs; the VAE stays fp32 when its config says force_upcast."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
@@ -161,7 +164,7 @@ def export(
         defaults = {"steps": default_steps, "guidance_scale": default_guidance, "scheduler": default_scheduler}
         report = export_pipeline(
             src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults,
-            fused_attention=fused_attention, cache_branch=cache_branch if deepcache else None,
+            fused_attention=fused_attention, cache_branch=cache_branch if deepcache else None, precision=precision,
         )
     except (ExportError, FileExistsError, ValidationError) as exc:
         _fail(str(exc))

@@ -126,18 +126,26 @@ def _skip_round_trips(graph, blocked: set[str]) -> int:
     def cast_to(node) -> int | None:
         return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
 
-    skipped = 0
+    outputs = {o.name for o in graph.output}
+    replaced = {}  # the round trip's output -> the fp32 value it started from
     for node in graph.node:
         inner = producer.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
         if inner is None or cast_to(inner) != TensorProto.FLOAT16:
             continue
         source = inner.input[0]
         if source in fp32_inputs or (source in producer and producer[source].name in blocked):
-            node.input[0] = source  # now a Cast fp32 -> fp32: ONNX Runtime removes it
-            skipped += 1
-    # the fp16 Casts nothing reads now (the converter appends nodes out of order: no topological walk here)
-    used = {i for node in graph.node for i in node.input} | {o.name for o in graph.output}
-    unused = [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]
-    for node in unused:
-        graph.node.remove(node)
-    return skipped
+            if node.output[0] in outputs:
+                node.input[0] = source  # a Cast fp32 -> fp32 (the graph's output keeps its name)
+            else:
+                replaced[node.output[0]] = source
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in replaced:
+                node.input[i] = replaced[name]
+    # the Casts nothing reads now (the converter appends nodes out of order: no topological walk here)
+    used = {i for node in graph.node for i in node.input} | outputs
+    while unused := [n for n in graph.node if n.op_type == "Cast" and not any(o in used for o in n.output)]:
+        for node in unused:
+            graph.node.remove(node)
+        used = {i for node in graph.node for i in node.input} | outputs
+    return len(replaced)

@@ -10,6 +10,13 @@ Thresholds (fp32) and why:
   SD 1.5 UNet that accumulates to about 1e-6..1e-5 of the output scale. `COMPONENT_MAX_REL_ERROR`
   = 1e-4 leaves an order of magnitude of head-room for that and still fails loudly on a real
   export bug (a wrong attention scale or a missing layer gives errors of 1e-2 and up).
+- fp16 graphs (`export --precision fp16`, `FP16_MAX_REL_ERROR`): fp16 keeps 11 significant bits, a rounding
+  step of 2^-11 = 4.9e-4 of a value, taken by every weight and every intermediate value. Measured on the tiny
+  models, the text encoders land at 1.2e-3 and the UNets at 0.8e-3..1.1e-3 (about two fp16 steps). Trained
+  full-size networks are deeper (12-32 CLIP layers, ~70 UNet layers) with larger activations, so the limits
+  leave ~10x head-room: text encoders 1e-2, UNet 2e-2, an fp16 VAE 2e-2. They still fail on the real fp16
+  faults: an overflow gives inf/NaN (always an error), and losing an fp32 island does too (a fractional timestep
+  rounded to fp16 moved the tiny UNet by 6e-2, tests/test_export_fp16.py).
 - Images are compared as uint8, where the usual bar for "the same picture" is a PSNR of 40 dB
   (an RMS error of 2.5 grey levels out of 255); `IMAGE_MIN_PSNR_DB` = 40.
 """
@@ -24,7 +31,7 @@ import numpy as np
 COMPONENT_MAX_REL_ERROR = 1e-4
 IMAGE_MIN_PSNR_DB = 40.0
 # fp16 graphs (`export --precision fp16`): see the module docstring for the why of each value
-FP16_MAX_REL_ERROR = {"text_encoder": 1e-2, "text_encoder_2": 1e-2, "unet": 5e-2, "unet_shallow": 5e-2,
+FP16_MAX_REL_ERROR = {"text_encoder": 1e-2, "text_encoder_2": 1e-2, "unet": 2e-2, "unet_shallow": 2e-2,
                       "vae_decoder": 2e-2, "vae_encoder": 2e-2}
 
 

@@ -14,6 +14,10 @@ CPU sessions always cache their optimized graph with prepacked weights there (se
 of SD 1.5's UNet goes from 11 s to about 1 s); OpenVINO's compiled models only when a folder is named
 explicitly (`compiled_model_cache`: measured slower than compiling on CPU).
 
+A folder exported with `--precision fp16` (for GPUs) runs on the CPU too: ONNX Runtime's CPU provider inserts
+Casts around each node it has no fp16 kernel for, and OpenVINO converts the graph to its inference precision;
+neither is faster than the fp32 folder, so each load warns and says to use an fp32 folder on the CPU.
+
 A folder whose networks were quantized (`latentrt quantize`) runs its int8 nodes as int8 at either precision;
 `Backend.label` says so ("int8+fp32").
 """
@@ -21,6 +25,7 @@ A folder whose networks were quantized (`latentrt quantize`) runs its int8 nodes
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ from pathlib import Path
 from latentrt.runtime.cache import cache_root, files_identity
 from latentrt.runtime.folder import ComponentFiles, ModelFolder
 from latentrt.runtime.session import OnnxModel, resolve_providers
+
+logger = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = "auto, cpu, openvino, cuda, tensorrt, rocm, directml, coreml"
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -59,6 +66,10 @@ class Backend:
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
         """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
+        if (files.manifest or {}).get("precision") == "fp16" and self.provider in ("cpu", "openvino"):
+            logger.warning("%s is an fp16 graph (export --precision fp16, made for GPUs): on the CPU it runs in fp32 "
+                           "between fp16 casts, no faster than fp32 and fp16-rounded; for CPU use an fp32 folder "
+                           "(latentrt export without --precision fp16)", files.model)
         if self.provider == "openvino":
             from latentrt.runtime.backends.openvino import OpenVinoModel
 
@@ -70,8 +81,12 @@ class Backend:
 
     def label(self, folder: ModelFolder) -> str:
         """The precision a generation ran at, as the PNG, `result.parameters` and the bench report give it."""
-        quantized = any(str((c.manifest or {}).get("precision", "")).startswith("int8") for c in folder.components.values())
-        return f"int8+{self.precision}" if quantized else self.precision
+        precisions = {str((c.manifest or {}).get("precision", "")) for c in folder.components.values()}
+        if any(p.startswith("int8") for p in precisions):
+            return f"int8+{self.precision}"
+        if "fp16" in precisions:  # `export --precision fp16`: the graphs' own precision
+            return "fp16" if self.precision == "fp32" else f"fp16+{self.precision}"
+        return self.precision
 
 
 def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,

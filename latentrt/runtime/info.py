@@ -42,6 +42,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "source": manifest.get("source"),
         "exporter": manifest.get("exporter"),
         "opset": manifest.get("opset"),
+        "precision": manifest.get("precision", "unknown (no manifest)"),
         "family": family.name,
         "tasks": _tasks(folder, family),
         "native_size": folder.unet.sample_size * folder.vae.scale_factor,
@@ -94,6 +95,7 @@ def render(d: dict[str, Any]) -> str:
     lines = [f"model folder  {d['path']}", f"format        {d['format']}"]
     if d["source"]:
         lines.append(f"exported from {d['source'].get('path')} ({d['source'].get('class_name')}), opset {d['opset']}")
+    lines.append(f"precision     {d['precision']} (per component below)")
     lines.append(f"family        {d['family']}; tasks: {', '.join(d['tasks'])}")
     lines.append(f"native size   {d['native_size']}x{d['native_size']} (height/width multiples of {d['size_multiple']})")
     lines.append(f"scheduler     {d['scheduler']}, prediction {d['prediction_type']}")
