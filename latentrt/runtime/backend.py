@@ -92,6 +92,17 @@ class Backend:
         return f"int8+{self.precision}" if quantized else self.precision
 
 
+def parse_provider_options(texts: list[str] | None) -> dict[str, str] | None:
+    """["trt_fp16_enable=True", "device_id=1"] (the CLI's repeated --provider-option) -> {key: value}; None for none."""
+    options = {}
+    for text in texts or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--provider-option takes KEY=VALUE (for example trt_fp16_enable=True), got {text!r}")
+        options[key.strip()] = value.strip()
+    return options or None
+
+
 def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,
                     cache_dir: str | Path | None = None, use_cache: bool = True, io_binding: bool = False,
                     cuda_graph: bool = False, provider_options: dict[str, Any] | None = None) -> Backend:

@@ -223,8 +223,9 @@ class IoBinding:
                     "one shape (size, batch, guidance on or off); use another Pipeline for another shape"
                 )
             self.owned.discard(name)
-            if not isinstance(value, ort.OrtValue):
-                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value), *self.device)
+            if not isinstance(value, ort.OrtValue):  # a buffer of its own: from_numpy on the CPU would alias the array
+                array, value = value, ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, *self.device)
+                value.update_inplace(np.ascontiguousarray(array))
                 self.owned.add(name)
             self.binding.bind_ortvalue_input(name, value)
             self.inputs[name] = value
