@@ -71,10 +71,8 @@ def check_finite(component: str, values: NDArray, where: str = "") -> NDArray:
     """`values`, or NonFiniteOutputError naming the network and the fix (np.isfinite on latents: microseconds)."""
     if not np.isfinite(values).all():
         fix = _NONFINITE_FIXES.get(component.split("_shallow")[0], "")
-        raise NonFiniteOutputError(
-            f"{component} produced NaN or inf values{where}; no image was written. {fix}"
-            f"{'; ' if fix else ''}in an fp32 folder, the model (or a LoRA) is broken"
-        )
+        raise NonFiniteOutputError(f"{component} produced NaN or inf values{where}; no image was written. "
+                                   + (f"{fix}. " if fix else "") + "In an fp32 folder, the model (or a LoRA) is broken")
     return values
 
 
