@@ -199,3 +199,13 @@ def test_cli_errors_without_a_traceback(tmp_path, extra, words):
     result = runner.invoke(app, ["generate", PROMPT, "--provider", "cpu", "-o", str(out)] + extra)
     assert result.exit_code == 2 and words in result.output and "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_sdxl_conditioning_is_bound_and_the_images_are_identical(tiny_sdxl):
+    """SDXL's extra UNet inputs (text_embeds, time_ids) are per-generation constants too."""
+    kwargs = dict(steps=4, seed=0, guidance_scale=5.0, height=64, width=64)
+    with Pipeline.from_folder(tiny_sdxl[1], provider="cpu") as plain, \
+            Pipeline.from_folder(tiny_sdxl[1], provider="cpu", io_binding=True) as bound:
+        for _ in range(2):
+            assert_same(bound(PROMPT, **kwargs), plain(PROMPT, **kwargs))
+        assert {"text_embeds", "time_ids"} <= set(bound._models["unet"].binding.owned)
