@@ -79,10 +79,19 @@ def generate(
     cache_schedule: str = typer.Option(
         "uniform", "--cache-schedule", help="With --cache-interval: uniform (calls 0, N, 2N...) or nonuniform (the "
         "paper's: denser full calls early on)."),
+    io_binding: bool = typer.Option(
+        False, "--io-binding", help="ONNX Runtime: run the UNet on IO binding (conditioning bound once, latents and "
+        "outputs in buffers on the provider's device; the same images). Not with --provider openvino."),
+    cuda_graph: bool = typer.Option(
+        False, "--cuda-graph", help="Capture the UNet in a CUDA graph (--provider cuda or tensorrt; implies --io-binding)."),
+    provider_option: Optional[list[str]] = typer.Option(
+        None, "--provider-option", help="KEY=VALUE for the ONNX Runtime provider (the first of its chain), e.g. "
+        "trt_engine_cache_enable=True, trt_engine_cache_path=DIR, trt_fp16_enable=True, device_id=1; repeat for several."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Generate images from a prompt (and, with --image, from a starting picture; with --mask too, inpaint it)."""
+    from latentrt.runtime.backend import parse_provider_options
     from latentrt.runtime.images import save_png
     from latentrt.runtime.pipeline import Pipeline
 
@@ -96,7 +105,8 @@ def generate(
 
         options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                        low_memory=low_memory, vae_tiling=vae_tiling, max_pixels=max_pixels,
-                       loras=[Lora.parse(text) for text in lora or []])
+                       loras=[Lora.parse(text) for text in lora or []], io_binding=io_binding, cuda_graph=cuda_graph,
+                       provider_options=parse_provider_options(provider_option))
         pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
         if pipe.lora_report is not None:
             report = pipe.lora_report
@@ -397,6 +407,8 @@ def serve(
         None, "--api-key", envvar="LATENTRT_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every route but /health (also from $LATENTRT_API_KEY)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP),
+    io_binding: bool = typer.Option(False, "--io-binding", help="As for generate (no --cuda-graph: requests vary in shape)."),
+    provider_option: Optional[list[str]] = typer.Option(None, "--provider-option", help="KEY=VALUE, as for generate."),
     ray: bool = typer.Option(False, "--ray", help="Serve with Ray Serve (the ray extra): --replicas copies of the app, one pipeline each."),
     replicas: int = typer.Option(2, "--replicas", help="With --ray: how many replicas."),
 ) -> None:
@@ -415,10 +427,17 @@ def serve(
         _fail(f"--max-body-mb must be positive, got {max_body_mb}")
     if model is not None and not model.is_dir():
         _fail(f"{model} is not a folder: give the folder that `latentrt export` wrote (or none for the shipped model)")
+    from latentrt.runtime.backend import parse_provider_options
+
+    try:
+        provider_options = parse_provider_options(provider_option)
+    except ValueError as exc:
+        _fail(str(exc))
     options = ServeOptions(model=None if model is None else str(model), provider=provider, precision=precision,
                            threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
                            max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
-                           cache_dir=None if cache_dir is None else str(cache_dir))
+                           cache_dir=None if cache_dir is None else str(cache_dir), io_binding=io_binding,
+                           provider_options=provider_options)
     bind = host or "127.0.0.1"
     if host is None:
         logger.warning("listening on 127.0.0.1:%d, this machine only (--host 0.0.0.0 to accept other machines)%s", port,

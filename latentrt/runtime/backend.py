@@ -18,6 +18,16 @@ A folder exported with `--precision fp16` (for GPUs) runs on the CPU too: ONNX R
 Casts around each node it has no fp16 kernel for, and OpenVINO converts the graph to its inference precision;
 neither is faster than the fp32 folder, so each load warns and says to use an fp32 folder on the CPU.
 
+ONNX Runtime only (an error with the openvino provider, which is not ONNX Runtime; "auto" then means ONNX Runtime):
+
+    io_binding        the UNet (and DeepCache's shallow UNet) runs on IO binding: its conditioning copied to the
+                      provider's device once per generation, latents and outputs in buffers kept there, only the
+                      latents the NumPy scheduler needs copied each step (session.IoBinding); same images
+    cuda_graph        the UNet captured in a CUDA graph and replayed (cuda or tensorrt provider; implies io_binding;
+                      one shape per pipeline)
+    provider_options  {key: value} for the first provider of the chain (InferenceSession's provider_options), e.g.
+                      TensorRT's trt_engine_cache_enable, trt_engine_cache_path, trt_fp16_enable
+
 A folder whose networks were quantized (`latentrt quantize`) runs its int8 nodes as int8 at either precision;
 `Backend.label` says so ("int8+fp32").
 """
@@ -29,15 +39,17 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from latentrt.runtime.cache import cache_root, files_identity
 from latentrt.runtime.folder import ComponentFiles, ModelFolder
-from latentrt.runtime.session import OnnxModel, resolve_providers
+from latentrt.runtime.session import CUDA_GRAPH_OPTIONS, OnnxModel, resolve_providers
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_CHOICES = "auto, cpu, openvino, cuda, tensorrt, rocm, directml, coreml"
 PRECISIONS = ("auto", "fp32", "bf16")
+BOUND_NETWORKS = ("unet", "unet_shallow")  # the networks the denoising loop calls: IO binding and CUDA graphs
 
 
 def compiled_model_cache(cache_dir: str | Path | None, use_cache: bool) -> Path | None:
@@ -63,6 +75,9 @@ class Backend:
     threads: int | None = None
     cache: Path | None = None  # the cache root (ONNX Runtime's optimized copies); None: no cache
     compiled_cache: Path | None = None  # OpenVINO's compiled-model folder; None: none (opt-in)
+    io_binding: bool = False  # ONNX Runtime's IO binding for BOUND_NETWORKS
+    cuda_graph: bool = False  # BOUND_NETWORKS captured in a CUDA graph (with io_binding)
+    provider_options: dict[str, Any] | None = None  # for the first ONNX Runtime provider of the chain
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
         """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
@@ -76,8 +91,11 @@ class Backend:
             return OpenVinoModel(files.name, files.model, self.precision, self.threads,
                                  None if weights else self.compiled_cache, files_identity(files.model, files.manifest),
                                  weights=weights)
+        bound = files.name in BOUND_NETWORKS
         return OnnxModel(files.name, files.model, resolve_providers(self.provider), self.threads,
-                         None if weights else self.cache, files_identity(files.model, files.manifest), weights=weights)
+                         None if weights else self.cache, files_identity(files.model, files.manifest), weights=weights,
+                         provider_options=self.provider_options, io_binding=self.io_binding and bound,
+                         cuda_graph=self.cuda_graph and bound)
 
     def label(self, folder: ModelFolder) -> str:
         """The precision a generation ran at, as the PNG, `result.parameters` and the bench report give it."""
@@ -89,15 +107,36 @@ class Backend:
         return self.precision
 
 
+def parse_provider_options(texts: list[str] | None) -> dict[str, str] | None:
+    """["trt_fp16_enable=True", "device_id=1"] (the CLI's repeated --provider-option) -> {key: value}; None for none."""
+    options = {}
+    for text in texts or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"--provider-option takes KEY=VALUE (for example trt_fp16_enable=True), got {text!r}")
+        options[key.strip()] = value.strip()
+    return options or None
+
+
 def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,
-                    cache_dir: str | Path | None = None, use_cache: bool = True) -> Backend:
+                    cache_dir: str | Path | None = None, use_cache: bool = True, io_binding: bool = False,
+                    cuda_graph: bool = False, provider_options: dict[str, Any] | None = None) -> Backend:
     if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if not isinstance(provider, str) or not provider:
         raise ValueError(f"provider must be a name ({PROVIDER_CHOICES}), got {provider!r}")
+    if provider_options is not None and not (isinstance(provider_options, dict) and all(isinstance(k, str) for k in provider_options)):
+        raise ValueError(f"provider_options must be a dict of option names to values, got {provider_options!r}")
+    onnxruntime_options = [name for name, asked in (("io_binding", io_binding), ("cuda_graph", cuda_graph),
+                                                    ("provider_options", provider_options)) if asked]
     precision, provider = precision.lower(), (provider.lower() if provider.lower() in ("auto", "openvino") else provider)
-    if provider == "auto":
-        provider = "openvino" if openvino_installed() else "cpu"
+    if provider == "auto":  # ONNX Runtime's own options ask for ONNX Runtime
+        provider = "openvino" if openvino_installed() and not onnxruntime_options else "cpu"
+    if provider == "openvino" and onnxruntime_options:
+        raise ValueError(
+            f"{' and '.join(onnxruntime_options)} configure ONNX Runtime, and the openvino provider is latentrt's OpenVINO "
+            "backend, not ONNX Runtime: use an ONNX Runtime provider (cpu, cuda, tensorrt, ...) or leave them out"
+        )
     if provider == "openvino":
         from latentrt.runtime.backends.openvino import supports_bf16
 
@@ -109,10 +148,17 @@ def resolve_backend(provider: str = "auto", precision: str = "auto", threads: in
                 "on this one: use precision fp32 (or auto)"
             )
         return Backend("openvino", precision, threads, None, compiled_model_cache(cache_dir, use_cache))
-    resolve_providers(provider)  # an unknown or unavailable provider is an error here, before any loading
+    chain = resolve_providers(provider)  # an unknown or unavailable provider is an error here, before any loading
     if precision == "bf16":
         raise ValueError(
             f"ONNX Runtime has no bf16 kernels for the {provider!r} provider: use --provider openvino "
             '(pip install "latentrt[openvino]") for bf16, or precision fp32'
         )
-    return Backend(provider, "fp32", threads, cache_root(cache_dir) if use_cache else None)
+    if cuda_graph and chain[0] not in CUDA_GRAPH_OPTIONS:
+        raise ValueError(
+            f"cuda_graph needs the cuda or tensorrt provider (onnxruntime-gpu on an NVIDIA GPU), not {provider!r} "
+            f"({chain[0]}): leave cuda_graph out, or use --provider cuda"
+        )
+    return Backend(provider, "fp32", threads, cache_root(cache_dir) if use_cache else None,
+                   io_binding=bool(io_binding or cuda_graph), cuda_graph=bool(cuda_graph),
+                   provider_options=dict(provider_options) if provider_options else None)

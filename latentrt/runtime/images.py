@@ -10,6 +10,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, PngImagePlugin
 
+from latentrt.runtime.session import check_finite
+
 
 @dataclass(frozen=True)
 class GenerationParameters:
@@ -49,11 +51,7 @@ class GenerationParameters:
 
 def decoded_to_uint8(decoded: NDArray[np.float32]) -> NDArray[np.uint8]:
     """VAE output (B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, exactly as diffusers' postprocess."""
-    if not np.all(np.isfinite(decoded)):
-        raise FloatingPointError(
-            "the VAE decoder produced NaN or inf values: the model or its export is broken "
-            "(for fp16 exports, use the fp32 VAE); no image was written"
-        )
+    check_finite("vae_decoder", decoded)  # NaN would be a black image
     images = np.clip(decoded / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1)  # (B, H, W, 3)
     return (images * 255).round().astype(np.uint8)
 

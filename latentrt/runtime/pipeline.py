@@ -11,7 +11,7 @@ import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +30,7 @@ from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch,
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
+from latentrt.runtime.session import check_finite, constant_feeds, to_host
 from latentrt.runtime.tiling import decode_tiled, default_tile
 
 logger = logging.getLogger(__name__)
@@ -70,15 +71,23 @@ class Pipeline:
     app that bounds its requests; every call is also refused when its estimated memory exceeds what the
     machine has available (`latentrt.runtime.memory`).
 
-    Threads: one pipeline may be called from several threads at once (the images are those of serial calls);
-    `threads` sets the CPU threads each network uses. `close()` (or `with ... as pipe:`) frees the networks.
+    ONNX Runtime only (see `latentrt.runtime.backend`): io_binding runs the UNet on IO binding (conditioning bound
+    once per generation, latents and outputs in buffers on the provider's device; the same images), cuda_graph
+    captures it in a CUDA graph (cuda or tensorrt provider; implies io_binding; one image shape per pipeline), and
+    provider_options ({key: value}) go to the first provider of the chain (TensorRT's engine cache, fp16, ...).
+
+    Threads: one pipeline may be called from several threads at once (the images are those of serial calls; with
+    io_binding their denoising loops take turns); `threads` sets the CPU threads each network uses. `close()` (or
+    `with ... as pipe:`) frees the networks.
     """
 
     def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
                  precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True,
                  low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None,
-                 loras: Sequence | None = None):
-        self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache)
+                 loras: Sequence | None = None, io_binding: bool = False, cuda_graph: bool = False,
+                 provider_options: dict | None = None):
+        self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache, io_binding=io_binding,
+                                                cuda_graph=cuda_graph, provider_options=provider_options)
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive integer (height x width), got {max_pixels!r}")
         if vae_tiling not in (None, True, False):
@@ -111,7 +120,8 @@ class Pipeline:
 
     @classmethod
     def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
-        """Options as `Pipeline(...)`: precision, cache_dir, use_cache, low_memory, vae_tiling, max_pixels."""
+        """Options as `Pipeline(...)`: precision, cache_dir, use_cache, low_memory, vae_tiling, max_pixels, loras,
+        io_binding, cuda_graph, provider_options."""
         return cls(ModelFolder.open(path), provider=provider, threads=threads, **options)
 
     @classmethod
@@ -431,8 +441,7 @@ class Pipeline:
             logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
                            "full UNet, every other call reuses its deep feature", cache_interval, len(timesteps))
         feature = None
-        shallow = self._network("unet_shallow") if not all(plan) else nullcontext()
-        with self._network("unet"), shallow:  # resident for the whole loop, also with low_memory
+        with self._unet_calls(conditioning, shallow=not all(plan)) as (full, shallow):
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
                 x_in = sampler.scale_model_input(x_in, t)
@@ -440,9 +449,10 @@ class Pipeline:
                     x_in = np.concatenate([x_in.astype(np.float32, copy=False), extra], axis=1)
                 if plan[i]:
                     noise, feature = self._unet(x_in.astype(np.float32, copy=False), t, conditioning,
-                                                keep_feature=cache_interval > 1)
+                                                keep_feature=cache_interval > 1, calls=full)
                 else:
-                    noise = self._unet_shallow(x_in.astype(np.float32, copy=False), t, conditioning, feature)
+                    noise = self._unet_shallow(x_in.astype(np.float32, copy=False), t, conditioning, feature, shallow)
+                check_finite("unet" if plan[i] else "unet_shallow", noise, f" at UNet call {i + 1} of {len(timesteps)}")
                 if do_cfg:
                     uncond, cond = np.split(noise, 2)
                     noise = uncond + np.float32(guidance_scale) * (cond - uncond)
@@ -616,21 +626,40 @@ class Pipeline:
             feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
             return network(**feeds)
 
-    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], keep_feature: bool = False):
-        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep. With
-        keep_feature (DeepCache), returns (output, the deep feature the shallow UNet reuses)."""
-        with self._network("unet") as unet:
-            out = unet(sample=sample, timestep=self._timestep(unet, t, sample), **conditioning)
-            noise = next(iter(out.values()))
-            return (noise, out[self.folder.deepcache["feature"]] if keep_feature else None)
+    @contextmanager
+    def _unet_calls(self, conditioning: dict[str, NDArray], shallow: bool = False):
+        """One generation's calls of the UNet (and DeepCache's shallow UNet when `shallow`), resident for the whole
+        loop (also with low_memory), the conditioning fed to each call, or bound once on the device (io_binding):
+        yields the UNet's (network, run) and the shallow UNet's (or None), for `_unet` and `_unet_shallow`."""
+        with ExitStack() as stack:
+            runs = [stack.enter_context(self._conditioned(name, conditioning)) if use else None
+                    for name, use in (("unet", True), ("unet_shallow", shallow))]
+            yield tuple(runs)
 
-    def _unet_shallow(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray],
-                      feature: NDArray[np.float32]) -> NDArray[np.float32]:
-        """DeepCache's shallow UNet on the cached feature (it takes only the inputs its layers use)."""
-        with self._network("unet_shallow") as shallow:
-            feeds = {"sample": sample, "timestep": self._timestep(shallow, t, sample), **conditioning,
-                     self.folder.deepcache["feature"]: feature}
-            return next(iter(shallow(**{k: v for k, v in feeds.items() if k in shallow.inputs}).values()))
+    @contextmanager
+    def _conditioned(self, name: str, conditioning: dict[str, NDArray]):
+        """(network, run(**feeds)) for network `name` with the conditioning it takes (the shallow UNet takes only
+        those its layers use)."""
+        with self._network(name) as network:
+            constants = conditioning if name == "unet" else {k: v for k, v in conditioning.items() if k in network.inputs}
+            with constant_feeds(network, constants) as run:
+                yield network, run
+
+    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], keep_feature: bool = False,
+              calls=None):
+        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep (`calls`: the
+        generation's, from `_unet_calls`). With keep_feature (DeepCache), returns (output, the deep feature the
+        shallow UNet reuses: on the device with io_binding)."""
+        with (nullcontext(calls) if calls else self._conditioned("unet", conditioning)) as (unet, run):
+            out = run(sample=sample, timestep=self._timestep(unet, t, sample))
+            return to_host(next(iter(out.values()))), (out[self.folder.deepcache["feature"]] if keep_feature else None)
+
+    def _unet_shallow(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], feature,
+                      calls=None) -> NDArray[np.float32]:
+        """DeepCache's shallow UNet on the cached feature (a NumPy array, or the full UNet's device buffer)."""
+        with (nullcontext(calls) if calls else self._conditioned("unet_shallow", conditioning)) as (shallow, run):
+            out = run(sample=sample, timestep=self._timestep(shallow, t, sample), **{self.folder.deepcache["feature"]: feature})
+            return to_host(next(iter(out.values())))
 
     @staticmethod
     def _timestep(unet, t, sample: NDArray) -> NDArray:

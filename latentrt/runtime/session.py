@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,13 @@ PROVIDERS: dict[str, list[str]] = {
 }
 # "openvino" is latentrt's own OpenVINO backend (backends/openvino.py), not ONNX Runtime's OpenVINO
 # execution provider; that one is still reachable by its full name, "OpenVINOExecutionProvider".
+# The provider option that captures a session's kernels in a CUDA graph, replayed at fixed buffer addresses
+# (TensorRT's pybind layer takes only True/False for its booleans, the CUDA provider "1"/"0")
+CUDA_GRAPH_OPTIONS = {"CUDAExecutionProvider": ("enable_cuda_graph", "1"),
+                      "TensorrtExecutionProvider": ("trt_cuda_graph_enable", "True")}
+# Where a provider keeps its inputs and outputs (OrtValue device names); any other provider: host memory
+_DEVICES = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda", "ROCMExecutionProvider": "cuda",
+            "DmlExecutionProvider": "dml"}
 _ORT_DTYPES = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
@@ -43,6 +52,28 @@ _ORT_DTYPES = {
 
 class ModelLoadError(RuntimeError):
     """An ONNX file could not be loaded (corrupted, truncated, external data missing)."""
+
+
+class NonFiniteOutputError(FloatingPointError):
+    """A network's output holds NaN or inf (an fp16 overflow, most often): no image is made from it."""
+
+
+# What makes each network overflow, and the fix (keyed by the network's name without a suffix: unet_shallow -> unet)
+_NONFINITE_FIXES = {
+    "unet": "fp16 attention overflows in some models (SD 2.x): use a folder exported with upcast attention (fp32 "
+            "softmax), or an fp32 folder",
+    "vae_decoder": "fp16 VAE decoders overflow (SD 1.5, SDXL): use a folder whose VAE decoder is fp32 (upcast, as its "
+                   "config's force_upcast asks), or an fp32 folder",
+}
+
+
+def check_finite(component: str, values: NDArray, where: str = "") -> NDArray:
+    """`values`, or NonFiniteOutputError naming the network and the fix (np.isfinite on latents: microseconds)."""
+    if not np.isfinite(values).all():
+        fix = _NONFINITE_FIXES.get(component.split("_shallow")[0], "")
+        raise NonFiniteOutputError(f"{component} produced NaN or inf values{where}; no image was written. "
+                                   + (f"{fix}. " if fix else "") + "In an fp32 folder, the model (or a LoRA) is broken")
+    return values
 
 
 def available_providers() -> list[str]:
@@ -79,6 +110,13 @@ class TensorInfo:
         return len(self.shape)
 
 
+def provider_options_for(providers: list[str], options: dict | None) -> dict:
+    """InferenceSession's keyword for `options` given to the first provider of the chain ({} when none)."""
+    if not options:
+        return {}
+    return {"provider_options": [{str(k): str(v) for k, v in options.items()}] + [{} for _ in providers[1:]]}
+
+
 def session_options(threads: int | None = None, optimize: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = (
@@ -101,16 +139,22 @@ class OnnxModel:
     """
 
     def __init__(self, name: str, path: Path, providers: list[str], threads: int | None = None,
-                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None):
+                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None,
+                 provider_options: dict | None = None, io_binding: bool = False, cuda_graph: bool = False):
         self.name = name
         self.path = Path(path)
         self.session = None
+        if cuda_graph:  # the UNet's kernels captured once, replayed: needs the fixed buffers of IO binding
+            key, on = CUDA_GRAPH_OPTIONS[providers[0]]
+            provider_options = {**(provider_options or {}), key: on}
+        extra = provider_options_for(providers, provider_options)
         for _ in range(2 if cache is not None else 0):  # a corrupt entry is rebuilt once
-            copy = optimized_copy(name, self.path, providers, cache, identity)
+            copy = optimized_copy(name, self.path, providers, cache, identity, extra)
             if copy is None:
                 break
             try:
-                self.session = ort.InferenceSession(str(copy / "model.onnx"), session_options(threads, optimize=False), providers=providers)
+                self.session = ort.InferenceSession(str(copy / "model.onnx"), session_options(threads, optimize=False),
+                                                    providers=providers, **extra)
                 logger.info("%s: loaded the optimized copy in %s", name, copy)
                 break
             except Exception as exc:  # truncated or corrupted
@@ -122,13 +166,15 @@ class OnnxModel:
             source, disabled = self.path, None
             if weights:
                 self._weights, source, disabled = _override(options, weights, self.path)
-            self.session = _load(name, source, options, providers, disabled)
+            self.session = _load(name, source, options, providers, disabled, extra)
         self.providers = self.session.get_providers()
         logger.info("%s: running on %s", name, self.providers[0])
         if self.providers[0] != providers[0]:
             logger.warning("%s: asked for %s but got %s", name, providers[0], self.providers[0])
         self.inputs = {i.name: _info(i) for i in self.session.get_inputs()}
         self.outputs = {o.name: _info(o) for o in self.session.get_outputs()}
+        device_id = int((provider_options or {}).get("device_id", 0))
+        self.binding = IoBinding(self, _DEVICES.get(self.providers[0], "cpu"), device_id, static=cuda_graph) if io_binding else None
 
     def __call__(self, **feeds: NDArray) -> dict[str, NDArray]:
         self._check(feeds)
@@ -137,6 +183,87 @@ class OnnxModel:
 
     def _check(self, feeds: dict[str, NDArray]) -> None:
         check_feeds(self.name, self.inputs, feeds)
+
+
+class IoBinding:
+    """One session's IO binding (ORT's `io_binding()`): its inputs and outputs in OrtValues on the session's device,
+    kept between runs, so that a run copies only the inputs given to it (each step's latents and timestep) and one
+    network's device output (DeepCache's feature) feeds another network without a trip through the host.
+
+    An input of the same shape and dtype as its buffer is copied into it in place; another one gets a new buffer,
+    and the outputs are then allocated on the device by the next run and kept, as they are, for the runs after it.
+    `static` (CUDA graphs replay their kernels at the addresses they were captured with): after the first run, an
+    input that would need a new buffer is an error.
+    """
+
+    def __init__(self, model: "OnnxModel", device: str, device_id: int = 0, static: bool = False):
+        self.model, self.device, self.static = model, (device, device_id), static
+        self.binding = model.session.io_binding()
+        self.lock = threading.Lock()  # one generation at a time owns the buffers
+        self.inputs: dict[str, ort.OrtValue] = {}
+        self.owned: set[str] = set()  # inputs in buffers of this binding's own (not another network's outputs)
+        self.outputs: list[ort.OrtValue] | None = None  # None: allocated by the next run
+
+    def feed(self, feeds: dict[str, Any]) -> None:
+        """Bind NumPy arrays (copied to the device) and OrtValues (bound as they are) to the inputs they name."""
+        for name, value in feeds.items():
+            held = self.inputs.get(name)
+            if isinstance(value, ort.OrtValue):
+                if held is not None and held.data_ptr() == value.data_ptr():
+                    continue
+            elif name in self.owned and _dtype_shape(held) == (value.dtype, value.shape):
+                held.update_inplace(np.ascontiguousarray(value))
+                continue
+            if self.static and self.outputs is not None:
+                raise ValueError(
+                    f"{self.model.name}: cuda_graph captured this network at {name} {_dtype_shape(held)[1]}, and this call "
+                    f"gives {_dtype_shape(value)[1]}: a CUDA graph runs "
+                    "one shape (size, batch, guidance on or off); use another Pipeline for another shape"
+                )
+            self.owned.discard(name)
+            if not isinstance(value, ort.OrtValue):  # a buffer of its own: from_numpy on the CPU would alias the array
+                array, value = value, ort.OrtValue.ortvalue_from_shape_and_type(value.shape, value.dtype, *self.device)
+                value.update_inplace(np.ascontiguousarray(array))
+                self.owned.add(name)
+            self.binding.bind_ortvalue_input(name, value)
+            self.inputs[name] = value
+            self.outputs = None
+
+    def run(self, **feeds: Any) -> dict[str, ort.OrtValue]:
+        """Run on the bound inputs, `feeds` bound first; the outputs stay on the device (`to_host` copies one)."""
+        check_feeds(self.model.name, self.model.inputs, {**self.inputs, **feeds})
+        self.feed(feeds)
+        if self.outputs is None:
+            for name in self.model.outputs:
+                self.binding.bind_output(name, *self.device)
+        self.model.session.run_with_iobinding(self.binding)
+        if self.outputs is None:  # the buffers ORT allocated are this shape's from now on (fixed addresses)
+            self.outputs = self.binding.get_outputs()
+            for name, value in zip(self.model.outputs, self.outputs):
+                self.binding.bind_ortvalue_output(name, value)
+        return dict(zip(self.model.outputs, self.outputs))
+
+
+@contextmanager
+def constant_feeds(model, constants: dict[str, Any]):
+    """Calls of `model` that all take `constants` (one generation's conditioning): yields run(**feeds) -> {output: value}.
+
+    With IO binding (`model.binding`) the constants are copied to the device once, here, the generation holds the
+    buffers until it leaves, and the values are the device's OrtValues (`to_host` copies one to NumPy); otherwise
+    each call passes the constants with its feeds and gets NumPy arrays.
+    """
+    binding = getattr(model, "binding", None)  # OpenVINO's models have none
+    if binding is None:
+        yield lambda **feeds: model(**constants, **feeds)
+        return
+    with binding.lock:
+        binding.feed(constants)
+        yield binding.run
+
+
+def to_host(value: Any) -> NDArray:
+    """An output as a NumPy array of its own (a CPU OrtValue's numpy() is a view of a buffer the next run overwrites)."""
+    return np.array(value.numpy()) if isinstance(value, ort.OrtValue) else value
 
 
 def _override(options: ort.SessionOptions, weights: dict, path: Path):
@@ -178,20 +305,28 @@ def check_feeds(component: str, inputs: dict[str, TensorInfo], feeds: dict[str, 
         raise ValueError(f"{component}: inputs must be {sorted(inputs)}; missing {missing}, unexpected {unexpected}")
     for name, value in feeds.items():
         info = inputs[name]
-        if value.dtype != info.dtype:
-            raise ValueError(f"{component}: input {name!r} must be {info.dtype}, got {value.dtype}")
-        if value.ndim != info.rank:
-            raise ValueError(f"{component}: input {name!r} must have rank {info.rank} {info.shape}, got shape {value.shape}")
-        for axis, (want, got) in enumerate(zip(info.shape, value.shape)):
+        dtype, shape = _dtype_shape(value)
+        if dtype != info.dtype:
+            raise ValueError(f"{component}: input {name!r} must be {info.dtype}, got {dtype}")
+        if len(shape) != info.rank:
+            raise ValueError(f"{component}: input {name!r} must have rank {info.rank} {info.shape}, got shape {shape}")
+        for axis, (want, got) in enumerate(zip(info.shape, shape)):
             if isinstance(want, int) and want != got:
-                raise ValueError(f"{component}: input {name!r} axis {axis} must be {want}, got shape {value.shape}")
+                raise ValueError(f"{component}: input {name!r} axis {axis} must be {want}, got shape {shape}")
+
+
+def _dtype_shape(value: Any) -> tuple[np.dtype, tuple[int, ...]]:
+    """A NumPy array's or an OrtValue's (IO binding's device buffers) dtype and shape."""
+    if isinstance(value, ort.OrtValue):
+        return _ORT_DTYPES.get(value.data_type(), value.data_type()), tuple(value.shape())
+    return value.dtype, value.shape
 
 
 def _load(name: str, path: Path | bytes, options: ort.SessionOptions, providers: list[str],
-          disabled_optimizers: list[str] | None = None) -> ort.InferenceSession:
+          disabled_optimizers: list[str] | None = None, extra: dict | None = None) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=providers,
-                                    disabled_optimizers=disabled_optimizers)
+                                    disabled_optimizers=disabled_optimizers, **(extra or {}))
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise ModelLoadError(
             f"{name}: {'its LoRA-patched graph' if isinstance(path, bytes) else path} could not be loaded ({_reason(exc)}). "
@@ -204,7 +339,8 @@ def _reason(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def optimized_copy(name: str, path: Path, providers: list[str], cache: Path, identity: dict[str, Any] | None) -> Path | None:
+def optimized_copy(name: str, path: Path, providers: list[str], cache: Path, identity: dict[str, Any] | None,
+                   extra: dict | None = None) -> Path | None:
     """The cache entry holding this component's optimized graph for these providers on this CPU: found, or made now.
 
     None when it cannot be made (a read-only or full cache folder, another provider than the CPU): the caller
@@ -213,7 +349,7 @@ def optimized_copy(name: str, path: Path, providers: list[str], cache: Path, ide
     if providers[0] != "CPUExecutionProvider":  # prepacked weights and ORT's CPU layouts are this provider's own
         return None
     key = entry_key(component=name, files=identity or {}, onnxruntime=ort.__version__, providers=providers,
-                    level="all", prepacked=True, cpu=cpu_signature())
+                    level="all", prepacked=True, cpu=cpu_signature(), **(extra or {}))  # no provider options: the keys of before
     entry = cache / "onnxruntime" / f"{name}-{key}"
     if (entry / "model.onnx").is_file():
         return entry
@@ -224,7 +360,7 @@ def optimized_copy(name: str, path: Path, providers: list[str], cache: Path, ide
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx_data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         options.add_session_config_entry("session.save_external_prepacked_constant_initializers", "1")
-        ort.InferenceSession(str(path), options, providers=providers)  # writes the optimized copy as it loads
+        ort.InferenceSession(str(path), options, providers=providers, **(extra or {}))  # writes the optimized copy as it loads
         if not (folder / "model.onnx").is_file():
             raise OSError(f"onnxruntime wrote no optimized model to {folder}")
         (folder / "source.json").write_text(json.dumps({"model": str(path.resolve()), "onnxruntime": ort.__version__}))

@@ -48,6 +48,8 @@ class ServeOptions:
     max_pixels: int | None = None  # the pipeline's size bound (the memory guard applies anyway)
     api_key: str | None = None
     cache_dir: str | None = None
+    io_binding: bool = False  # ONNX Runtime's IO binding for the UNet (Pipeline(io_binding=True))
+    provider_options: dict[str, str] | None = None  # for the first ONNX Runtime provider
 
 
 class ApiError(Exception):
@@ -81,7 +83,8 @@ class ServerState:
 
 def load_pipeline(options: ServeOptions) -> Pipeline:
     kwargs = dict(provider=options.provider, threads=options.threads, precision=options.precision,
-                  max_pixels=options.max_pixels, cache_dir=options.cache_dir)
+                  max_pixels=options.max_pixels, cache_dir=options.cache_dir, io_binding=options.io_binding,
+                  provider_options=options.provider_options)
     if options.model is None:
         return Pipeline.default(**kwargs)
     return Pipeline.from_folder(options.model, **kwargs)
