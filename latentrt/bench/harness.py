@@ -1282,7 +1282,7 @@ def _fmt_s(value: float) -> str:
 
 def _cell(system: dict, metric: str) -> str:
     med, lo, hi = system[metric], system["min"][metric], system["max"][metric]
-    if metric == "peak_rss_mb":
+    if metric.endswith("_mb"):  # peak RSS, GPU memory
         return f"{med:,.0f} MB ({lo:,.0f}–{hi:,.0f})"
     unit = "" if _fmt_s(med).endswith("ms") else " s"
     return f"{_fmt_s(med)}{unit} ({_fmt_s(lo)}–{_fmt_s(hi)})"

@@ -21,7 +21,9 @@ COLORS = {"latentrt": "#1b9e77", "latentrt-openvino": "#0b6e4f", "latentrt-int8"
           "diffusers": "#d95f02", "diffusers-bf16": "#fc8d62", "optimum": "#7570b3", "optimum-intel": "#e7298a"}
 
 
-def plot(report: dict, out: Path, title: str | None = None) -> Path:
+def plot(report: dict, out: Path, title: str | None = None, panels: tuple[tuple[str, str], ...] = PANELS,
+         subtitle: str | None = None) -> Path:
+    """`panels`: (metric, label) per panel; `subtitle`: the settings line (default: the CPU harness's)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,8 +31,8 @@ def plot(report: dict, out: Path, title: str | None = None) -> Path:
 
     systems = report["systems"]
     names = list(systems)
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(2.6 * len(PANELS), 3.6))
-    for ax, (metric, label) in zip(axes, PANELS):
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 3.6))
+    for ax, (metric, label) in zip(axes, panels):
         med = [systems[n][metric] for n in names]
         lo = [systems[n][metric] - systems[n]["min"][metric] for n in names]
         hi = [systems[n]["max"][metric] - systems[n][metric] for n in names]
@@ -40,17 +42,15 @@ def plot(report: dict, out: Path, title: str | None = None) -> Path:
         ax.set_title(label, fontsize=9)
         ax.tick_params(axis="y", labelsize=8)
         for bar, value in zip(bars, med):
-            text = f"{value:,.0f}" if metric == "peak_rss_mb" else (f"{value:.3g}")
+            text = f"{value:,.0f}" if metric.endswith("_mb") else (f"{value:.3g}")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
                         fontsize=7, xytext=(0, 2), textcoords="offset points")
         ax.margins(y=0.15)
     s, m = report["settings"], report["machine"]
     heading = title or " vs ".join(names)
-    fig.suptitle(
-        f"{heading}\n{s['height']}x{s['width']}, {s['steps']} steps {s['scheduler']}, CFG {s['guidance']:g}, fp32 weights, "
-        f"{s['threads']} threads, {m['cpu_model']}; median of {s['runs']} runs, bars min–max",
-        fontsize=9,
-    )
+    subtitle = subtitle or (f"{s['height']}x{s['width']}, {s['steps']} steps {s['scheduler']}, CFG {s['guidance']:g}, "
+                            f"fp32 weights, {s['threads']} threads, {m['cpu_model']}")
+    fig.suptitle(f"{heading}\n{subtitle}; median of {s['runs']} runs, bars min–max", fontsize=9)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,14 @@
 """The PyTorch reference: diffusers' StableDiffusionPipeline (or the folder's SDXL pipeline) on CPU, fp32
-(`diffusers`) or under bf16 autocast.
+(`diffusers`) or under bf16 autocast; or, as the config asks, fp16 on a CUDA GPU (the GPU benchmark's reference).
 
 `diffusers-bf16` is what a PyTorch user on a CPU with bf16 instructions picks instead: the same pipeline, fp32
 weights, with every stage (text encoder, UNet, VAE decode, the whole generation) run under
 `torch.autocast("cpu", dtype=torch.bfloat16)`.
+
+The config's `device` and `dtype` (benchmarks/gpu/bench.py: "cuda", "float16") replace the CPU and fp32: what a
+PyTorch user on an NVIDIA GPU runs, the pipeline loaded with torch_dtype=float16 and moved to the GPU, diffusers'
+default attention processor (AttnProcessor2_0: torch's scaled_dot_product_attention). On CUDA its stages and
+generations are timed between torch.cuda.synchronize() calls (`synchronize`).
 
 SDXL (cfg["family"] "sdxl", the harness reads it from the folder: protocol.model_family): StableDiffusionXLPipeline,
 or StableDiffusionXLImg2ImgPipeline / StableDiffusionXLInpaintPipeline for the image tasks, loaded with
@@ -59,6 +64,8 @@ LOAD_OPTIONS = {"sd": {"safety_checker": None, "requires_safety_checker": False}
 class DiffusersSystem(System):
     name = "diffusers"
     autocast = None  # a torch dtype name: every stage runs under torch.autocast("cpu", dtype=...)
+    device = "cpu"  # where the pipeline runs (cfg["device"] replaces it)
+    dtype = "float32"  # the weights' dtype, torch_dtype (cfg["dtype"] replaces it)
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -75,19 +82,26 @@ class DiffusersSystem(System):
             pass
         self.task = cfg.get("task", "txt2img")
         self.family = cfg.get("family", "sd")
+        self.device, self.dtype = cfg.get("device", self.device), cfg.get("dtype", self.dtype)
         cls_name, module = PIPELINES[self.family][self.task]
         self.np, self.torch, self.cls = np, torch, getattr(diffusers, cls_name)
         self.modules = [importlib.import_module("diffusers.models.autoencoders.vae"),
                         importlib.import_module(f"diffusers.pipelines.{module}")]
 
     def load(self) -> None:
-        self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=self.torch.float32, **LOAD_OPTIONS[self.family])
+        self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=getattr(self.torch, self.dtype),
+                                             **LOAD_OPTIONS[self.family]).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
+
+    def synchronize(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
 
     def prepare(self) -> None:
         torch, cfg = self.torch, self.cfg
         self.pipe.scheduler = diffusers_scheduler(cfg["scheduler"], self.pipe.scheduler.config)
-        self.latents = torch.from_numpy(self.np.load(cfg["latents"]))  # (B, 4, h, w)
+        # (B, 4, h, w) in the weights' dtype: diffusers moves given latents to the device but keeps their dtype
+        self.latents = torch.from_numpy(self.np.load(cfg["latents"])).to(self.device, getattr(torch, self.dtype))
         self.cfg_on = cfg["guidance"] > 1.0
         scheduler = self.pipe.scheduler
         scheduler.set_timesteps(cfg["steps"])
@@ -101,14 +115,16 @@ class DiffusersSystem(System):
 
             self.image = Image.open(cfg["image"]).convert("RGB")
             self.mask = Image.open(cfg["mask"]).convert("L") if self.task == "inpaint" else None
-            self.pixels = self.pipe.image_processor.preprocess(self.image, height=cfg["height"], width=cfg["width"])
+            self.pixels = self.pipe.image_processor.preprocess(self.image, height=cfg["height"], width=cfg["width"]).to(
+                self.device, getattr(torch, self.dtype))
             self.rng = self.np.random.default_rng(cfg["seed"])
             for module in self.modules:  # diffusers' noise drawn from NumPy, as latentrt draws it
                 module.randn_tensor = self._numpy_randn
 
     def _numpy_randn(self, shape, generator=None, device=None, dtype=None, layout=None):
         torch = self.torch
-        return torch.from_numpy(self.rng.standard_normal(tuple(shape), dtype=self.np.float32)).to(dtype or torch.float32)
+        noise = torch.from_numpy(self.rng.standard_normal(tuple(shape), dtype=self.np.float32))
+        return noise.to(device or self.device, dtype or torch.float32)
 
     def _mode(self) -> contextlib.ExitStack:
         """The context of every stage: inference mode, and the variant's autocast."""
@@ -123,15 +139,15 @@ class DiffusersSystem(System):
         torch, cfg, batch = self.torch, self.cfg, self.latents.shape[0]
         with self._mode():
             if self.family == "sd":
-                cond, uncond = self.pipe.encode_prompt(cfg["prompt"], "cpu", batch, self.cfg_on, cfg["negative"])
+                cond, uncond = self.pipe.encode_prompt(cfg["prompt"], self.device, batch, self.cfg_on, cfg["negative"])
                 return (torch.cat([uncond, cond]) if self.cfg_on else cond), None
             cond, uncond, pooled, uncond_pooled = self.pipe.encode_prompt(
-                cfg["prompt"], device="cpu", num_images_per_prompt=batch, do_classifier_free_guidance=self.cfg_on,
+                cfg["prompt"], device=self.device, num_images_per_prompt=batch, do_classifier_free_guidance=self.cfg_on,
                 negative_prompt=cfg["negative"])
         h, w = cfg["height"], cfg["width"]
         # the base model's time ids (original size, crop, target size); the refiner's: an aesthetic score last
         ids = [h, w, 0, 0, 6.0] if self.pipe.config.get("requires_aesthetics_score") else [h, w, 0, 0, h, w]
-        time_ids = torch.tensor([ids] * cond.shape[0], dtype=cond.dtype)
+        time_ids = torch.tensor([ids] * cond.shape[0], dtype=cond.dtype, device=cond.device)
         if self.cfg_on:
             cond, pooled, time_ids = torch.cat([uncond, cond]), torch.cat([uncond_pooled, pooled]), torch.cat([time_ids, time_ids])
         return cond, {"text_embeds": pooled, "time_ids": time_ids}
@@ -178,7 +194,10 @@ class DiffusersSystem(System):
         torch = self.torch
         return {
             "versions": versions("torch", "diffusers", "transformers", "numpy"),
-            "precision": f"{self.autocast} autocast (fp32 weights)" if self.autocast else "fp32",
+            "precision": f"{self.autocast} autocast (fp32 weights)" if self.autocast else PRECISIONS[self.dtype],
+            "device": self.device,
+            "attention": type(next(iter(self.pipe.unet.attn_processors.values()))).__name__,
+            **(self._cuda_info() if self.device == "cuda" else {}),
             "mkldnn_bf16_supported": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
             "torch_threads": self.torch.get_num_threads(),
             "torch_interop_threads": self.torch.get_num_interop_threads(),
@@ -189,6 +208,16 @@ class DiffusersSystem(System):
             "pipeline": type(self.pipe).__name__,
             "noise": "NumPy (randn_tensor replaced, seeded)" if self.task != "txt2img" else "the harness's latents",
         }
+
+
+    def _cuda_info(self) -> dict:
+        torch = self.torch
+        return {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+                "torch_max_memory_allocated_mb": torch.cuda.max_memory_allocated() / 2**20,
+                "torch_max_memory_reserved_mb": torch.cuda.max_memory_reserved() / 2**20}
+
+
+PRECISIONS = {"float32": "fp32", "float16": "fp16"}
 
 
 class DiffusersBf16System(DiffusersSystem):
@@ -205,7 +234,8 @@ def first_image(cfg: dict, png: Path) -> None:
     system.load()
     pipe, torch = system.pipe, system.torch
     pipe.scheduler = diffusers_scheduler(cfg["scheduler"], pipe.scheduler.config)
-    latents = torch.from_numpy(system.np.load(cfg["latents"]))  # the seed's latents, as every system gets them
+    # the seed's latents, as every system gets them
+    latents = torch.from_numpy(system.np.load(cfg["latents"])).to(system.device, getattr(torch, system.dtype))
     with system._mode():
         image = pipe(
             cfg["prompt"], negative_prompt=cfg["negative"], num_inference_steps=cfg["steps"],

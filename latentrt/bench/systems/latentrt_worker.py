@@ -20,6 +20,9 @@ harness's; `task` img2img / inpaint calls the pipeline with the harness's `image
 `seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times `_encode_image`
 as `vae_encode`; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
 cold load leaves the cache as filled as the default mode's.
+
+The GPU benchmark (benchmarks/gpu/bench.py) runs the `latentrt` path on its fp16 folder with two more keys: `provider`
+(in place of the path's: "cuda") and `pipeline_options` (Pipeline's io_binding, cuda_graph).
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ PATHS = {
 MODES = ("default", "low_memory")  # and "cacheN": the default mode with DeepCache, cache_interval N
 
 
+def preload_cuda_libraries() -> None:
+    """onnxruntime-gpu's CUDA provider finds the CUDA and cuDNN libraries of pip's nvidia-* wheels only once they are
+    loaded (torch does it on import; this worker never imports torch): `onnxruntime.preload_dlls()` (ORT >= 1.21)."""
+    import onnxruntime
+
+    if hasattr(onnxruntime, "preload_dlls"):
+        onnxruntime.preload_dlls()
+
+
 class LatentrtSystem(System):
     name = "latentrt"
 
@@ -55,6 +67,8 @@ class LatentrtSystem(System):
         if self.name not in PATHS:
             raise SystemExit(f"unknown latentrt path {self.name!r}: one of {', '.join(PATHS)}")
         self.provider, self.precision, self.folder_key = PATHS[self.name]
+        self.provider = cfg.get("provider") or self.provider
+        self.pipeline_options = dict(cfg.get("pipeline_options") or {})
         self.mode = cfg.get("mode", "default")
         cache = re.fullmatch(r"cache([0-9]+)", self.mode)
         if self.mode not in MODES and not cache:
@@ -64,12 +78,14 @@ class LatentrtSystem(System):
 
         from latentrt import Pipeline
 
+        if self.provider in ("cuda", "tensorrt"):
+            preload_cuda_libraries()
         self.np = np
         self.Pipeline = Pipeline
 
     def load(self) -> None:
         cfg = self.cfg
-        options = {} if self.precision is None else {"precision": self.precision}
+        options = {**self.pipeline_options, **({} if self.precision is None else {"precision": self.precision})}
         if cfg.get("cache_dir"):
             options["cache_dir"] = cfg["cache_dir"]
         self.pipe = self.Pipeline.from_folder(cfg["folders"][self.folder_key], provider=self.provider,
@@ -151,7 +167,7 @@ class LatentrtSystem(System):
 
     def info(self):
         return {
-            "versions": versions("latentrt", "onnxruntime", "openvino", "numpy", "tokenizers"),
+            "versions": versions("latentrt", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy", "tokenizers"),
             "provider": self.provider,
             "mode": self.mode,
             "low_memory": self.pipe.low_memory,
@@ -160,6 +176,7 @@ class LatentrtSystem(System):
             "precision": self.pipe.precision,  # what the pipeline actually runs: "fp32", "bf16", "int8+fp32"
             "folder": self.cfg["folders"][self.folder_key],
             "providers": getattr(self.pipe.unet, "providers", None),
+            "pipeline_options": self.pipeline_options,
             "intra_op_threads": self.cfg["threads"],
             "pipeline_timings": getattr(self, "timings", None),
             "cache_interval": self.cache_interval,

@@ -11,6 +11,11 @@ process saves the image and writes a JSON report with its peak RSS (`ru_maxrss` 
 A fresh process per run gives a cold-process load time each run and a clean peak-RSS figure, and
 keeps only one model in memory at a time on small machines.
 
+The GPU benchmark (benchmarks/gpu/bench.py) asks one process for more: `warmup_generations` untimed whole
+generations after the component warm-up, then `repeats` timed generations (`report["repeats"]`, one entry each;
+the top-level figures are their medians). A system on an asynchronous device (torch on CUDA) synchronizes
+(`System.synchronize`) around every timed stage call and generation, so that a time covers the work it launched.
+
 Standard library + NumPy only: this module also runs inside optimum's own virtual environment.
 """
 
@@ -137,13 +142,17 @@ class System:
     def info(self) -> dict[str, Any]:
         return {}
 
+    def synchronize(self) -> None:
+        """Wait for the work the system launched (torch on CUDA returns before its kernels finish); nothing on CPU."""
+
 
 class StageTimer:
     """Wraps a stage function (as an instance attribute) so that each call's duration is recorded while active."""
 
-    def __init__(self, metrics: tuple[str, ...] = COMPONENT_METRICS) -> None:
+    def __init__(self, metrics: tuple[str, ...] = COMPONENT_METRICS, sync: Callable[[], None] = lambda: None) -> None:
         self.calls: dict[str, list[float]] = {m: [] for m in metrics}
         self.active = False
+        self.sync = sync  # before and after each call: the time is the call's own device work
 
     def wrap(self, obj: Any, attr: str, metric: str) -> None:
         original = getattr(obj, attr)
@@ -151,18 +160,50 @@ class StageTimer:
         def timed(*args, **kwargs):
             if not self.active:
                 return original(*args, **kwargs)
+            self.sync()
             t0 = time.perf_counter()
             out = original(*args, **kwargs)
+            self.sync()
             self.calls[metric].append(time.perf_counter() - t0)
             return out
 
         setattr(obj, attr, timed)
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
+    sync()
     t0 = time.perf_counter()
     result = fn()
+    sync()
     return time.perf_counter() - t0, result
+
+
+def _timed_generation(system: System, metrics: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
+    """One whole generation, timed, its stage functions wrapped by timers: ({end_to_end, each stage's median,
+    stage_calls}, the uint8 images)."""
+    import statistics
+
+    timer = StageTimer(metrics, system.synchronize)
+    wrapped = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in system.stages()]
+    for obj, attr, metric in system.stages():
+        timer.wrap(obj, attr, metric)
+    timer.active = True
+    try:
+        figures: dict[str, Any] = {}
+        figures["end_to_end"], images = _timed(system.end_to_end, system.synchronize)
+    finally:
+        timer.active = False
+        for obj, attr, own in wrapped:  # unwrapped again: the next generation wraps afresh
+            if own is None:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, own)
+    for metric in metrics:
+        if not timer.calls[metric]:
+            raise RuntimeError(f"{system.name}: the generation never called its {metric} stage")
+        figures[metric] = statistics.median(timer.calls[metric])
+    figures["stage_calls"] = timer.calls
+    return figures, images
 
 
 def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None = None) -> None:
@@ -177,7 +218,7 @@ def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None 
         t0 = time.perf_counter()
         system = make_system(cfg)  # imports the system's libraries
         report["import_s"] = time.perf_counter() - t0
-        report["load"], _ = _timed(system.load)
+        report["load"], _ = _timed(system.load, system.synchronize)
         report["rss_after_load_mb"] = _current_rss_mb()
         if cfg.get("fill_cache"):
             report["fill_cache_s"], _ = _timed(system.fill_cache)
@@ -187,23 +228,19 @@ def run(make_system: Callable[[dict[str, Any]], System], argv: list[str] | None 
             for _ in range(int(cfg.get("warmup", 1))):  # same shapes as the measured calls and the generation
                 for metric in metrics:
                     getattr(system, metric)()
-            timer = StageTimer(metrics)
-            for obj, attr, metric in system.stages():
-                timer.wrap(obj, attr, metric)
-            timer.active = True
-            report["end_to_end"], images = _timed(system.end_to_end)
-            timer.active = False
+            for _ in range(int(cfg.get("warmup_generations", 0))):  # untimed (GPU: autotuning, CUDA graph capture)
+                system.end_to_end()
             import statistics
 
             import numpy as np
 
-            for metric in metrics:
-                if not timer.calls[metric]:
-                    raise RuntimeError(f"{system.name}: the generation never called its {metric} stage")
-                report[metric] = statistics.median(timer.calls[metric])
-            report["stage_calls"] = timer.calls
-
-            images = np.asarray(images)
+            repeats = [_timed_generation(system, metrics) for _ in range(int(cfg.get("repeats", 1)))]
+            for key in ("end_to_end", *metrics):
+                report[key] = statistics.median(figures[key] for figures, _ in repeats)
+            report["stage_calls"] = repeats[-1][0]["stage_calls"]
+            if len(repeats) > 1:
+                report["repeats"] = [{k: v for k, v in figures.items() if k != "stage_calls"} for figures, _ in repeats]
+            images = np.asarray(repeats[-1][1])
             if images.dtype != np.uint8 or images.ndim != 4:
                 raise RuntimeError(f"{system.name}: end_to_end must return uint8 (B, H, W, 3), got {images.dtype} {images.shape}")
             if cfg.get("image_out"):
