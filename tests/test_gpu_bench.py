@@ -79,3 +79,39 @@ def test_gpu_rows():
         "diffusers-fp16": ("diffusers", {"device": "cuda", "dtype": "float16"}),
     }
     assert p.skipped() == {}
+
+
+def test_gpu_probe_fails_clearly_without_cuda(tmp_path):
+    """On a machine whose ONNX Runtime has no CUDA provider, the full run stops before the export, saying why."""
+    import onnxruntime
+
+    from benchmarks.gpu.bench import probe_gpu
+    from latentrt.bench.harness import BenchError
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has the CUDA provider")
+    with pytest.raises(BenchError, match=r"(?s)onnxruntime-gpu cannot use the GPU here: .*fell back to \[.CPUExecutionProvider.\]"):
+        probe_gpu("onnxruntime-gpu", tmp_path)
+
+
+def test_gpu_report_renders(dry_run, tmp_path):
+    """The GPU-only parts of the output (GPU memory column, torch's allocator figure, a failed row, the GPU's name),
+    on the dry run's report dressed as a GPU one."""
+    from benchmarks.gpu.bench import write_outputs
+
+    report = json.loads(json.dumps(dry_run[0]))
+    report["settings"]["dry_run"] = False
+    report["machine"]["gpu"] = {"name": "NVIDIA H200", "driver": "570.00", "memory_total_mb": "143771"}
+    for i, row in enumerate(report["systems"].values()):
+        row["gpu_memory_mb"] = 1000.0 + i
+        for key in ("min", "max"):
+            row[key]["gpu_memory_mb"] = 1000.0 + i
+    report["systems"]["diffusers"]["info"]["torch_max_memory_allocated_mb"] = 2345.0
+    report["failed"] = {"latentrt-cuda-fp16-cudagraph": "latentrt (x) failed: the CUDA graph could not be captured\nmore"}
+    md, _, png = (tmp_path / "g.md", tmp_path / "g.json", tmp_path / "g.png")
+    write_outputs(report, tmp_path, "g", "GPU")
+    text = md.read_text()
+    assert "| GPU memory |" in text and "1,000 MB" in text and "torch.cuda.max_memory_allocated 2,345 MB" in text
+    assert "**Failed: latentrt-cuda-fp16-cudagraph.** latentrt (x) failed: the CUDA graph could not be captured more" in text
+    assert "NVIDIA H200 (driver 570.00" in text and "Dry run" not in text
+    assert png.stat().st_size > 10_000

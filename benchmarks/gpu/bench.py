@@ -128,24 +128,34 @@ def _env() -> dict[str, str]:
 # -------------------------------------------------------------------------------------------------- checks
 
 
-def check_gpu() -> dict[str, Any]:
-    """Fail in seconds, before the export's minutes, where torch or ONNX Runtime cannot reach the GPU; the GPU's name."""
-    torch_probe = "import torch; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'; print(torch.version.cuda)"
-    ort_probe = (
-        "import onnxruntime as ort, onnx\n"
+# Each a `python -c` script that fails where its library cannot reach the GPU (argv[1]: a small ONNX model)
+GPU_PROBES = {
+    "torch": "import torch; assert torch.cuda.is_available(), 'torch.cuda.is_available() is False'",
+    "onnxruntime-gpu": (
+        "import sys, onnxruntime as ort\n"
         "from latentrt.bench.systems.latentrt_worker import preload_cuda_libraries; preload_cuda_libraries()\n"
-        "x = onnx.helper.make_tensor_value_info('x', onnx.TensorProto.FLOAT, [1])\n"
-        "g = onnx.helper.make_graph([onnx.helper.make_node('Relu', ['x'], ['y'])], 'probe', [x], "
-        "[onnx.helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [1])])\n"
-        "m = onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid('', 17)])\n"
-        "s = ort.InferenceSession(m.SerializeToString(), providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])\n"
+        "s = ort.InferenceSession(sys.argv[1], providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])\n"
         "assert s.get_providers()[0] == 'CUDAExecutionProvider', f'ONNX Runtime fell back to {s.get_providers()}'\n"
-    )
-    for what, code in (("torch", torch_probe), ("onnxruntime-gpu", ort_probe)):
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=False)
-        if proc.returncode != 0:
-            raise BenchError(f"{what} cannot use the GPU here: {proc.stderr.strip()[-2000:]}")
+    ),
+}
+
+
+def check_gpu(work: Path) -> dict[str, Any]:
+    """Fail in seconds, before the export's minutes, where torch or ONNX Runtime cannot reach the GPU; the GPU's name."""
+    for library in GPU_PROBES:
+        probe_gpu(library, work)
     return nvidia_smi_gpu()
+
+
+def probe_gpu(library: str, work: Path) -> None:
+    """GPU_PROBES[library] in a process of its own; ONNX Runtime's opens the harness's GEMM roof model on CUDA."""
+    from latentrt.bench.roof import build_gemm_model
+
+    model = build_gemm_model(work / "probe-gemm.onnx", 64, 64, 64)
+    proc = subprocess.run([sys.executable, "-c", GPU_PROBES[library], model], capture_output=True, text=True,
+                          env=_env(), check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"{library} cannot use the GPU here: {proc.stderr.strip()[-2000:]}")
 
 
 def nvidia_smi(query: str) -> list[str] | None:
@@ -163,7 +173,8 @@ def nvidia_smi_gpu() -> dict[str, Any]:
 
 
 class GpuMemoryPeak:
-    """The peak of the GPU's memory.used while a block runs, above its level before: sampled every 0.2 s."""
+    """The peak of the GPU's memory.used while a block runs, above its level before: sampled every 0.5 s (ONNX
+    Runtime's arena and torch's caching allocator keep what they reserved: the peak stays until the process ends)."""
 
     def __init__(self) -> None:
         self.peak_mb: float | None = None
@@ -174,7 +185,7 @@ class GpuMemoryPeak:
         return float(answer[0]) if answer else None
 
     def _sample(self, baseline: float) -> None:
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(0.5):
             used = self._used()
             if used is not None:
                 self.peak_mb = max(self.peak_mb or 0.0, used - baseline)
@@ -225,6 +236,27 @@ def run_row(row: Row, base: dict, workdir: Path) -> dict[str, Any]:
         raise BenchError(f"{row.name}: ONNX Runtime ran the UNet on {got}, not {wanted} (see {workdir}/latentrt.log): "
                          "is onnxruntime-gpu installed (and onnxruntime uninstalled), with its CUDA and cuDNN libraries?")
     return report
+
+
+def run_rows(rows: list[Row], base: dict, workdir: Path, reference: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every row's report, and the errors of the latentrt rows that failed: one failing option (a CUDA graph the
+    provider refuses, say) leaves the other rows' figures to report. Without the reference nothing compares."""
+    reports, failed = {}, {}
+    for row in rows:
+        _phase(f"running {row.name}")
+        try:
+            reports[row.name] = run_row(row, base, workdir)
+        except BenchError as exc:
+            if row.name == reference:
+                raise
+            failed[row.name] = str(exc)
+            _phase(f"{row.name} FAILED: {exc}")
+            continue
+        _phase(f"{row.name}: end to end {reports[row.name]['end_to_end']:.3f} s, "
+               f"UNet call {reports[row.name]['unet_step'] * 1000:.1f} ms")
+    if len(reports) < 2:
+        raise BenchError("every latentrt row failed: " + "; ".join(f"{name}: {why}" for name, why in failed.items()))
+    return reports, failed
 
 
 def summarize(row: Row, report: dict) -> dict[str, Any]:
@@ -281,7 +313,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.time()
     p = plan(args.dry_run, args.steps, args.runs, args.name)
     work = Path(args.work or cache_root(None).parent / "gpu-bench").expanduser().resolve()
-    gpu = {} if p.dry_run else check_gpu()
+    work.mkdir(parents=True, exist_ok=True)
+    gpu = {} if p.dry_run else check_gpu(work)
     t0 = time.time()
     src = Path(args.src).resolve() if args.src else build_model(work, p.dry_run)
     t1 = time.time()
@@ -295,12 +328,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = work / "runs" / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True)
     base = worker_config(settings, src, onnx, workdir, p.runs)
-    reports = {}
-    for row in rows:
-        _phase(f"running {row.name}")
-        reports[row.name] = run_row(row, base, workdir)
-        _phase(f"{row.name}: end to end {reports[row.name]['end_to_end']:.3f} s, UNet {reports[row.name]['unet_step'] * 1000:.1f} ms")
-    systems = {row.name: summarize(row, reports[row.name]) for row in rows}
+    reports, failed = run_rows(rows, base, workdir, p.reference)
+    systems = {row.name: summarize(row, reports[row.name]) for row in rows if row.name in reports}
     import numpy as np
 
     agree = agreement({name: np.load(r["image"]) for name, r in reports.items()}, p.reference)
@@ -313,6 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "speedup_vs_reference": ratios,
         "goals": goals(systems, ratios, agree, p.reference),
         "skipped": p.skipped(),
+        "failed": failed,
         "settings": {**settings, "runs": p.runs},
         "source": str(src),
         "folders": {"diffusers": str(src), "latentrt-fp16": str(onnx)},
@@ -364,6 +394,8 @@ def render_markdown(report: dict, title: str) -> str:
     ]
     for name, why in report["skipped"].items():
         lines += [f"**Not run: {name}.** {why}.", ""]
+    for name, why in report["failed"].items():
+        lines += [f"**Failed: {name}.** {_first_lines(why)}", ""]
     lines += ["**Image agreement** with " + ref + " (uint8, same latents): " + "; ".join(
         f"{name}: PSNR {a['psnr_db']:.1f} dB, max abs diff {a['max_abs_diff']}"
         for name, a in report["agreement_vs_reference"].items()) + ".", ""]
@@ -375,6 +407,10 @@ def render_markdown(report: dict, title: str) -> str:
               _goal_line(f"image PSNR vs {ref} (lowest latentrt row)", g["psnr_db"], "≥", "{:.1f} dB"), ""]
     lines += _closing_lines(report)
     return "\n".join(lines)
+
+
+def _first_lines(text: str, count: int = 3) -> str:
+    return " ".join(line.strip() for line in text.strip().splitlines()[:count]) + " (the JSON has the whole error.)"
 
 
 def _row_text(name: str, row: dict) -> str:
@@ -395,7 +431,7 @@ def _closing_lines(report: dict) -> list[str]:
     torch_memory = {name: row["info"]["torch_max_memory_allocated_mb"] for name, row in report["systems"].items()
                     if row["info"].get("torch_max_memory_allocated_mb") is not None}
     if panels(report)[-1][0] == MEMORY:
-        memory = ("**GPU memory**: nvidia-smi's memory.used sampled every 0.2 s while the row's process ran, its peak "
+        memory = ("**GPU memory**: nvidia-smi's memory.used sampled every 0.5 s while the row's process ran, its peak "
                   "minus the level before it started (CUDA context, ONNX Runtime's arena, torch's caching allocator)"
                   + "".join(f"; {name}: torch.cuda.max_memory_allocated {mb:,.0f} MB" for name, mb in torch_memory.items()) + ".")
     else:
