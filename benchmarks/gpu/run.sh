@@ -4,6 +4,7 @@
 #
 #   benchmarks/gpu/run.sh [OUT_DIR] [bench options]            on a fresh Linux GPU machine with this checkout
 #   benchmarks/gpu/run.sh --dry-run [OUT_DIR] [bench options]  the same code on the CPU: tiny model, no installs
+#                                                              (or GPU_BENCH_DRY_RUN=1; PYTHON picks the interpreter)
 #
 # Writes OUT_DIR/gpu-h200.{json,md,png} (dry run: gpu-dry-run.*); OUT_DIR defaults to benchmarks/results.
 # The full run first installs into its own venv ($GPU_BENCH_VENV, default .venv-gpu-bench): torch from PyPI (its
