@@ -59,7 +59,7 @@ def start_server(args: list[str], port: int, timeout: float = 300, capture: bool
         try:
             if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
                 return process
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not listening yet, or too busy starting to answer
             pass
         time.sleep(0.5)
     process.kill()
