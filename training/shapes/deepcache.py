@@ -33,7 +33,7 @@ SAMPLERS = ("dpm++2m", "ddim")
 INTERVALS = (1, 2, 3, 5)
 NONUNIFORM = (3, 5)
 BRANCH_SETTING = {"steps": 20, "scheduler": "dpm++2m", "cache_interval": 3}
-RECOMMEND_POINTS = 2.0  # a default interval is recommended only within this many points of uncached
+RECOMMEND_POINTS = 2.0  # an interval may be recommended only within this many points of uncached (issue 15)
 
 
 def measure(pipe, splits: dict, settings: dict, reference: dict | None) -> tuple[dict, dict]:
@@ -68,7 +68,9 @@ def markdown(report: dict) -> str:
         "# DeepCache on the shipped shapes model: adherence and PSNR against uncached",
         "",
         f"Written by `{report['command']}` on {report['machine']['cpu_model']} ({report['machine']['logical_cores']} "
-        "cores). " + __doc__.split("\n\n", 2)[2].replace("\n", " ").strip(),
+        "cores). " + __doc__.split("\n\n", 2)[2].replace("\n", " ").strip()
+        + (f" {report['resumed_rows']} grid rows were measured by an earlier, interrupted run of the same command "
+           "(`--resume`) and reused." if report.get("resumed_rows") else ""),
         "",
         head,
         rule,
@@ -86,8 +88,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row['branch']} | {row['shallow_mb']:.2f} | {calls['shallow'] / calls['full']:.2f} "
                      f"({calls['shallow']:.1f} / {calls['full']:.1f}) | " + " | ".join(f"{100 * row[c]:.1f}%" for c in cols)
                      + f" | {100 * (row['all'] - base['all']):+.1f} | {row['psnr_median']} / {row['psnr_min']} |")
-    lines += ["", f"**Recommended** (uniform, within {RECOMMEND_POINTS:g} points of uncached on `all` at every steps x sampler "
-              f"of the grid): {report['recommended'] or 'none'}.", ""]
+    within = ", ".join(str(n) for n in report["within_points"]) or "none"
+    lines += ["", f"**Within {RECOMMEND_POINTS:g} points** of uncached on `all` at every steps x sampler of the grid "
+              f"(uniform; what a recommended interval must be): intervals {within}.", ""]
     return "\n".join(lines)
 
 
@@ -102,33 +105,47 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=RESULTS / "deepcache", help="writes OUT.md and OUT.json")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--resume", type=Path, help="the printed rows (JSON lines) of an interrupted run of this script: "
+                   "its grid rows are reused, not drawn again")
     args = p.parse_args()
     splits = prompt_splits()
     options = dict(provider="cpu", precision="fp32", threads=args.threads, use_cache=False)
 
+    defaults = json.loads((SHIPPED / "manifest.json").read_text())["defaults"]
+    done = _resumed(args.resume)
+    branch_key = f"{BRANCH_SETTING['steps']}/{BRANCH_SETTING['scheduler']}"
     pipe = Pipeline.from_folder(SHIPPED, **options)
     grid, uncached, references = [], {}, {}
     for steps in STEPS:
         for sampler in SAMPLERS:
             key = f"{steps}/{sampler}"
-            runs = [(n, "uniform") for n in INTERVALS] + [(n, "nonuniform") for n in NONUNIFORM]
-            for interval, schedule in runs:
-                settings = {"steps": steps, "scheduler": sampler, "cache_interval": interval, "cache_schedule": schedule}
-                row, drawn = measure(pipe, splits, settings, references.get(key))
-                row.update(_calls(pipe, settings))
+            runs = [{"steps": steps, "scheduler": sampler, "cache_interval": n, "cache_schedule": schedule}
+                    for n, schedule in [(n, "uniform") for n in INTERVALS] + [(n, "nonuniform") for n in NONUNIFORM]]
+            # the uncached images: drawn unless every row of this steps x sampler is resumed (the branch table's
+            # reference is always drawn)
+            draw_reference = key == branch_key or any(tuple(r.values()) not in done for r in runs)
+            for settings in runs:
+                row = done.get(tuple(settings.values()))
+                if row is None or (settings["cache_interval"] == 1 and draw_reference):
+                    measured, drawn = measure(pipe, splits, settings, references.get(key))
+                    row = row or measured
+                    if settings["cache_interval"] == 1:
+                        references[key] = drawn
+                row = {**row, **_calls(pipe, settings)}
                 grid.append(row)
-                if interval == 1:
-                    uncached[key], references[key] = row, drawn
+                if settings["cache_interval"] == 1:
+                    uncached[key] = row
     pipe.close()
 
     branches = []
     with tempfile.TemporaryDirectory() as tmp:
         for branch in range(_branch_count(SHIPPED)):
             folder = Path(tmp) / f"branch{branch}"
-            export_pipeline(REFERENCE, folder, compact_weights=True, cache_branch=branch, report=lambda _: None)
+            export_pipeline(REFERENCE, folder, compact_weights=True, cache_branch=branch, report=lambda _: None,
+                            defaults=defaults)  # the shipped model's (guidance 1): the same images at interval 1
             pipe = Pipeline.from_folder(folder, **options)
             settings = {**BRANCH_SETTING, "cache_schedule": "uniform"}
-            row, _ = measure(pipe, splits, settings, references[f"{BRANCH_SETTING['steps']}/{BRANCH_SETTING['scheduler']}"])
+            row, _ = measure(pipe, splits, settings, references[branch_key])
             row["branch"] = branch
             row["shallow_mb"] = sum(f.stat().st_size for f in (folder / "unet_shallow").iterdir()) / 1e6
             row["call_ms"] = call_times(pipe)
@@ -139,12 +156,15 @@ def main() -> None:
         r["all"] >= uncached[f"{r['steps']}/{r['scheduler']}"]["all"] - RECOMMEND_POINTS / 100
         for r in grid if r["cache_interval"] == n and r["cache_schedule"] == "uniform")]
     report = {
-        "command": "python -m training.shapes.deepcache " + shlex.join(sys.argv[1:]),
+        "command": "python -m training.shapes.deepcache " + shlex.join(
+            "<the log of the interrupted run>" if args.resume and a == str(args.resume) else a for a in sys.argv[1:]),
+        "resumed_rows": sum(tuple(r[k] for k in ("steps", "scheduler", "cache_interval", "cache_schedule")) in done
+                            for r in grid),
         "machine": machine_info(),
         "grid": grid,
         "uncached": uncached,
         "branches": branches,
-        "recommended": f"interval {max(recommended)}" if recommended else None,
+        "within_points": recommended,
     }
     write_report(args.out, report, markdown(report))
 
@@ -171,6 +191,17 @@ def _calls(pipe, settings: dict) -> dict:
     """The full and shallow UNet calls one image of this setting runs (one generation of one prompt)."""
     result = pipe("a red circle at the top left on a white background", seed=0, **settings)
     return {"full_calls": result.unet_calls["full"], "shallow_calls": result.unet_calls["shallow"]}
+
+
+def _resumed(log: Path | None) -> dict[tuple, dict]:
+    """Grid rows an earlier run printed, by (steps, scheduler, cache_interval, cache_schedule)."""
+    if log is None:
+        return {}
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    done: dict[tuple, dict] = {}
+    for r in rows:  # the first of equal settings: the grid's (the branch table's rows, printed later, share one)
+        done.setdefault((r["steps"], r["scheduler"], r["cache_interval"], r["cache_schedule"]), r)
+    return done
 
 
 def _branch_count(folder: Path) -> int:
