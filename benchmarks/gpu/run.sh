@@ -5,6 +5,8 @@
 #   benchmarks/gpu/run.sh [OUT_DIR] [bench options]            on a fresh Linux GPU machine with this checkout
 #   benchmarks/gpu/run.sh --dry-run [OUT_DIR] [bench options]  the same code on the CPU: tiny model, no installs
 #                                                              (or GPU_BENCH_DRY_RUN=1; PYTHON picks the interpreter)
+#   GPU_BENCH_NO_INSTALL=1 benchmarks/gpu/run.sh [OUT_DIR]     the GPU run without installing (no network: the
+#                                                              packages already there, or carried as wheels)
 #
 # Writes OUT_DIR/gpu-h200.{json,md,png} (dry run: gpu-dry-run.*); OUT_DIR defaults to benchmarks/results.
 # The full run first installs into its own venv ($GPU_BENCH_VENV, default .venv-gpu-bench): torch from PyPI (its
@@ -30,6 +32,10 @@ if [[ $DRY_RUN == 1 ]]; then  # the current environment, as CI has it
 fi
 
 START=$SECONDS
+if [[ "${GPU_BENCH_NO_INSTALL:-0}" == "1" ]]; then  # a machine without network: the current python already has
+    # torch (CUDA), onnxruntime-gpu, diffusers and latentrt's export needs (installed, or carried as wheels)
+    exec "${PYTHON:-python3}" -m benchmarks.gpu.bench "$@" --install-seconds 0 --command "$COMMAND" "${WORK_ARGS[@]}"
+fi
 VENV="${GPU_BENCH_VENV:-$ROOT/.venv-gpu-bench}"
 BASE_PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 [[ -x "$VENV/bin/python" ]] || "$BASE_PYTHON" -m venv "$VENV"
