@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import logging
 
+from latentrt.export import specs
+
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16")
 ISLAND_OPS = ("Softmax",)  # op types always kept fp32
 FP16_COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "unet_shallow")  # the VAE follows force_upcast
-VAE_COMPONENTS = ("vae_decoder", "vae_encoder")
+VAE_COMPONENTS = tuple(spec.name for spec in specs.VAE_COMPONENTS)
 
 
 def check_precision(precision: str) -> str:

@@ -209,7 +209,6 @@ class DiffusersSystem(System):
             "noise": "NumPy (randn_tensor replaced, seeded)" if self.task != "txt2img" else "the harness's latents",
         }
 
-
     def _cuda_info(self) -> dict:
         torch = self.torch
         return {"gpu": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
