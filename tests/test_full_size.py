@@ -7,6 +7,7 @@ exports at the end also need LATENTRT_FULL_SIZE_EXPORTS=1 (CI skips them).
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -31,7 +32,8 @@ def sd15(tmp_path_factory):
     report = export_pipeline(src, out, report=print)
     seconds = time.perf_counter() - t0
     print(f"SD 1.5 export: {seconds:.0f} s, {sum(report.sizes.values()) / 1e9:.2f} GB")
-    return UNet2DConditionModel.from_pretrained(src / "unet").eval(), src, out, report
+    yield UNet2DConditionModel.from_pretrained(src / "unet").eval(), src, out, report
+    shutil.rmtree(root, ignore_errors=True)  # 8 GB: pytest keeps its last three runs' folders otherwise
 
 
 def test_unet_weights_go_to_one_external_data_file(sd15):
