@@ -201,7 +201,8 @@ def quantize(
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists (only after the new folder is complete)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Quantize a model folder's UNet to static int8 (QDQ, U8S8) for ONNX Runtime, calibrated on its own generations."""
+    """Quantize a model folder's UNet (and DeepCache's shallow UNet) to static int8 (QDQ, U8S8) for ONNX Runtime,
+    calibrated on its own generations."""
     _setup_logging(verbose)
     try:
         from latentrt.export.quantize import QuantizeError, quantize_folder, read_prompt_file
@@ -223,6 +224,12 @@ def quantize(
         f"{result.quantize_seconds:.1f} s); UNet {sizes['fp32'] / 1e6:.1f} MB -> {sizes['int8'] / 1e6:.1f} MB, "
         f"{sum(result.quantized_nodes.values())} nodes int8, {sum(len(v) for v in result.float_nodes.values())} kept float"
     )
+    if result.shallow:
+        shallow = result.shallow
+        typer.echo(
+            f"DeepCache's shallow UNet {shallow['sizes']['fp32'] / 1e6:.1f} MB -> {shallow['sizes']['int8'] / 1e6:.1f} MB, "
+            f"{sum(shallow['quantized_nodes'].values())} nodes int8"
+        )
 
 
 @app.command()

@@ -97,6 +97,29 @@ def test_manifest_records_quantization_and_verifies(int8_folder):
     assert "int8-qdq" in result.output and "all files match" in result.output
 
 
+def test_deepcache_shallow_unet_is_quantized_too(int8_folder):
+    """The shipped model can cache (DeepCache): its shallow UNet, run on the cached steps, is int8 as well, and
+    caching on the int8 folder draws close to caching on the fp32 one."""
+    manifest = json.loads((int8_folder / "manifest.json").read_text())
+    assert manifest["quantization"]["components"] == ["unet", "unet_shallow"]
+    shallow = manifest["components"]["unet_shallow"]
+    assert shallow["precision"] == "int8-qdq" and "validation" not in shallow
+    assert shallow["files"]["model.onnx"]["sha256"] == file_sha256(int8_folder / "unet_shallow" / "model.onnx")
+    assert shallow["float_nodes"]["conv_in"] == ["/conv_in/Conv"] and shallow["float_nodes"]["conv_out"] == ["/conv_out/Conv"]
+    convs = [n for n in onnx.load(str(SHAPES / "unet_shallow" / "model.onnx")).graph.node if n.op_type == "Conv"]
+    assert shallow["quantized_nodes"]["Conv"] == len(convs) - 2  # all but conv_in and conv_out
+    assert shallow["quantization_check"]["max_rel_error"] < 0.1
+    graph = onnx.load(str(int8_folder / "unet_shallow" / "model.onnx"))
+    assert [n.op_type for n in graph.graph.node].count("DequantizeLinear") >= 6
+    assert manifest["deepcache"] == json.loads((SHAPES / "manifest.json").read_text())["deepcache"]
+
+    fp32 = Pipeline.from_folder(SHAPES, provider="cpu")(PROMPTS, seed=7, cache_interval=3)
+    int8 = Pipeline.from_folder(int8_folder, provider="cpu")(PROMPTS, seed=7, cache_interval=3)
+    assert int8.unet_calls == fp32.unet_calls and int8.unet_calls["shallow"] > 0
+    psnr = [image_psnr(x, y) for x, y in zip(fp32.arrays, int8.arrays)]
+    assert min(psnr) >= MIN_PSNR_DB - 5, psnr
+
+
 def test_refuses_an_already_quantized_folder(int8_folder, tmp_path):
     with pytest.raises(QuantizeError, match="already quantized"):
         quantize_folder(int8_folder, tmp_path / "again")

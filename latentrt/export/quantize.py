@@ -26,7 +26,9 @@ works:
 
 Normalisations, SiLU, Add and ONNX Runtime's fused MultiHeadAttention are never quantized (only
 ``QUANTIZED_OPS`` are). Only the UNet is quantized: it is where the time goes (one call per step); the
-text encoder runs once per image and the VAE decoder once.
+text encoder runs once per image and the VAE decoder once. A DeepCache folder's shallow UNet (`unet_shallow`,
+run on the cached steps) is quantized the same way, calibrated on the same recorded inputs with the deep feature
+the fp32 UNet computes from each (`shallow_samples`).
 
 This module needs ``onnx`` (the export extra) but not torch, diffusers or transformers.
 """
@@ -113,6 +115,7 @@ class QuantizeReport:
     quantized_nodes: dict[str, int] = field(default_factory=dict)
     check: dict[str, float] = field(default_factory=dict)  # one call, int8 vs fp32
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of the UNet's files, before and after
+    shallow: dict = field(default_factory=dict)  # DeepCache's shallow UNet: float_nodes, quantized_nodes, check, sizes
 
 
 # --- input checks ---------------------------------------------------------------------------------------
@@ -264,6 +267,20 @@ def gather_samples(folder: ModelFolder, settings: CalibrationSettings, report: C
     if len(kept) != settings.samples:
         raise RuntimeError(f"calibration recorded {len(kept)} UNet inputs instead of {settings.samples}")
     return kept
+
+
+def shallow_samples(folder: ModelFolder, samples: list[dict]) -> list[dict]:
+    """DeepCache's shallow UNet's calibration inputs: each recorded UNet input (those the shallow graph takes) with
+    the deep feature the fp32 UNet computes from it, as a cached step reuses it."""
+    from latentrt.runtime.session import OnnxModel
+
+    feature = folder.deepcache["feature"]
+    shallow_inputs = {i.name for i in onnx.load(str(folder.components["unet_shallow"].model),
+                                                load_external_data=False).graph.input}
+    unet = OnnxModel("unet", folder.components["unet"].model, ["CPUExecutionProvider"])
+    out = [{**{k: v for k, v in feeds.items() if k in shallow_inputs}, feature: unet(**feeds)[feature]} for feeds in samples]
+    del unet
+    return out
 
 
 @contextlib.contextmanager
@@ -571,7 +588,8 @@ def quantize_folder(
     op_types: Iterable[str] = QUANTIZED_OPS,
     extra_options: dict | None = None,
 ) -> QuantizeReport:
-    """Write ``out``: ``model``'s folder with its UNet quantized to static QDQ int8 (see the module docstring).
+    """Write ``out``: ``model``'s folder with its UNet (and DeepCache's shallow UNet, where the folder has one)
+    quantized to static QDQ int8 (see the module docstring).
 
     Built in a hidden temporary folder beside ``out`` and renamed into place at the end: a failure leaves
     no ``out`` (and an existing one, replaced only with ``force``, untouched).
@@ -613,32 +631,42 @@ def quantize_folder(
     )
     plan_samples(len(prompts), _calls_per_generation(folder, settings), settings.samples)  # too many samples: fail now
 
+    networks = ("unet", "unet_shallow") if folder.deepcache and "unet_shallow" in folder.components else ("unet",)
     result = QuantizeReport(out=out)
     with staged_folder(out) as tmp:  # calibration runs inside: a Ctrl-C leaves nothing behind
         t0 = time.perf_counter()
-        feeds = gather_samples(folder, settings, report)
+        feeds = {"unet": gather_samples(folder, settings, report)}
+        if "unet_shallow" in networks:
+            report("calibration: the deep feature of each sample, for DeepCache's shallow UNet")
+            feeds["unet_shallow"] = shallow_samples(folder, feeds["unet"])
         result.calibration_seconds = time.perf_counter() - t0
-        shutil.copytree(model, tmp, ignore=_skip_unet_model_files(model))
+        shutil.copytree(model, tmp, ignore=_skip_model_files(model, networks))
         t0 = time.perf_counter()
-        report(f"quantizing the UNet ({settings.samples} calibration samples)")
-        source = folder.components["unet"].model
-        done = quantize_unet(source, tmp / "unet", feeds, float_parts, scratch=tmp / ".scratch",
-                             extra_options=extra_options, op_types=op_types)
+        done = {}
+        for name in networks:
+            report(f"quantizing {'the UNet' if name == 'unet' else 'the shallow UNet'} ({settings.samples} calibration samples)")
+            source = folder.components[name].model
+            done[name] = quantize_unet(source, tmp / name, feeds[name], float_parts, scratch=tmp / ".scratch",
+                                       extra_options=extra_options, op_types=op_types)
+            check = compare_unets(source, tmp / name / "model.onnx", feeds[name][len(feeds[name]) // 2])
+            if not check["finite"]:
+                raise QuantizeError(f"the quantized {name}'s output is not finite: the calibration ranges are wrong")
+            report(
+                f"{name}: int8 vs fp32 on a calibration sample: max abs diff {check['max_abs_diff']:.3g} "
+                f"({check['max_rel_error']:.3g} of the output's range), rms {check['rms_rel_error']:.3g}"
+            )
+            summary = {
+                "float_nodes": done[name]["float_nodes"], "quantized_nodes": done[name]["quantized_nodes"], "check": check,
+                "sizes": {"fp32": sum(p.stat().st_size for p in source.parent.glob("model.onnx*")),
+                          "int8": sum((tmp / name / f).stat().st_size for f in done[name]["files"])},
+            }
+            if name == "unet":
+                result.float_nodes, result.quantized_nodes = summary["float_nodes"], summary["quantized_nodes"]
+                result.check, result.sizes = check, summary["sizes"]
+            else:
+                result.shallow = summary
         result.quantize_seconds = time.perf_counter() - t0
-        result.float_nodes = done["float_nodes"]
-        result.quantized_nodes = done["quantized_nodes"]
-        result.check = compare_unets(source, tmp / "unet" / "model.onnx", feeds[len(feeds) // 2])
-        if not result.check["finite"]:
-            raise QuantizeError("the quantized UNet's output is not finite: the calibration ranges are wrong")
-        report(
-            f"unet: int8 vs fp32 on a calibration sample: max abs diff {result.check['max_abs_diff']:.3g} "
-            f"({result.check['max_rel_error']:.3g} of the output's range), rms {result.check['rms_rel_error']:.3g}"
-        )
-        result.sizes = {
-            "fp32": sum(p.stat().st_size for p in source.parent.glob("model.onnx*")),
-            "int8": sum((tmp / "unet" / f).stat().st_size for f in done["files"]),
-        }
-        timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds if "timestep" in f})
+        timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds["unet"] if "timestep" in f})
         manifest = _manifest(folder, tmp, settings, done, result, timesteps)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result.seconds = time.perf_counter() - started
@@ -653,11 +681,12 @@ def _calls_per_generation(folder: ModelFolder, settings: CalibrationSettings) ->
     return len(sampler.timesteps)
 
 
-def _skip_unet_model_files(model: Path):
-    unet = (model / "unet").resolve()
+def _skip_model_files(model: Path, networks: Iterable[str]):
+    """copytree's ignore: the graphs of `networks` (written quantized instead)."""
+    folders = {(model / name).resolve() for name in networks}
 
     def ignore(directory: str, names: list[str]) -> list[str]:
-        if Path(directory).resolve() == unet:
+        if Path(directory).resolve() in folders:
             return [n for n in names if n.startswith("model.onnx")]
         return []
 
@@ -669,31 +698,35 @@ def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, don
     import onnxruntime
 
     manifest = json.loads(json.dumps(folder.manifest)) if folder.manifest else {"format": "latentrt-onnx/1", "components": {}}
-    unet = dict(manifest["components"].get("unet") or _graph_entry(tmp / "unet" / "model.onnx"))
-    unet.update({
-        "file": "model.onnx",
-        "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in done["files"] else None,
-        "files": {n: {"bytes": (tmp / "unet" / n).stat().st_size, "sha256": file_sha256(tmp / "unet" / n)} for n in done["files"]},
-        "precision": PRECISION,
-        "opset": done["opset"],
-        "quantized_nodes": done["quantized_nodes"],
-        "float_nodes": done["float_nodes"],
-        "quantization_check": {k: v for k, v in result.check.items() if k != "finite"},
-    })
-    unet.pop("validation", None)  # the export's figures were for the fp32 graph
-    manifest["components"]["unet"] = unet
+    checks = {"unet": result.check, "unet_shallow": result.shallow.get("check", {})}
+    for name, network in done.items():
+        entry = dict(manifest["components"].get(name) or _graph_entry(tmp / name / "model.onnx"))
+        entry.update({
+            "file": "model.onnx",
+            "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in network["files"] else None,
+            "files": {n: {"bytes": (tmp / name / n).stat().st_size, "sha256": file_sha256(tmp / name / n)}
+                      for n in network["files"]},
+            "precision": PRECISION,
+            "opset": network["opset"],
+            "quantized_nodes": network["quantized_nodes"],
+            "float_nodes": network["float_nodes"],
+            "quantization_check": {k: v for k, v in checks[name].items() if k != "finite"},
+        })
+        entry.pop("validation", None)  # the export's figures were for the fp32 graph
+        manifest["components"][name] = entry
+    unet = done["unet"]
     calibration = asdict(settings)
     calibration["prompts_count"] = len(calibration.pop("prompts"))
     calibration["timesteps"] = timesteps  # the distinct timesteps of the recorded UNet inputs
     manifest["quantization"] = {
         "format": "QDQ",
-        "components": ["unet"],
+        "components": list(done),
         "activations": "uint8, asymmetric, per tensor",
         "weights": "int8, symmetric, per output channel",
-        "quantized_op_types": done["op_types"],
-        "ort_extra_options": done["extra_options"],
-        "float_parts": list(done["float_nodes"]),
-        "float_nodes": done["float_nodes"],
+        "quantized_op_types": unet["op_types"],
+        "ort_extra_options": unet["extra_options"],
+        "float_parts": list(unet["float_nodes"]),
+        "float_nodes": unet["float_nodes"],
         "calibration": calibration,
         "source": str(folder.path.resolve()),
         "seconds": {"calibration": round(result.calibration_seconds, 1), "quantize": round(result.quantize_seconds, 1)},
