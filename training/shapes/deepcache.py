@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -170,21 +168,11 @@ def main() -> None:
 
 
 def call_times(pipe, batch: int = 16, repeats: int = 20) -> dict[str, float]:
-    """Median ms of one full and one shallow UNet call on the same inputs, the two alternated."""
-    from latentrt.runtime.families import Prompts, SizeConditioning
+    """Median ms of one full and one shallow UNet call on the same inputs (batch 16), the two alternated."""
+    from latentrt.bench.deepcache_calls import call_times as seconds
 
-    sample = np.random.default_rng(0).standard_normal((batch, *pipe.latent_shape()), dtype=np.float32)
-    text = Prompts(["a red circle at the top left on a white background"] * batch, [""] * batch, False, False, 1)
-    conditioning = pipe.family.conditioning(pipe._run, text, SizeConditioning(64, 64))
-    _, feature = pipe._unet(sample, 500.0, conditioning, keep_feature=True)
-    times: dict[str, list[float]] = {"full": [], "shallow": []}
-    for _ in range(repeats):
-        for kind, call in (("full", lambda: pipe._unet(sample, 500.0, conditioning)),
-                           ("shallow", lambda: pipe._unet_shallow(sample, 500.0, conditioning, feature))):
-            t0 = time.perf_counter()
-            call()
-            times[kind].append(1000 * (time.perf_counter() - t0))
-    return {kind: round(statistics.median(values), 2) for kind, values in times.items()}
+    times = seconds(pipe, ["a red circle at the top left on a white background"] * batch, 64, 64, False, repeats)
+    return {kind: round(1000 * value, 2) for kind, value in times.items()}
 
 
 def _calls(pipe, settings: dict) -> dict:
