@@ -120,6 +120,22 @@ def test_deepcache_shallow_unet_is_quantized_too(int8_folder):
     assert min(psnr) >= MIN_PSNR_DB - 5, psnr
 
 
+def test_a_lora_on_an_int8_folder_is_refused_clearly(int8_folder):
+    """LoRAs merge into float weights: an int8 folder says to use the fp32 one (it once read int8 bytes as floats)."""
+    from latentrt.runtime.lora import LoraError
+
+    lora = Path(__file__).resolve().parents[1] / "training" / "shapes" / "loras" / "red-to-blue.safetensors"
+    manifest = json.loads((int8_folder / "manifest.json").read_text())
+    assert "weights" not in manifest["components"]["unet"] and "weights" not in manifest["components"]["unet_shallow"]
+    assert manifest["components"]["text_encoder"]["weights"]  # the float text encoder keeps its map
+    pipe = Pipeline.from_folder(int8_folder, provider="cpu")
+    with pytest.raises(LoraError, match="int8 weights in unet, unet_shallow.*fp32 folder"):
+        pipe.set_loras([(lora, 1.0)])
+    result = runner.invoke(app, ["generate", "a red circle", "-m", str(int8_folder), "--lora", str(lora),
+                                 "-o", str(int8_folder.parent / "x.png")])
+    assert result.exit_code == 2 and "fp32 folder" in result.output and not (int8_folder.parent / "x.png").exists()
+
+
 def test_refuses_an_already_quantized_folder(int8_folder, tmp_path):
     with pytest.raises(QuantizeError, match="already quantized"):
         quantize_folder(int8_folder, tmp_path / "again")

@@ -713,6 +713,7 @@ def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, don
             "quantization_check": {k: v for k, v in checks[name].items() if k != "finite"},
         })
         entry.pop("validation", None)  # the export's figures were for the fp32 graph
+        entry.pop("weights", None)  # the fp32 initializers it mapped (for LoRAs) are int8 now
         manifest["components"][name] = entry
     unet = done["unet"]
     calibration = asdict(settings)
