@@ -150,9 +150,8 @@ def check_model(model: str | Path) -> ModelFolder:
         folder = ModelFolder.open(model)
     except ModelFolderError as exc:
         raise QuantizeError(str(exc)) from exc
-    manifest = folder.manifest or {}
-    unet_precision = str(((manifest.get("components") or {}).get("unet") or {}).get("precision", ""))
-    if "quantization" in manifest or unet_precision.startswith("int8"):
+    unet_precision = folder.components["unet"].precision
+    if "quantization" in (folder.manifest or {}) or folder.components["unet"].quantized:
         raise QuantizeError(
             f"{model} is already quantized (its manifest says {unet_precision or 'so'}): quantize the fp32 folder "
             "it was made from"
@@ -649,6 +648,7 @@ def quantize_folder(
             done[name] = quantize_unet(source, tmp / name, feeds[name], float_parts, scratch=tmp / ".scratch",
                                        extra_options=extra_options, op_types=op_types)
             check = compare_unets(source, tmp / name / "model.onnx", feeds[name][len(feeds[name]) // 2])
+            done[name]["check"] = check  # the manifest records it
             if not check["finite"]:
                 raise QuantizeError(f"the quantized {name}'s output is not finite: the calibration ranges are wrong")
             report(
@@ -698,7 +698,6 @@ def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, don
     import onnxruntime
 
     manifest = json.loads(json.dumps(folder.manifest)) if folder.manifest else {"format": "latentrt-onnx/1", "components": {}}
-    checks = {"unet": result.check, "unet_shallow": result.shallow.get("check", {})}
     for name, network in done.items():
         entry = dict(manifest["components"].get(name) or _graph_entry(tmp / name / "model.onnx"))
         entry.update({
@@ -710,7 +709,7 @@ def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, don
             "opset": network["opset"],
             "quantized_nodes": network["quantized_nodes"],
             "float_nodes": network["float_nodes"],
-            "quantization_check": {k: v for k, v in checks[name].items() if k != "finite"},
+            "quantization_check": {k: v for k, v in network["check"].items() if k != "finite"},
         })
         entry.pop("validation", None)  # the export's figures were for the fp32 graph
         entry.pop("weights", None)  # the fp32 initializers it mapped (for LoRAs) are int8 now

@@ -81,7 +81,7 @@ class Backend:
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
         """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
-        if (files.manifest or {}).get("precision") == "fp16" and self.provider in ("cpu", "openvino"):
+        if files.precision == "fp16" and self.provider in ("cpu", "openvino"):
             logger.warning("%s is an fp16 graph (export --precision fp16, made for GPUs): on the CPU it runs in fp32 "
                            "between fp16 casts, no faster than fp32 and fp16-rounded; for CPU use an fp32 folder "
                            "(latentrt export without --precision fp16)", files.model)
@@ -99,10 +99,9 @@ class Backend:
 
     def label(self, folder: ModelFolder) -> str:
         """The precision a generation ran at, as the PNG, `result.parameters` and the bench report give it."""
-        precisions = {str((c.manifest or {}).get("precision", "")) for c in folder.components.values()}
-        if any(p.startswith("int8") for p in precisions):
+        if any(c.quantized for c in folder.components.values()):
             return f"int8+{self.precision}"
-        if "fp16" in precisions:  # `export --precision fp16`: the graphs' own precision
+        if any(c.precision == "fp16" for c in folder.components.values()):  # `export --precision fp16`: the graphs' own precision
             return "fp16" if self.precision == "fp32" else f"fp16+{self.precision}"
         return self.precision
 

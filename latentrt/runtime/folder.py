@@ -124,6 +124,16 @@ class ComponentFiles:
     config: dict[str, Any]
     manifest: dict[str, Any] | None  # the manifest's entry, if the folder has a manifest
 
+    @property
+    def precision(self) -> str:
+        """The manifest's precision of this network ("fp32", "fp16", "int8-qdq"; "" when it does not say)."""
+        return str((self.manifest or {}).get("precision", ""))
+
+    @property
+    def quantized(self) -> bool:
+        """Its weights are int8 (`latentrt quantize`)."""
+        return self.precision.startswith("int8")
+
 
 @dataclass(frozen=True)
 class ModelFolder:

@@ -149,8 +149,8 @@ class Pipeline:
 
     def _merge_loras(self, loras: Sequence) -> tuple[list[Lora], dict[str, dict]]:
         loras = [Lora.of(lora) for lora in loras]
-        quantized = [name for name in LORA_COMPONENTS if name in self.folder.components
-                     and str((self.folder.components[name].manifest or {}).get("precision", "")).startswith("int8")]
+        quantized = [name for name in LORA_COMPONENTS
+                     if name in self.folder.components and self.folder.components[name].quantized]
         if quantized:
             raise LoraError(f"{self.folder.path} has int8 weights in {', '.join(quantized)} (`latentrt quantize`), and "
                             "LoRAs merge into float weights: load the LoRA on the fp32 folder it was quantized from")
