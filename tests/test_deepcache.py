@@ -73,8 +73,9 @@ def test_the_shallow_graph_reproduces_the_full_unet_from_the_same_step_feature(d
     rng = np.random.default_rng(1)
     sample = rng.standard_normal((2, *pipe.latent_shape()), dtype=np.float32)
     conditioning = {"encoder_hidden_states": rng.standard_normal((2, 77, 32), dtype=np.float32)}
-    full, feature = pipe._unet(sample, 500.0, conditioning, keep_feature=True)
-    shallow = pipe._unet_shallow(sample, 500.0, conditioning, feature)
+    with pipe.denoiser(conditioning, shallow=True) as unet:
+        full, feature = unet(sample, 500.0, keep_feature=True)
+        shallow = unet.shallow(sample, 500.0, feature)
     assert np.abs(shallow - full).max() <= 1e-5 * np.abs(full).max()
 
 
@@ -191,7 +192,7 @@ def test_openvino_compiles_and_runs_the_shallow_unet(deepcache_sd1):
     pipe = Pipeline.from_folder(deepcache_sd1[2], provider="openvino", precision="fp32", use_cache=False)
     pipe.compile(guidance_scale=7.5)
     feature = pipe.folder.deepcache["feature"]
-    assert pipe._models["unet_shallow"].compiled_for(feature, pipe._feature_shape(2, *pipe.latent_shape()[1:])[feature])
+    assert pipe.resident_networks["unet_shallow"].compiled_for(feature, pipe._feature_shape(2, *pipe.latent_shape()[1:])[feature])
     ov = pipe(PROMPT, NEGATIVE, steps=8, guidance_scale=7.5, seed=2, cache_interval=3)
     ort = Pipeline.from_folder(deepcache_sd1[2], provider="cpu", use_cache=False)(
         PROMPT, NEGATIVE, steps=8, guidance_scale=7.5, seed=2, cache_interval=3)
@@ -238,10 +239,13 @@ def test_loras_adapt_the_shallow_unet_too(tiny_sd1, deepcache_sd1, tmp_path):
     rng = np.random.default_rng(4)
     sample = rng.standard_normal((1, *pipe.latent_shape()), dtype=np.float32)
     conditioning = {"encoder_hidden_states": rng.standard_normal((1, 77, 32), dtype=np.float32)}
-    full, feature = pipe._unet(sample, 300.0, conditioning, keep_feature=True)
-    plain_full, _ = Pipeline.from_folder(deepcache_sd1[2], provider="cpu", use_cache=False)._unet(sample, 300.0, conditioning)
+    with pipe.denoiser(conditioning, shallow=True) as unet:
+        full, feature = unet(sample, 300.0, keep_feature=True)
+        shallow = unet.shallow(sample, 300.0, feature)
+    with Pipeline.from_folder(deepcache_sd1[2], provider="cpu", use_cache=False).denoiser(conditioning) as plain_unet:
+        plain_full, _ = plain_unet(sample, 300.0)
     assert np.abs(full - plain_full).max() > 1e-3, "the LoRA changes the UNet"
-    assert np.abs(pipe._unet_shallow(sample, 300.0, conditioning, feature) - full).max() <= 1e-5 * np.abs(full).max()
+    assert np.abs(shallow - full).max() <= 1e-5 * np.abs(full).max()
 
 
 def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1, monkeypatch):
@@ -252,7 +256,7 @@ def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1, monk
     result = pipe(PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
     assert result.unet_calls == {"full": 3, "shallow": 6}
     assert opened.count("unet_shallow") == 1 and opened.count("unet") == 1
-    assert "unet_shallow" not in pipe._models  # released after the call, as every network with low_memory
+    assert "unet_shallow" not in pipe.resident_networks  # released after the call, as every network with low_memory
     same = Pipeline.from_folder(deepcache_sd1[0], provider="cpu", use_cache=False)(
         PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
     assert np.array_equal(result.arrays, same.arrays)

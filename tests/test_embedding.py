@@ -26,19 +26,19 @@ def generate(pipe: Pipeline, seed: int = 1, **extra) -> np.ndarray:
 def test_low_memory_gives_the_same_images_and_keeps_no_network(tiny_sd1, provider):
     reference = generate(Pipeline.from_folder(tiny_sd1[1], provider=provider, precision="fp32"))
     pipe = Pipeline.from_folder(tiny_sd1[1], provider=provider, precision="fp32", low_memory=True)
-    assert pipe._models == {}  # nothing loaded until a call needs it
+    assert pipe.resident_networks == {}  # nothing loaded until a call needs it
     seen = []
-    generate(pipe, progress=lambda done, total: seen.append(sorted(pipe._models)))
+    generate(pipe, progress=lambda done, total: seen.append(sorted(pipe.resident_networks)))
     assert seen and all(names == ["unet"] for names in seen)  # the text encoder is gone while the UNet runs
-    assert pipe._models == {}  # and everything is released after the call
+    assert pipe.resident_networks == {}  # and everything is released after the call
     np.testing.assert_array_equal(generate(pipe), reference)
 
 
 def test_close_and_context_manager_free_the_networks(tiny_sd1):
     with Pipeline.from_folder(tiny_sd1[1], provider="cpu") as pipe:
-        assert set(pipe._models) == {"text_encoder", "unet", "vae_decoder"}
+        assert set(pipe.resident_networks) == {"text_encoder", "unet", "vae_decoder"}
         generate(pipe)
-    assert pipe._models == {}
+    assert pipe.resident_networks == {}
     with pytest.raises(RuntimeError, match="closed"):
         generate(pipe)
 

@@ -135,16 +135,16 @@ def test_bad_input_is_refused_in_words(pipe, tiny_sd1, tmp_path):
 def test_compile_with_image_opens_the_vae_encoder_ahead(tiny_sd1):
     fresh = Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32")
     fresh.compile(64, 64)
-    assert "vae_encoder" not in fresh._models  # text to image does not need it
+    assert "vae_encoder" not in fresh.resident_networks  # text to image does not need it
     fresh.compile(64, 64, image=True)
-    assert "vae_encoder" in fresh._models
+    assert "vae_encoder" in fresh.resident_networks
 
 
 def test_low_memory_img2img_gives_the_same_images_and_keeps_no_network(tiny_sd1, pipe):
     reference = pipe("a red circle", image=circle(), steps=3, seed=2).arrays
     lean = Pipeline.from_folder(tiny_sd1[1], provider="cpu", precision="fp32", low_memory=True)
     np.testing.assert_array_equal(lean("a red circle", image=circle(), steps=3, seed=2).arrays, reference)
-    assert lean._models == {}
+    assert lean.resident_networks == {}
 
 
 def test_cli_image_and_strength(tiny_sd1, tmp_path):

@@ -95,8 +95,8 @@ def test_unmasked_region_keeps_the_image(pipe):
     for scheduler, strength in (("ddim", 1.0), ("euler", 0.75)):
         out = pipe("a green square", image=image, mask_image=mask, steps=4, seed=5, scheduler=scheduler, strength=strength)
         f = pipe.folder.vae.scale_factor
-        pixels, _, _ = pipe._load_image(image, 64, 64)
-        init = pipe._encode_image(pixels, np.random.default_rng(5))  # the same first draw as the run's
+        pixels = pipe.prepare_image(image, 64, 64)
+        init = pipe.encode_image(pixels, np.random.default_rng(5))  # the same first draw as the run's
         keep = mask[::f, ::f] < 128
         assert keep.any() and not keep.all()
         np.testing.assert_array_equal(out.latents[0][:, keep], init[0][:, keep])

@@ -70,9 +70,9 @@ def test_threads_take_turns_and_get_the_serial_images(bound, plain):
 
 # --- what is bound, and when ---------------------------------------------------------------------------------------
 def test_conditioning_is_bound_once_per_generation_and_the_feature_stays_on_the_device(bound, monkeypatch):
-    unet, shallow = bound._models["unet"], bound._models["unet_shallow"]
+    unet, shallow = bound.resident_networks["unet"], bound.resident_networks["unet_shallow"]
     assert unet.binding is not None and shallow.binding is not None
-    assert bound._models["text_encoder"].binding is None and bound._models["vae_decoder"].binding is None
+    assert bound.resident_networks["text_encoder"].binding is None and bound.resident_networks["vae_decoder"].binding is None
     fed: list[str] = []
     original = IoBinding.feed
 
@@ -94,7 +94,7 @@ def test_conditioning_is_bound_once_per_generation_and_the_feature_stays_on_the_
 def test_a_binding_copies_into_buffers_of_its_own(bound):
     """ortvalue_from_numpy on the CPU would alias the caller's array, and the next step's copy would overwrite the
     latents a multistep scheduler still holds (UniPC's last sample)."""
-    binding = IoBinding(bound._models["unet"], "cpu")
+    binding = IoBinding(bound.resident_networks["unet"], "cpu")
     first, second = np.zeros((1, 4, 8, 8), np.float32), np.ones((1, 4, 8, 8), np.float32)
     binding.feed({"sample": first})
     binding.feed({"sample": second})
@@ -104,7 +104,7 @@ def test_a_binding_copies_into_buffers_of_its_own(bound):
 def test_a_static_binding_refuses_another_shape(bound, monkeypatch):
     """cuda_graph's bindings are static (CUDA graphs replay at fixed addresses): checked here on CPU."""
     with Pipeline.default(provider="cpu", io_binding=True) as pipe:
-        monkeypatch.setattr(pipe._models["unet"].binding, "static", True)
+        monkeypatch.setattr(pipe.resident_networks["unet"].binding, "static", True)
         pipe(PROMPT, steps=2, seed=0, guidance_scale=7.5)
         assert_same(pipe(PROMPT, steps=3, seed=1, guidance_scale=7.5), bound(PROMPT, steps=3, seed=1, guidance_scale=7.5))
         with pytest.raises(ValueError, match=r"unet: cuda_graph captured this network at \w+ \(2, .*one shape"):
@@ -208,4 +208,4 @@ def test_sdxl_conditioning_is_bound_and_the_images_are_identical(tiny_sdxl):
             Pipeline.from_folder(tiny_sdxl[1], provider="cpu", io_binding=True) as bound:
         for _ in range(2):
             assert_same(bound(PROMPT, **kwargs), plain(PROMPT, **kwargs))
-        assert {"text_embeds", "time_ids"} <= set(bound._models["unet"].binding.owned)
+        assert {"text_embeds", "time_ids"} <= set(bound.resident_networks["unet"].binding.owned)

@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 from benchmarks.serve_load import free_port, start_server  # noqa: E402
 from latentrt import Pipeline  # noqa: E402
 from latentrt.serve import ServeOptions, create_app  # noqa: E402
+from latentrt.runtime.request import Request  # noqa: E402
 from latentrt.serve.jobs import Cancelled, Job, JobQueue  # noqa: E402
 from training.shapes.judge import judge  # noqa: E402
 
@@ -154,7 +155,7 @@ def test_deepcache_request_to_a_model_without_the_shallow_unet_is_refused(tiny_s
     from latentrt.serve.jobs import Job
 
     with Pipeline.from_folder(tiny_sd1[1], provider="cpu") as plain:
-        job = Job(PROMPT, None, [1], None, None, 4, None, None, cache_interval=2)
+        job = Job(Request(PROMPT, steps=4, cache_interval=2), [1])
         with pytest.raises(ApiError, match="latentrt export --deepcache") as refused:
             check_job(SimpleNamespace(pipe=plain), job)
         assert refused.value.status == 422
@@ -197,8 +198,7 @@ def test_samplers_models_health_and_metrics(server):
 
 # --- the queue ---------------------------------------------------------------------------------------------
 def _jobs(seeds, scheduler=None):
-    return [Job(prompt=p, negative_prompt=None, seeds=[s], width=None, height=None, steps=4, guidance_scale=None,
-                scheduler=scheduler) for p, s in zip([PROMPT, PROMPT2, PROMPT], seeds)]
+    return [Job(Request(p, steps=4, scheduler=scheduler), seeds=[s]) for p, s in zip([PROMPT, PROMPT2, PROMPT], seeds)]
 
 
 def _submit_together(queue: JobQueue, jobs: list[Job]):

@@ -52,6 +52,7 @@ from numpy.typing import NDArray
 from latentrt import __version__
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
 from latentrt.runtime.folder import ModelFolder, ModelFolderError, file_sha256
+from latentrt.runtime.observers import NETWORK, Event
 
 logger = logging.getLogger(__name__)
 
@@ -211,12 +212,9 @@ class _Enough(Exception):
 
 
 class _UNetRecorder:
-    """Stands in for ``pipe.unet``: forwards every call and keeps copies of the feeds of the wanted ones."""
+    """A pipeline observer: keeps copies of the inputs of the wanted UNet calls of a generation (their indices)."""
 
-    def __init__(self, session):
-        self.session = session
-        self.inputs = session.inputs
-        self.outputs = session.outputs
+    def __init__(self):
         self.wanted: list[int] = []
         self.calls = 0
         self.kept: list[dict[str, NDArray]] = []
@@ -224,19 +222,15 @@ class _UNetRecorder:
     def start(self, wanted: list[int]) -> None:
         self.wanted, self.calls = wanted, 0
 
-    def __getattr__(self, name):  # anything else the pipeline may ask of its session
-        if name == "session":
-            raise AttributeError(name)
-        return getattr(self.session, name)
-
-    def __call__(self, **feeds):
+    def __call__(self, event: Event) -> None:
+        if event.kind != NETWORK or event.name != "unet":
+            return
         index = self.calls
         self.calls += 1
         if index in self.wanted:
-            self.kept.append({k: np.array(v, copy=True) for k, v in feeds.items()})
+            self.kept.append({k: np.array(v, copy=True) for k, v in event.inputs.items()})
             if index == self.wanted[-1]:
                 raise _Enough
-        return self.session(**feeds)
 
 
 def gather_samples(folder: ModelFolder, settings: CalibrationSettings, report: Callable[[str], None]) -> list[dict]:
@@ -249,9 +243,8 @@ def gather_samples(folder: ModelFolder, settings: CalibrationSettings, report: C
     calls = len(sampler.timesteps)  # the pipeline calls the UNet once per entry (Heun's repeat)
     plan = plan_samples(len(settings.prompts), calls, settings.samples)
     pipe = Pipeline.from_folder(folder.path, provider="cpu")
-    recorder = _UNetRecorder(pipe.unet)
-    pipe.unet = recorder
-    with _quiet_truncation():
+    recorder = _UNetRecorder()
+    with _quiet_truncation(), pipe.observe(recorder):
         for done, (index, wanted) in enumerate(plan.items()):
             recorder.start(wanted)
             try:

@@ -1,20 +1,22 @@
-"""Text-to-image and image-to-image: ONNX Runtime or OpenVINO for the networks, pure NumPy between them.
+"""The pipeline: a model folder's networks on one backend (ONNX Runtime or OpenVINO), pure NumPy between them.
 
-A call reads as numbered steps: check inputs, encode prompt, prepare latents (from noise, or from an encoded
-image for img2img), denoise, decode, package. Randomness comes only from an explicit `np.random.Generator`.
+A generation reads as numbered steps (`Pipeline.run`): check inputs (`request.py`), encode prompt (the family,
+`families.py`), prepare latents (the task, `tasks.py`), denoise (one loop for every task), decode, package.
+Randomness comes only from an explicit `np.random.Generator`; observers (`observers.py`) see every network call
+and stage.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -22,15 +24,19 @@ from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.deepcache import CACHE_SCHEDULES, check_cache_interval, full_calls
-from latentrt.runtime.families import Prompts, SizeConditioning, family_for, guidance_embedding
+from latentrt.runtime.families import family_for, guidance_embedding
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
-from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back, resize_fill, to_pixels
+from latentrt.runtime.image_inputs import as_pil, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_weight
 from latentrt.runtime.memory import available_memory, estimate, gib
+from latentrt.runtime.observers import Observer, Observers
+from latentrt.runtime.request import (Plan, Request, check_guidance, check_negatives, check_positive_int, check_prompts,
+                                      check_steps)
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
 from latentrt.runtime.session import check_finite, constant_feeds, to_host
+from latentrt.runtime.tasks import task_for
 from latentrt.runtime.tiling import decode_tiled, default_tile
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,7 @@ class Pipeline:
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
         self._warned_lcm = False  # the LCM-UNet-with-another-scheduler notice is logged once
+        self._observers = Observers()
         self.loras: list[Lora] = []
         self.lora_report: dict | None = None  # layers adapted, keys that matched nothing
         self._lora_weights: dict[str, dict] = {}  # {network: {initializer: LoRA-merged array}}
@@ -171,7 +178,7 @@ class Pipeline:
 
     # --- the networks: resident, or opened per use with low_memory -------------------------------------------
     @contextmanager
-    def _network(self, name: str):
+    def network(self, name: str):
         """The network, opened if it is not resident; with low_memory, released when its last user is done."""
         with self._lock:
             if self._closed:
@@ -189,12 +196,18 @@ class Pipeline:
                     self._models.pop(name, None)
 
     def _get(self, name: str):
-        with self._network(name) as model:  # with low_memory, opened for the question and released again
+        with self.network(name) as model:  # with low_memory, opened for the question and released again
             return model
 
-    text_encoder = property(lambda self: self._get("text_encoder"), lambda self, m: self._models.__setitem__("text_encoder", m))
-    unet = property(lambda self: self._get("unet"), lambda self, m: self._models.__setitem__("unet", m))
-    vae_decoder = property(lambda self: self._get("vae_decoder"), lambda self, m: self._models.__setitem__("vae_decoder", m))
+    text_encoder = property(lambda self: self._get("text_encoder"))
+    unet = property(lambda self: self._get("unet"))
+    vae_decoder = property(lambda self: self._get("vae_decoder"))
+
+    @property
+    def resident_networks(self) -> Mapping[str, object]:
+        """The networks open now, by name (with low_memory: only those a running call holds). A snapshot."""
+        with self._lock:
+            return MappingProxyType(dict(self._models))
 
     def close(self) -> None:
         """Free the networks (their sessions and weights); later calls raise. Calls still running finish first."""
@@ -223,7 +236,7 @@ class Pipeline:
                     self._models["vae_encoder"] = self._open("vae_encoder")
         if self.low_memory or not hasattr(self._models["unet"], "compile"):
             return  # ONNX Runtime sessions take any shape as they are; low_memory keeps no network to compile
-        height, width = self._check_size(height, width)
+        height, width = self.check_size(height, width)
         guidance_scale = self.folder.defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
         texts = batch * (2 if self._uses_cfg(guidance_scale) else 1)
         factor = self.folder.vae.scale_factor
@@ -252,40 +265,21 @@ class Pipeline:
         with ThreadPoolExecutor(len(jobs)) as pool:  # OpenVINO compiles in native code: the three overlap
             list(pool.map(lambda job: job[0].compile(job[1]), jobs))
 
-    def __call__(
-        self,
-        prompt: str | Sequence[str],
-        negative_prompt: str | Sequence[str] | None = None,
-        *,
-        height: int | None = None,
-        width: int | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-        scheduler: str | None = None,
-        seed: int | None = None,
-        num_images: int = 1,
-        latents: NDArray[np.float32] | None = None,
-        rng: np.random.Generator | None = None,
-        progress: ProgressCallback | None = None,
-        image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
-        strength: float | None = None,
-        mask_image: Image.Image | NDArray[np.uint8] | str | Path | None = None,
-        padding_mask_crop: int | None = None,
-        clip_skip: int | None = None,
-        original_size: tuple[int, int] | None = None,
-        crops_coords_top_left: tuple[int, int] = (0, 0),
-        target_size: tuple[int, int] | None = None,
-        aesthetic_score: float = 6.0,
-        negative_aesthetic_score: float = 2.5,
-        cache_interval: int = 1,
-        cache_schedule: str = "uniform",
-    ) -> PipelineResult:
+    def __call__(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None, *,
+                 rng: np.random.Generator | None = None, progress: ProgressCallback | None = None,
+                 **options) -> PipelineResult:
         """Text to image, or image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a path).
+
+        `options` are the fields of `latentrt.runtime.request.Request`: height, width, steps, guidance_scale,
+        scheduler, seed, num_images, latents, image, strength, mask_image, padding_mask_crop, clip_skip,
+        original_size, crops_coords_top_left, target_size, aesthetic_score, negative_aesthetic_score,
+        cache_interval, cache_schedule. Randomness comes from `rng`, else from `seed` (a random one, written in the
+        images' parameters, when neither is given); `progress(done, total)` is called after every UNet call.
 
         img2img as diffusers' StableDiffusionImg2ImgPipeline: height/width default to the image's size rounded
         down to a multiple of the VAE factor, and an image of another size is resized to them (Lanczos, as
-        diffusers' VaeImageProcessor); `strength` (default 0.8, in (0, 1]) is the fraction of the steps that run,
-        starting from the image's latents noised to that point (at 1, little of the image survives).
+        diffusers' VaeImageProcessor); `strength` (in (0, 1]; default 0.8, an SDXL refiner's 0.3) is the fraction of
+        the steps that run, starting from the image's latents noised to that point (at 1, little of the image survives).
 
         Inpainting when `mask_image` is given too (same kinds as `image`, the image's size; white = repaint), as
         diffusers' StableDiffusionInpaintPipeline: the mask is made grayscale, resized with the image and binarised
@@ -310,227 +304,107 @@ class Pipeline:
         and caches its deep feature, the others run only the shallow UNet on it (`cache_schedule`: "uniform", or
         "nonuniform" as the paper's 1:N strategy; see runtime/deepcache.py). 1 (the default) is no caching.
         """
+        return self.run(Request(prompt, negative_prompt, **options), rng=rng, progress=progress)
+
+    def run(self, request: Request, *, rng: np.random.Generator | None = None,
+            progress: ProgressCallback | None = None) -> PipelineResult:
+        """One generation: the numbered steps of every task (see `__call__` for what the request's fields mean)."""
+        # 1. check inputs (nothing is allocated before they pass)
+        plan = self.check(request)
+        task = copy.copy(plan.task)  # holds this run's state (inpainting's noise): plans may be run concurrently
+        sampler = self._sampler(plan.scheduler)
+        seed = request.seed
+        if seed is None and rng is None and request.latents is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
+        rng = rng if rng is not None else np.random.default_rng(seed)
         timings: dict[str, float] = {}
-        # 1. check inputs
-        defaults = self.folder.defaults
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
-        negatives = self._negatives(negative_prompt, len(prompts))
-        self.family.check_clip_skip(clip_skip)
-        steps = defaults.steps if steps is None else steps
-        guidance_scale = defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
-        pixels = mask = crop = None
-        vae = self.folder.vae
-        inpaint_unet = self.folder.inpaint_unet  # latents, mask, masked latents
-        if padding_mask_crop is not None and (isinstance(padding_mask_crop, bool) or not isinstance(padding_mask_crop, (int, np.integer)) or padding_mask_crop < 0):
-            raise ValueError(f"padding_mask_crop must be a whole number of pixels >= 0, got {padding_mask_crop!r}")
-        if padding_mask_crop is not None and mask_image is None:
-            raise ValueError("padding_mask_crop crops around the mask: give mask_image (--mask) too")
-        if mask_image is not None and image is None:
-            raise ValueError("mask_image needs the image to inpaint: give image= too (--image with --mask in the CLI)")
-        if image is None and self.family.is_refiner:
+
+        # 2. encode prompt: the family's UNet conditioning; rows (2B, ...) with CFG, else (B, ...)
+        with self._observers.stage("text_encoder", timings):
+            conditioning = self.encode_prompt(plan)
+
+        # 3. prepare latents: noise, or the task's image latents noised to its first timestep
+        with self._observers.stage("vae_encode", timings) if task.encodes else nullcontext():
+            x, timesteps = task.start(self, plan, sampler, rng)  # (B, C, H/f, W/f)
+
+        # 4. denoise
+        with self._observers.stage("denoise", timings):
+            x, unet_calls = self._denoise(plan, task, sampler, x, timesteps, conditioning, rng, progress)
+        timings["unet_step"] = timings["denoise"] / max(len(timesteps), 1)
+
+        # 5. decode (and the task's last touch: an inpainted crop pasted back into its image)
+        with self._observers.stage("vae_decode", timings):
+            images = task.finish(to_pil(decoded_to_uint8(self.decode(x, plan.tiled))))  # (B, H, W, 3)
+
+        # 6. package
+        return PipelineResult(images=images, parameters=self._parameters(plan, task, seed), latents=x,
+                              timings=timings, unet_calls=unet_calls)
+
+    def check(self, request: Request) -> Plan:
+        """The request checked against this folder and pipeline, its defaults resolved: ValueError (or
+        ImageTooLargeError, FileNotFoundError for an image path) with a message that says the fix, before anything
+        is allocated. `run` calls it; a server calls it before queueing a request."""
+        r, defaults = request, self.folder.defaults
+        prompts = check_prompts(r.prompt)
+        negatives = check_negatives(r.negative_prompt, len(prompts))
+        self.family.check_clip_skip(r.clip_skip)
+        guidance_scale = defaults.guidance_scale if r.guidance_scale is None else check_guidance(r.guidance_scale)
+        task, height, width = task_for(self, r)
+        height, width = self.check_size(height, width)
+        steps = check_steps(defaults.steps if r.steps is None else r.steps,
+                            int(self.folder.scheduler_config.get("num_train_timesteps", 1000)))
+        check_positive_int("num_images", r.num_images)
+        cache_interval = self._check_cache(r.cache_interval, r.cache_schedule)
+        if task.strength is not None and int(steps * task.strength) < 1:  # diffusers' get_timesteps would leave no step
             raise ValueError(
-                f"{self.folder.path} is an SDXL refiner, an image to image model: give it an image (image=..., --image), "
-                "for example the base model's output, and a strength (diffusers' default for it: 0.3)"
-            )
-        if inpaint_unet and mask_image is None:
-            raise ValueError(
-                f"{self.folder.path} has a {self.folder.unet.in_channels}-channel inpainting UNet: it needs an image "
-                "and a mask_image (--image and --mask in the CLI)"
-            )
-        if image is not None:
-            if latents is not None:
-                raise ValueError("give either image (image to image) or latents (text to image), not both")
-            default_strength = 0.3 if self.family.is_refiner else 0.8 if mask_image is None else 1.0
-            strength = _check_strength(default_strength if strength is None else strength)
-            if "vae_encoder" not in self.folder.components:
-                raise ValueError(
-                    f"{self.folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
-                    "(it writes the VAE encoder)"
-                )
-            source = as_pil(image, "image")
-            height, width = self._image_size(source, height, width)
-            if mask_image is not None:
-                mask_source = as_pil(mask_image, "mask_image")
-                if mask_source.size != source.size:
-                    raise ValueError(
-                        f"the mask is {mask_source.size[0]}x{mask_source.size[1]} but the image is {source.size[0]}x"
-                        f"{source.size[1]}: give a mask of the image's size (white = repaint, black = keep)"
-                    )
-                crop = None if padding_mask_crop is None else crop_region(mask_source, width, height, int(padding_mask_crop))
-                mask = mask_array(mask_source, height, width, crop)  # (1, 1, H, W) of 0 and 1
-            pixels, _, _ = self._load_image(source, height, width, crop)
-        elif strength is not None:
-            raise ValueError("strength applies to image to image only: give an image too (--image in the CLI)")
-        height, width = self._check_size(height, width)
-        _check_positive_int("steps", steps)
-        _check_positive_int("num_images", num_images)
-        cache_interval = self._check_cache(cache_interval, cache_schedule)
-        if pixels is not None and int(steps * strength) < 1:  # diffusers' get_timesteps would leave no step to run
-            raise ValueError(
-                f"strength {strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
+                f"strength {task.strength:g} with {steps} steps leaves no step to run (int(steps x strength) = 0): "
                 f"raise strength to at least {1 / steps:.3g} or use more steps"
             )
         do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
-        tiled = self._check_memory(height, width, len(prompts) * num_images, do_cfg, pixels is not None)
-        sampler = create_scheduler(scheduler if scheduler is not None else defaults.scheduler, self.folder.scheduler_config)
-        if self.guidance_embedding_dim and sampler.name != "lcm" and not self._warned_lcm:
-            self._warned_lcm = True
-            logger.warning(
-                "this UNet takes the guidance scale as an embedding (an LCM UNet, time_cond_proj_dim): guidance_scale "
-                "sets that embedding and no classifier-free guidance runs; it was distilled for the lcm scheduler, "
-                "%s may give poor images", sampler.name)
-        if seed is None and rng is None and latents is None:
-            seed = int(np.random.SeedSequence().generate_state(1)[0])
-        rng = rng if rng is not None else np.random.default_rng(seed)
-        batch = len(prompts) * num_images
+        tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes)
+        scheduler = self._sampler(r.scheduler if r.scheduler is not None else defaults.scheduler).name
+        return Plan(request=r, prompts=tuple(prompts), negatives=tuple(negatives), height=height, width=width, steps=steps,
+                    guidance_scale=guidance_scale, do_cfg=do_cfg, scheduler=scheduler, task=task,
+                    cache_interval=cache_interval, tiled=tiled)
 
-        # 2. encode prompt: the family's UNet conditioning, one text-encoder call per encoder for both halves;
-        # rows (2B, ...) with CFG, else (B, ...)
-        t0 = time.perf_counter()
-        text = Prompts(prompts, negatives, negative_prompt is not None, do_cfg, num_images, clip_skip)
-        conditioning = self.family.conditioning(
-            self._run, text, SizeConditioning(height, width, original_size, tuple(crops_coords_top_left), target_size,
-                                              float(aesthetic_score), float(negative_aesthetic_score)))
+    # --- the stages, public for tools that run them one at a time (the bench's warm-up, calibration, tests) ---
+    def encode_prompt(self, plan: Plan) -> dict[str, NDArray[np.float32]]:
+        """The UNet's conditioning for a checked request: the family's inputs besides sample and timestep."""
+        conditioning = self.family.conditioning(self.run_network, plan.text, plan.size)
         if self.guidance_embedding_dim:  # LCM: the guidance scale enters the UNet as an embedding
-            conditioning["timestep_cond"] = guidance_embedding(guidance_scale, self.guidance_embedding_dim, batch)
-        timings["text_encoder"] = time.perf_counter() - t0
+            conditioning["timestep_cond"] = guidance_embedding(plan.guidance_scale, self.guidance_embedding_dim, plan.batch)
+        return conditioning
 
-        # 3. prepare latents
-        sampler.set_timesteps(steps)
-        timesteps = sampler.timesteps
-        f = vae.scale_factor
-        shape = (batch, *self.latent_shape(height, width))
-        if mask is not None:  # diffusers' inpainting prepare_latents and prepare_mask_latents, draws in its order
-            t0 = time.perf_counter()
-            timesteps = _img2img_timesteps(sampler, steps, strength)
-            full = strength == 1.0  # diffusers' is_strength_max: pure noise, the image only through the mask
-            init = np.repeat(self._encode_image(pixels, rng), batch, axis=0) if not (inpaint_unet and full) else None
-            inpaint_noise = rng.standard_normal(shape, dtype=np.float32)
-            if full:
-                x = inpaint_noise * np.float32(sampler.init_noise_sigma)
-            else:
-                x = sampler.add_noise(init, inpaint_noise, np.repeat(timesteps[:1], batch)).astype(np.float32, copy=False)
-            if inpaint_unet:
-                masked = pixels * (mask < 0.5).astype(np.float32)  # the image with the region to repaint blacked out
-                masked_latents = np.repeat(self._encode_image(masked, rng), batch, axis=0)
-                mask_latents = np.repeat(mask[:, :, ::f, ::f], batch, axis=0)  # torch's 'nearest' at an integer factor
-                if do_cfg:
-                    masked_latents, mask_latents = np.concatenate([masked_latents] * 2), np.concatenate([mask_latents] * 2)
-                extra = np.concatenate([mask_latents, masked_latents], axis=1).astype(np.float32)
-            else:  # diffusers encodes the masked image here too (unused by a 4-channel UNet): draw its sample alike
-                rng.standard_normal((1, vae.latent_channels, height // f, width // f), dtype=np.float32)
-                blend = mask[:, :, ::f, ::f]  # (1, 1, h, w): 1 where the model paints
-            timings["vae_encode"] = time.perf_counter() - t0
-        elif pixels is not None:
-            t0 = time.perf_counter()
-            timesteps = _img2img_timesteps(sampler, steps, strength)
-            init = np.repeat(self._encode_image(pixels, rng), batch, axis=0)  # one encoding, repeated like diffusers
-            noise = rng.standard_normal(shape, dtype=np.float32)
-            x = sampler.add_noise(init, noise, np.repeat(timesteps[:1], batch)).astype(np.float32, copy=False)
-            timings["vae_encode"] = time.perf_counter() - t0
-        elif latents is None:
-            latents = rng.standard_normal(shape, dtype=np.float32)
-        else:
-            latents = np.asarray(latents, dtype=np.float32)
-            if latents.shape != shape:
-                raise ValueError(f"latents must have shape {shape} for this size and batch, got {latents.shape}")
-        if pixels is None:
-            x = latents * np.float32(sampler.init_noise_sigma)  # (B, C, H/f, W/f)
+    @contextmanager
+    def denoiser(self, conditioning: dict[str, NDArray], shallow: bool = False) -> Iterator["UNetCalls"]:
+        """One generation's UNet calls with this conditioning: the UNet (and DeepCache's shallow UNet when `shallow`)
+        resident for the whole block (also with low_memory), the conditioning fed to each call or bound once on the
+        device (io_binding). Yields a `UNetCalls`: `unet(sample, t)` and `unet.shallow(sample, t, feature)`."""
+        with ExitStack() as stack:
+            full = stack.enter_context(self._conditioned("unet", conditioning))
+            small = stack.enter_context(self._conditioned("unet_shallow", conditioning)) if shallow else None
+            yield UNetCalls(full, small, (self.folder.deepcache or {}).get("feature"), self._observers)
 
-        # 4. denoise (DeepCache: the full UNet where the plan says so, else the shallow one on its cached feature)
-        t0 = time.perf_counter()
-        plan = full_calls(len(timesteps), cache_interval, cache_schedule)
-        if cache_interval > len(timesteps):
-            logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
-                           "full UNet, every other call reuses its deep feature", cache_interval, len(timesteps))
-        feature = None
-        with self._unet_calls(conditioning, shallow=not all(plan)) as (full, shallow):
-            for i, t in enumerate(timesteps):
-                x_in = np.concatenate([x, x]) if do_cfg else x  # (2B, C, h, w) with CFG
-                x_in = sampler.scale_model_input(x_in, t)
-                if mask is not None and inpaint_unet:
-                    x_in = np.concatenate([x_in.astype(np.float32, copy=False), extra], axis=1)
-                if plan[i]:
-                    noise, feature = self._unet(x_in.astype(np.float32, copy=False), t, conditioning,
-                                                keep_feature=cache_interval > 1, calls=full)
-                else:
-                    noise = self._unet_shallow(x_in.astype(np.float32, copy=False), t, conditioning, feature, shallow)
-                check_finite("unet" if plan[i] else "unet_shallow", noise, f" at UNet call {i + 1} of {len(timesteps)}")
-                if do_cfg:
-                    uncond, cond = np.split(noise, 2)
-                    noise = uncond + np.float32(guidance_scale) * (cond - uncond)
-                x = sampler.step(noise, t, x, rng)
-                if mask is not None and not inpaint_unet:  # keep the known region: the image noised to the next step
-                    known = init
-                    if i < len(timesteps) - 1:
-                        known = sampler.add_noise(init, inpaint_noise, np.repeat(timesteps[i + 1:i + 2], batch))
-                    x = ((1 - blend) * known + blend * x).astype(np.float32, copy=False)
-                if progress is not None:
-                    progress(i + 1, len(timesteps))
-        timings["denoise"] = time.perf_counter() - t0
-        timings["unet_step"] = timings["denoise"] / max(len(timesteps), 1)
-        unet_calls = {"full": sum(plan), "shallow": len(plan) - sum(plan)}
+    def decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
+        """The VAE decoder's images for UNet latents: (B, 3, H, W) in about [-1, 1]; `tiled` in overlapping tiles."""
+        vae = self.folder.vae
+        z = vae.from_unet(latents)
+        with self.network("vae_decoder") as decoder:
+            name = next(iter(decoder.inputs))  # "latent_sample"
 
-        # 5. decode
-        t0 = time.perf_counter()
-        images = to_pil(decoded_to_uint8(self._decode(x, tiled)))  # (B, H, W, 3)
-        if crop is not None:  # the inpainted crop back into the image, at the image's size
-            images = [paste_back(generated, source, mask_source, crop) for generated in images]
-        timings["vae_decode"] = time.perf_counter() - t0
+            def decode(tile: NDArray[np.float32]) -> NDArray[np.float32]:
+                out = self._observers.network("vae_decoder", decoder, {name: np.ascontiguousarray(tile)})
+                return next(iter(out.values()))  # (B, 3, h*f, w*f)
 
-        # 6. package
-        parameters = [
-            GenerationParameters(
-                prompt=prompts[i // num_images],
-                negative_prompt=negatives[i // num_images],
-                steps=steps,
-                sampler=sampler.name,
-                guidance_scale=guidance_scale,
-                seed=seed,
-                width=width,
-                height=height,
-                model=self.folder.name,
-                backend=self.provider,
-                precision=self.precision,
-                strength=strength,
-                task="txt2img" if pixels is None else "img2img" if mask is None else "inpaint",
-                mask_padding=None if crop is None else int(padding_mask_crop),
-                cache_interval=cache_interval,
-                cache_schedule=cache_schedule,
-            )
-            for i in range(batch)
-        ]
-        return PipelineResult(images=images, parameters=parameters, latents=x, timings=timings, unet_calls=unet_calls)
+            if tiled:  # one image at a time: the decode's memory is one tile's (memory.estimate counts it so)
+                return np.concatenate([decode_tiled(decode, z[i:i + 1], vae.scale_factor, self.vae_tile) for i in range(len(z))])
+            return decode(z)
 
-    # --- steps -------------------------------------------------------------------------------------------
-    def _image_size(self, image: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
-        """height/width as given, else the image's size rounded down to the VAE's multiple (as diffusers)."""
-        multiple = self.folder.size_multiple
-        height = image.height // multiple * multiple if height is None else height
-        width = image.width // multiple * multiple if width is None else width
-        if height == 0 or width == 0:
-            raise ValueError(f"the image is {image.width}x{image.height}: both sides must be at least {multiple} pixels for this model")
-        return self._check_size(height, width)
-
-    def _load_image(self, image, height: int | None, width: int | None,
-                    crop: tuple[int, int, int, int] | None = None) -> tuple[NDArray[np.float32], int, int]:
-        """The init image as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in [-1, 1]
-        (a `crop` box cut out and resized in "fill" mode), and its height and width."""
-        image = as_pil(image, "image")  # a PIL image passes through as it is
-        height, width = self._image_size(image, height, width)
-        if crop is not None:
-            image = resize_fill(image.crop(crop), width, height)
-        elif image.size != (width, height):
-            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
-        return to_pixels(image), height, width
-
-    def _encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
+    def encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
         """A sample of the VAE's posterior for the image, scaled as the UNet sees latents (diffusers' retrieve_latents)."""
         vae = self.folder.vae
-        with self._network("vae_encoder") as encoder:
-            out = encoder(**{next(iter(encoder.inputs)): np.ascontiguousarray(pixels)})
+        with self.network("vae_encoder") as encoder:
+            out = self._observers.network("vae_encoder", encoder, {next(iter(encoder.inputs)): np.ascontiguousarray(pixels)})
         params = out.get("latent_parameters", next(iter(out.values()))).astype(np.float32, copy=False)
         if params.shape[1] != 2 * vae.latent_channels:
             raise ValueError(
@@ -542,31 +416,122 @@ class Pipeline:
         z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
         return vae.to_unet(z)
 
-    def _negatives(self, negative_prompt, count: int) -> list[str]:
-        if negative_prompt is None:
-            return [""] * count
-        negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
-        if len(negatives) != count:
-            raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {count}: give one per prompt")
-        return negatives
+    def prepare_image(self, image, height: int | None = None, width: int | None = None,
+                      crop: tuple[int, int, int, int] | None = None) -> NDArray[np.float32]:
+        """The VAE encoder's input as diffusers' VaeImageProcessor.preprocess makes it: (1, 3, H, W) float32 in
+        [-1, 1], resized to height x width (default: the image's size rounded down to the model's multiple; a `crop`
+        box cut out and resized in "fill" mode)."""
+        image = as_pil(image, "image")  # a PIL image passes through as it is
+        height, width = self.image_size(image, height, width)
+        if crop is not None:
+            image = resize_fill(image.crop(crop), width, height)
+        elif image.size != (width, height):
+            image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
+        return to_pixels(image)
 
+    def image_size(self, image: Image.Image, height: int | None, width: int | None) -> tuple[int, int]:
+        """height/width as given, else the image's size rounded down to the VAE's multiple (as diffusers), checked."""
+        multiple = self.folder.size_multiple
+        height = image.height // multiple * multiple if height is None else height
+        width = image.width // multiple * multiple if width is None else width
+        if height == 0 or width == 0:
+            raise ValueError(f"the image is {image.width}x{image.height}: both sides must be at least {multiple} pixels for this model")
+        return self.check_size(height, width)
+
+    def run_network(self, name: str, feeds: dict[str, NDArray]) -> dict[str, NDArray]:
+        """One call of a network (opened for it with low_memory); integer inputs cast to the graph's dtype
+        (input_ids are int32 in diffusers' legacy exports, int64 in optimum's and ours)."""
+        with self.network(name) as network:
+            feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
+            return self._observers.network(name, network, feeds)
+
+    # --- observers ------------------------------------------------------------------------------------------
+    @contextmanager
+    def observe(self, observer: Observer) -> Iterator[None]:
+        """Attach `observer` (a callable taking an `observers.Event`: every network call and stage) for the block."""
+        self._observers.add(observer)
+        try:
+            yield
+        finally:
+            self._observers.remove(observer)
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.add(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        self._observers.remove(observer)
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    def _denoise(self, plan: Plan, task, sampler, x: NDArray[np.float32], timesteps: NDArray,
+                 conditioning: dict[str, NDArray], rng: np.random.Generator,
+                 progress: ProgressCallback | None) -> tuple[NDArray[np.float32], dict[str, int]]:
+        """The one denoise loop: the UNet (DeepCache: or the shallow UNet on the cached feature, where the plan says
+        so), classifier-free guidance, the sampler's step, the task's hooks around them."""
+        full = full_calls(len(timesteps), plan.cache_interval, plan.request.cache_schedule)
+        if plan.cache_interval > len(timesteps):
+            logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
+                           "full UNet, every other call reuses its deep feature", plan.cache_interval, len(timesteps))
+        feature, guidance = None, np.float32(plan.guidance_scale)
+        with self.denoiser(conditioning, shallow=not all(full)) as unet:
+            for i, t in enumerate(timesteps):
+                x_in = np.concatenate([x, x]) if plan.do_cfg else x  # (2B, C, h, w) with CFG
+                x_in = task.model_input(sampler.scale_model_input(x_in, t)).astype(np.float32, copy=False)
+                if full[i]:
+                    noise, feature = unet(x_in, t, keep_feature=plan.cache_interval > 1)
+                else:
+                    noise = unet.shallow(x_in, t, feature)
+                check_finite("unet" if full[i] else "unet_shallow", noise, f" at UNet call {i + 1} of {len(timesteps)}")
+                if plan.do_cfg:
+                    uncond, cond = np.split(noise, 2)
+                    noise = uncond + guidance * (cond - uncond)
+                x = task.after_step(i, sampler.step(noise, t, x, rng))
+                if progress is not None:
+                    progress(i + 1, len(timesteps))
+        return x, {"full": sum(full), "shallow": len(full) - sum(full)}
+
+    def _sampler(self, name: str):
+        sampler = create_scheduler(name, self.folder.scheduler_config)
+        if self.guidance_embedding_dim and sampler.name != "lcm" and not self._warned_lcm:
+            self._warned_lcm = True
+            logger.warning(
+                "this UNet takes the guidance scale as an embedding (an LCM UNet, time_cond_proj_dim): guidance_scale "
+                "sets that embedding and no classifier-free guidance runs; it was distilled for the lcm scheduler, "
+                "%s may give poor images", sampler.name)
+        return sampler
+
+    def _parameters(self, plan: Plan, task, seed: int | None) -> list[GenerationParameters]:
+        """Each image's parameters (PNG metadata, A1111's infotext)."""
+        r = plan.request
+        return [
+            GenerationParameters(
+                prompt=plan.prompts[i // r.num_images], negative_prompt=plan.negatives[i // r.num_images],
+                steps=plan.steps, sampler=plan.scheduler, guidance_scale=plan.guidance_scale, seed=seed,
+                width=plan.width, height=plan.height, model=self.folder.name, backend=self.provider,
+                precision=self.precision, strength=task.strength, task=task.name, mask_padding=task.mask_padding,
+                cache_interval=plan.cache_interval, cache_schedule=r.cache_schedule,
+            )
+            for i in range(plan.batch)
+        ]
+
+    # --- checks -------------------------------------------------------------------------------------------
     def check_fits(self, height: int | None = None, width: int | None = None, num_images: int = 1,
                    guidance_scale: float | None = None) -> None:
         """Raise what a text-to-image call of this size would raise before allocating anything: ValueError for a
         size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available."""
-        height, width = self._check_size(height, width)
-        guidance = self.folder.defaults.guidance_scale if guidance_scale is None else _check_guidance(guidance_scale)
+        height, width = self.check_size(height, width)
+        guidance = self.folder.defaults.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
         self._check_memory(height, width, num_images, self._uses_cfg(guidance))
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
         a text-to-image call draws from its seed: `np.random.default_rng(seed).standard_normal((n, *shape))`."""
-        height, width = self._check_size(height, width)
+        height, width = self.check_size(height, width)
         f = self.folder.vae.scale_factor
         channels = self.folder.vae.latent_channels if self.folder.inpaint_unet else self.folder.unet.in_channels
         return (channels, height // f, width // f)
 
-    def _check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+    def check_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """height and width (default: the native size), checked to be positive multiples of the model's step."""
         native = self.folder.unet.sample_size * self.folder.vae.scale_factor
         multiple = self.folder.size_multiple
         sides = []
@@ -624,54 +589,6 @@ class Pipeline:
         """Classifier-free guidance (two UNet rows per image): guidance > 1, unless the UNet embeds it (LCM)."""
         return guidance_scale > 1.0 and not self.guidance_embedding_dim
 
-    def _run(self, name: str, feeds: dict[str, NDArray]) -> dict[str, NDArray]:
-        """One call of a network (opened for it with low_memory); integer inputs cast to the graph's dtype
-        (input_ids are int32 in diffusers' legacy exports, int64 in optimum's and ours)."""
-        with self._network(name) as network:
-            feeds = {k: v.astype(network.inputs[k].dtype) if v.dtype.kind in "iu" else v for k, v in feeds.items()}
-            return network(**feeds)
-
-    @contextmanager
-    def _unet_calls(self, conditioning: dict[str, NDArray], shallow: bool = False):
-        """One generation's calls of the UNet (and DeepCache's shallow UNet when `shallow`), resident for the whole
-        loop (also with low_memory), the conditioning fed to each call, or bound once on the device (io_binding):
-        yields the UNet's (network, run) and the shallow UNet's (or None), for `_unet` and `_unet_shallow`."""
-        with ExitStack() as stack:
-            runs = [stack.enter_context(self._conditioned(name, conditioning)) if use else None
-                    for name, use in (("unet", True), ("unet_shallow", shallow))]
-            yield tuple(runs)
-
-    @contextmanager
-    def _conditioned(self, name: str, conditioning: dict[str, NDArray]):
-        """(network, run(**feeds)) for network `name` with the conditioning it takes (the shallow UNet takes only
-        those its layers use)."""
-        with self._network(name) as network:
-            constants = conditioning if name == "unet" else {k: v for k, v in conditioning.items() if k in network.inputs}
-            with constant_feeds(network, constants) as run:
-                yield network, run
-
-    def _unet(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], keep_feature: bool = False,
-              calls=None):
-        """One UNet call; `conditioning` is the family's dict of inputs besides sample and timestep (`calls`: the
-        generation's, from `_unet_calls`). With keep_feature (DeepCache), returns (output, the deep feature the
-        shallow UNet reuses: on the device with io_binding)."""
-        with (nullcontext(calls) if calls else self._conditioned("unet", conditioning)) as (unet, run):
-            out = run(sample=sample, timestep=self._timestep(unet, t, sample))
-            return to_host(next(iter(out.values()))), (out[self.folder.deepcache["feature"]] if keep_feature else None)
-
-    def _unet_shallow(self, sample: NDArray[np.float32], t, conditioning: dict[str, NDArray], feature,
-                      calls=None) -> NDArray[np.float32]:
-        """DeepCache's shallow UNet on the cached feature (a NumPy array, or the full UNet's device buffer)."""
-        with (nullcontext(calls) if calls else self._conditioned("unet_shallow", conditioning)) as (shallow, run):
-            out = run(sample=sample, timestep=self._timestep(shallow, t, sample), **{self.folder.deepcache["feature"]: feature})
-            return to_host(next(iter(out.values())))
-
-    @staticmethod
-    def _timestep(unet, t, sample: NDArray) -> NDArray:
-        info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
-        shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
-        return model_timestep(t, info.dtype, shape)
-
     def _check_cache(self, interval, schedule: str) -> int:
         interval = check_cache_interval(interval)
         if schedule not in CACHE_SCHEDULES:
@@ -690,40 +607,43 @@ class Pipeline:
             height, width = -(-height // 2), -(-width // 2)
         return {entry["feature"]: (texts, entry["feature_channels"], height, width)}
 
-    def _decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
-        vae = self.folder.vae
-        z = vae.from_unet(latents)
-        with self._network("vae_decoder") as decoder:
-            name = next(iter(decoder.inputs))  # "latent_sample"
-
-            def decode(tile: NDArray[np.float32]) -> NDArray[np.float32]:
-                return next(iter(decoder(**{name: np.ascontiguousarray(tile)}).values()))  # (B, 3, h*f, w*f)
-
-            if tiled:  # one image at a time: the decode's memory is one tile's (memory.estimate counts it so)
-                return np.concatenate([decode_tiled(decode, z[i:i + 1], vae.scale_factor, self.vae_tile) for i in range(len(z))])
-            return decode(z)
+    @contextmanager
+    def _conditioned(self, name: str, conditioning: dict[str, NDArray]):
+        """(network, run(**feeds), constants) for network `name` with the conditioning it takes (the shallow UNet takes
+        only those its layers use)."""
+        with self.network(name) as network:
+            constants = conditioning if name == "unet" else {k: v for k, v in conditioning.items() if k in network.inputs}
+            with constant_feeds(network, constants) as run:
+                yield network, run, constants
 
 
-def _check_guidance(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
-    return float(value)
+class UNetCalls:
+    """One generation's UNet calls (from `Pipeline.denoiser`): the conditioning is bound; each call is observed."""
+
+    def __init__(self, full, shallow, feature: str | None, observers: Observers):
+        self._full, self._shallow, self._feature, self._observers = full, shallow, feature, observers
+
+    def __call__(self, sample: NDArray[np.float32], t, keep_feature: bool = False):
+        """The UNet's noise prediction (a NumPy array) and, with keep_feature (DeepCache), the deep feature the
+        shallow UNet reuses (on the device with io_binding), else None."""
+        unet, run, constants = self._full
+        out = self._observers.network("unet", run, {"sample": sample, "timestep": unet_timestep(unet, t, sample)}, constants)
+        return to_host(next(iter(out.values()))), (out[self._feature] if keep_feature else None)
+
+    def shallow(self, sample: NDArray[np.float32], t, feature) -> NDArray[np.float32]:
+        """DeepCache's shallow UNet on the cached feature (a NumPy array, or the full UNet's device buffer)."""
+        if self._shallow is None:
+            raise RuntimeError("this denoiser has no shallow UNet: open it with Pipeline.denoiser(..., shallow=True)")
+        shallow, run, constants = self._shallow
+        feeds = {"sample": sample, "timestep": unet_timestep(shallow, t, sample), self._feature: feature}
+        return to_host(next(iter(self._observers.network("unet_shallow", run, feeds, constants).values())))
 
 
-def _check_strength(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 < value <= 1:
-        raise ValueError(f"strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {value!r}")
-    return float(value)
-
-
-def _img2img_timesteps(sampler, steps: int, strength: float) -> NDArray:
-    """diffusers' img2img get_timesteps: the last `int(steps * strength)` steps, and the scheduler told where they start."""
-    init_timestep = min(int(steps * strength), steps)
-    t_start = max(steps - init_timestep, 0)
-    begin = t_start * sampler.order
-    if hasattr(sampler, "set_begin_index"):
-        sampler.set_begin_index(begin)
-    return sampler.timesteps[begin:]
+def unet_timestep(unet, t, sample: NDArray) -> NDArray:
+    """The timestep as this UNet graph takes it."""
+    info = unet.inputs["timestep"]  # float (B,) in ours, int64 in optimum's, (1,) in legacy ones
+    shape = () if info.rank == 0 else ((info.shape[0] if isinstance(info.shape[0], int) else sample.shape[0]),)
+    return model_timestep(t, info.dtype, shape)
 
 
 def _largest_side(height: int, width: int, multiple: int, fits: Callable[[int, int], bool]) -> str:
@@ -746,9 +666,4 @@ def _largest_side(height: int, width: int, multiple: int, fits: Callable[[int, i
     return f"{w}x{h}"
 
 
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
-
-
-__all__ = ["ImageTooLargeError", "Pipeline", "PipelineResult", "available_schedulers"]
+__all__ = ["ImageTooLargeError", "Pipeline", "PipelineResult", "Request", "available_schedulers"]

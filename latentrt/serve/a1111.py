@@ -21,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from latentrt.runtime.images import png_bytes
 from latentrt.runtime.pipeline import PipelineResult
+from latentrt.runtime.request import Request as GenerationRequest
 
-from .app import ApiError, Job, make_seeds, model_name, run_job, server_state
+from .generation import make_seeds, run_job
+from .jobs import Job
+from .state import ApiError, model_name, server_state
 
 router = APIRouter()
 
@@ -90,7 +93,7 @@ class Txt2ImgRequest(BaseModel):
 class Img2ImgRequest(Txt2ImgRequest):
     init_images: list[str] = Field(min_length=1)
     mask: str | None = None
-    denoising_strength: float = Field(0.75, gt=0, le=1)
+    denoising_strength: float | None = Field(None, gt=0, le=1)  # None: the task's default (img2img 0.8, inpainting 1)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = Field(32, ge=0)
@@ -113,11 +116,11 @@ def decode_image(data: str, field_name: str, mode: str) -> Image.Image:
 
 
 def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
-    return Job(prompt=body.prompt, negative_prompt=body.negative_prompt,
-               seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter), width=body.width, height=body.height,
-               steps=body.steps, guidance_scale=body.cfg_scale,
-               scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
-               cache_interval=body.cache_interval, **image_task)
+    generation = GenerationRequest(
+        body.prompt, body.negative_prompt, width=body.width, height=body.height, steps=body.steps,
+        guidance_scale=body.cfg_scale, scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
+        cache_interval=body.cache_interval, **image_task)
+    return Job(generation, seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter))
 
 
 def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, **echo: Any) -> dict:

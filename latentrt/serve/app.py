@@ -10,75 +10,27 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import threading
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
-from latentrt.runtime.pipeline import ImageTooLargeError, Pipeline, PipelineResult
-from latentrt.runtime.schedulers import create_scheduler
+from latentrt.runtime.pipeline import Pipeline
 
-from .jobs import Cancelled, Job, JobQueue, QueueFull, ShuttingDown
+from .a1111 import router as a1111_router
+from .errors import error_response
+from .generation import check_job, run_job
+from .jobs import JobQueue
 from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .openai_api import router as openai_router
+from .state import ApiError, ServeOptions, ServerState
 
 logger = logging.getLogger("latentrt.serve")
 
-MAX_SEED = 2**32 - 1  # AUTOMATIC1111's seeds are 32-bit; image i of a request gets seed + i
-
-
-@dataclass
-class ServeOptions:
-    """What `latentrt serve` is given. model: a folder (None: the shipped model)."""
-
-    model: str | None = None
-    provider: str = "auto"
-    precision: str = "auto"
-    threads: int | None = None
-    max_queue: int = 64  # requests waiting past this get 429
-    max_batch: int = 0  # images per UNet call when compatible requests are batched (1: off; 0: auto, measured)
-    max_images: int = 8  # n / batch_size x n_iter per request
-    max_body_bytes: int = 32 * 2**20
-    body_timeout_s: float = 30.0  # a client that has not sent its body by then gets 408
-    max_pixels: int | None = None  # the pipeline's size bound (the memory guard applies anyway)
-    api_key: str | None = None
-    cache_dir: str | None = None
-    io_binding: bool = False  # ONNX Runtime's IO binding for the UNet (Pipeline(io_binding=True))
-    provider_options: dict[str, str] | None = None  # for the first ONNX Runtime provider
-
-
-class ApiError(Exception):
-    """An answer other than 200: the status, a kind (the metrics' label) and a message for the client."""
-
-    def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
-
-
-@dataclass
-class ServerState:
-    options: ServeOptions
-    metrics: Metrics
-    pipe: Pipeline | None = None
-    queue: JobQueue | None = None
-    load_error: str | None = None
-    draining: bool = False
-    max_batch: int = 1  # what batching was set to (options.max_batch, or measured)
-    replica: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
-
-    def ready(self) -> JobQueue:
-        if self.draining:
-            raise ApiError(503, "shutting_down", "the server is shutting down and takes no new requests")
-        if self.queue is None:
-            why = f"the model failed to load: {self.load_error}" if self.load_error else "the model is still loading"
-            raise ApiError(503, "not_ready", f"{why}; GET /health says when it is ready",
-                           {"Retry-After": "5"} if not self.load_error else {})
-        return self.queue
+__all__ = ["ApiError", "ServeOptions", "check_job", "create_app", "run_job"]  # check_job, run_job: for embedding apps
 
 
 def load_pipeline(options: ServeOptions) -> Pipeline:
@@ -190,99 +142,9 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    from .a1111 import router as a1111_router
-    from .openai_api import router as openai_router
-
     app.include_router(openai_router)
     app.include_router(a1111_router)
     return app
-
-
-def server_state(request: Request) -> ServerState:
-    return request.app.state.latentrt
-
-
-def error_response(path: str, status: int, kind: str, message: str, headers: dict | None = None) -> JSONResponse:
-    """OpenAI's error shape under /v1, AUTOMATIC1111's ({error, detail}) elsewhere."""
-    if path.startswith("/v1/"):
-        body = {"error": {"message": message, "type": "invalid_request_error" if status < 500 else "server_error",
-                          "param": None, "code": kind}}
-    else:
-        body = {"error": kind, "detail": message}
-    return JSONResponse(body, status, headers=headers)
-
-
-# --- generation, shared by both APIs -------------------------------------------------------------------------
-def make_seeds(request: Request, seed: int | None, count: int) -> list[int]:
-    """Image i gets seed + i (AUTOMATIC1111's rule); None or -1: a random seed. At most --max-images images."""
-    limit = server_state(request).options.max_images
-    if not 1 <= count <= limit:
-        raise ApiError(422, "validation", f"a request makes 1 to {limit} images (--max-images), asked for {count}")
-    if seed is None or seed == -1:
-        seed = int(np.random.SeedSequence().generate_state(1)[0])
-    if not 0 <= seed <= MAX_SEED:
-        raise ApiError(422, "validation", f"seed must be in [0, {MAX_SEED}] or -1 (random), got {seed}")
-    return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
-
-
-def check_job(state: ServerState, job: Job) -> None:
-    """What the pipeline would refuse, refused before the job is queued (and batched with others)."""
-    pipe = state.pipe
-    if job.steps is not None and not 1 <= job.steps <= pipe.folder.scheduler_config.get("num_train_timesteps", 1000):
-        raise ApiError(422, "validation", f"steps must be in [1, {pipe.folder.scheduler_config.get('num_train_timesteps', 1000)}], got {job.steps}")
-    if job.guidance_scale is not None and not (np.isfinite(job.guidance_scale) and job.guidance_scale >= 0):
-        raise ApiError(422, "validation", f"the guidance scale must be a finite number >= 0, got {job.guidance_scale}")
-    if job.cache_interval > 1 and pipe.folder.deepcache is None:
-        raise ApiError(422, "validation", f"cache_interval {job.cache_interval} needs a model exported with "
-                       "`latentrt export --deepcache` (a shallow UNet), which this one is not: send cache_interval 1")
-    try:
-        create_scheduler(job.scheduler, pipe.folder.scheduler_config) if job.scheduler else None
-        if job.image is None:  # a multiple of the model's step, and within max_pixels and the memory available
-            pipe.check_fits(job.height, job.width, job.n, job.guidance_scale)
-    except ImageTooLargeError as error:
-        raise ApiError(422, "too_large", str(error)) from None
-    except ValueError as error:
-        raise ApiError(422, "validation", str(error)) from None
-
-
-async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
-    """Queue the job, await it, cancel it if the client goes away; errors become ApiError."""
-    state = server_state(request)
-    queue = state.ready()
-    check_job(state, job)
-    start = time.perf_counter()
-    try:
-        future = asyncio.wrap_future(queue.submit(job))
-    except QueueFull as error:
-        raise ApiError(429, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
-    except ShuttingDown as error:
-        raise ApiError(503, "shutting_down", str(error)) from None
-    try:
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=0.5)
-            if done:
-                break
-            if await request.is_disconnected():
-                job.cancelled.set()
-                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
-                raise ApiError(499, "cancelled", "the client disconnected")
-        result = future.result()
-    except ImageTooLargeError as error:
-        raise ApiError(422, "too_large", str(error)) from None
-    except Cancelled as error:
-        raise ApiError(499, "cancelled", str(error)) from None
-    except ValueError as error:
-        raise ApiError(422, "validation", str(error)) from None
-    except FloatingPointError as error:
-        raise ApiError(500, "generation", str(error)) from None
-    except ApiError:
-        raise
-    except Exception as error:
-        logger.exception("generation failed")
-        raise ApiError(500, "internal", f"generation failed: {type(error).__name__}: {error}") from None
-    state.metrics.latency.labels(route).observe(time.perf_counter() - start)
-    state.metrics.images.inc(len(result.images))
-    return result
 
 
 # --- the guard: API key, body size and time ------------------------------------------------------------------
@@ -357,6 +219,3 @@ class _Guard:
         headers = {"Connection": "close"}
         await error_response(scope["path"], status, kind, message, headers)(scope, receive, send)
 
-
-def model_name(state: ServerState) -> str:
-    return state.pipe.folder.name  # asked after run_job: the model is loaded

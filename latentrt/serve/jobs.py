@@ -17,11 +17,12 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
 from latentrt.runtime.pipeline import ImageTooLargeError, Pipeline, PipelineResult
+from latentrt.runtime.request import Request
 from latentrt.runtime.schedulers import create_scheduler
 
 class QueueFull(Exception):
@@ -42,21 +43,10 @@ class Cancelled(Exception):
 
 @dataclass
 class Job:
-    """One request's generation: the pipeline's keyword arguments, and where its result goes."""
+    """One HTTP request's generation: the pipeline request (its seed unused), the seeds, where its result goes."""
 
-    prompt: str
-    negative_prompt: str | None
+    request: Request
     seeds: list[int]  # one per image: each image is the one its seed gives alone
-    width: int | None
-    height: int | None
-    steps: int | None
-    guidance_scale: float | None
-    scheduler: str | None
-    image: Any = None  # PIL image: img2img / inpainting
-    mask_image: Any = None
-    strength: float | None = None
-    padding_mask_crop: int | None = None
-    cache_interval: int = 1  # DeepCache (a folder exported with --deepcache)
     future: Future = field(default_factory=Future)
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -110,11 +100,12 @@ class JobQueue:
     def _key(self, job: Job) -> tuple | None:
         """Jobs with equal keys can share one pipeline call; None: the job runs alone (an image task, or a
         scheduler whose step draws noise from the call's generator: a batch would mix the jobs' noise)."""
-        scheduler = job.scheduler or self.pipe.folder.defaults.scheduler
-        if job.image is not None or self._stochastic(scheduler):
+        r = job.request
+        scheduler = r.scheduler or self.pipe.folder.defaults.scheduler
+        if r.image is not None or self._stochastic(scheduler):
             return None
-        return (job.width, job.height, job.steps, job.guidance_scale, scheduler, job.negative_prompt is None,
-                job.cache_interval)
+        return (r.width, r.height, r.steps, r.guidance_scale, scheduler, r.negative_prompt is None, r.cache_interval,
+                r.cache_schedule, r.clip_skip)
 
     def _stochastic(self, scheduler: str) -> bool:
         if scheduler not in self._stochastic_by_name:
@@ -177,31 +168,28 @@ class JobQueue:
                 raise Cancelled("every client of this call disconnected")
 
         first = jobs[0]
-        common = dict(height=first.height, width=first.width, steps=first.steps, guidance_scale=first.guidance_scale,
-                      scheduler=first.scheduler, cache_interval=first.cache_interval, progress=stop_when_all_cancelled)
         if self._key(first) is None:  # image by image, each from its own seed
-            return [_joined([self.pipe(first.prompt, first.negative_prompt, seed=seed, image=first.image,
-                                       mask_image=first.mask_image, strength=first.strength,
-                                       padding_mask_crop=first.padding_mask_crop, **common)
+            return [_joined([self.pipe.run(dataclasses.replace(first.request, seed=seed), progress=stop_when_all_cancelled)
                              for seed in first.seeds])]
         try:
-            return self._together(jobs, common)
+            return self._together(jobs, stop_when_all_cancelled)
         except ImageTooLargeError:
             if len(jobs) == 1:
                 raise
-            return [self._together([job], common)[0] for job in jobs]  # each fits alone: the memory guard said so
+            return [self._together([job], stop_when_all_cancelled)[0] for job in jobs]  # each fits alone: the memory guard said so
 
-    def _together(self, jobs: list[Job], common: dict) -> list[PipelineResult]:
+    def _together(self, jobs: list[Job], progress: Callable[[int, int], None]) -> list[PipelineResult]:
         """All the jobs' images in one call, each image's latents drawn from its seed as a call of its own draws them."""
-        first = jobs[0]
+        first = jobs[0].request
         images = sum(job.n for job in jobs)
-        self.pipe.check_fits(first.height, first.width, images, first.guidance_scale)  # before the latents are drawn
+        self.pipe.check(dataclasses.replace(first, num_images=images))  # before the latents are drawn
         shape = self.pipe.latent_shape(first.height, first.width)
         latents = np.concatenate([np.random.default_rng(seed).standard_normal((1, *shape), dtype=np.float32)
                                   for job in jobs for seed in job.seeds])
-        prompts = [job.prompt for job in jobs for _ in job.seeds]  # `images` of them
-        negatives = None if first.negative_prompt is None else [job.negative_prompt for job in jobs for _ in job.seeds]
-        batch = self.pipe(prompts, negatives, latents=latents, **common)
+        prompts = [job.request.prompt for job in jobs for _ in job.seeds]  # `images` of them
+        negatives = None if first.negative_prompt is None else [job.request.negative_prompt for job in jobs for _ in job.seeds]
+        together = dataclasses.replace(first, prompt=prompts, negative_prompt=negatives, latents=latents, seed=None)
+        batch = self.pipe.run(together, progress=progress)
         results, start = [], 0
         for job in jobs:
             part = slice(start, start + job.n)

@@ -13,8 +13,11 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from latentrt.runtime.images import png_bytes
+from latentrt.runtime.request import Request as GenerationRequest
 
-from .app import ApiError, Job, make_seeds, model_name, run_job, server_state
+from .generation import make_seeds, run_job
+from .jobs import Job
+from .state import ApiError, model_name, server_state
 
 router = APIRouter()
 
@@ -55,9 +58,10 @@ async def generations(body: ImageGenerationRequest, request: Request) -> dict:
         raise ApiError(400, "unsupported_response_format",
                        "latentrt returns images inline and stores none: use response_format 'b64_json'")
     width, height = parse_size(body.size)
-    job = Job(prompt=body.prompt, negative_prompt=body.negative_prompt, seeds=make_seeds(request, body.seed, body.n),
-              width=width, height=height, steps=body.steps, guidance_scale=body.guidance_scale,
-              scheduler=body.scheduler, cache_interval=body.cache_interval)
+    job = Job(GenerationRequest(body.prompt, body.negative_prompt, width=width, height=height, steps=body.steps,
+                                guidance_scale=body.guidance_scale, scheduler=body.scheduler,
+                                cache_interval=body.cache_interval),
+              seeds=make_seeds(request, body.seed, body.n))
     result = await run_job(request, job, "/v1/images/generations")
     data = [{"b64_json": base64.b64encode(png_bytes(image, parameters)).decode("ascii"), "revised_prompt": body.prompt}
             for image, parameters in zip(result.images, result.parameters)]

@@ -218,8 +218,8 @@ def vae_round_trip(pipe, image: NDArray[np.uint8], seed: int) -> NDArray[np.uint
     VAE alone keeps of an init image."""
     from latentrt.runtime.images import decoded_to_uint8
 
-    pixels, _, _ = pipe._load_image(image, None, None)
-    return decoded_to_uint8(pipe._decode(pipe._encode_image(pixels, np.random.default_rng(seed))))[0]
+    pixels = pipe.prepare_image(image)
+    return decoded_to_uint8(pipe.decode(pipe.encode_image(pixels, np.random.default_rng(seed))))[0]
 
 
 def judge_inpaint(images: NDArray[np.uint8], cases: list[Case], pipe=None) -> list[dict]:

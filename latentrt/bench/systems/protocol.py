@@ -21,6 +21,7 @@ Standard library + NumPy only: this module also runs inside optimum's own virtua
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -136,8 +137,15 @@ class System:
         raise NotImplementedError
 
     def stages(self) -> list[tuple[Any, str, str]]:
-        """(object, attribute, metric): the functions the generation calls for each stage, to be timed."""
+        """(object, attribute, metric): the functions the generation calls for each stage, to be timed by wrapping
+        them (the peers' libraries have no other seam)."""
         return []
+
+    def stage_timing(self, record: Callable[[str, float], None]):
+        """A context manager during which each stage call of a generation is reported as record(metric, seconds).
+        By default the functions of `stages()` are wrapped; a system whose library reports its own calls (latentrt's
+        pipeline observers) overrides this instead."""
+        return _wrapped_stages(self, record)
 
     def info(self) -> dict[str, Any]:
         return {}
@@ -146,28 +154,34 @@ class System:
         """Wait for the work the system launched (torch on CUDA returns before its kernels finish); nothing on CPU."""
 
 
-class StageTimer:
-    """Wraps a stage function (as an instance attribute) so that each call's duration is recorded while active."""
+@contextlib.contextmanager
+def _wrapped_stages(system: System, record: Callable[[str, float], None]):
+    """Wraps each stage function of `system.stages()` (as an instance attribute) with a timer for the block; the
+    system's `synchronize` runs before and after each call, so that the time is the call's own device work."""
+    stages = system.stages()
+    own = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in stages]
+    for obj, attr, metric in stages:
+        setattr(obj, attr, _timer(getattr(obj, attr), metric, record, system.synchronize))
+    try:
+        yield
+    finally:
+        for obj, attr, original in own:  # unwrapped again: the next generation wraps afresh
+            if original is None:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, original)
 
-    def __init__(self, metrics: tuple[str, ...] = COMPONENT_METRICS, sync: Callable[[], None] = lambda: None) -> None:
-        self.calls: dict[str, list[float]] = {m: [] for m in metrics}
-        self.active = False
-        self.sync = sync  # before and after each call: the time is the call's own device work
 
-    def wrap(self, obj: Any, attr: str, metric: str) -> None:
-        original = getattr(obj, attr)
+def _timer(function: Callable, metric: str, record: Callable[[str, float], None], sync: Callable[[], None]) -> Callable:
+    def timed(*args, **kwargs):
+        sync()
+        t0 = time.perf_counter()
+        out = function(*args, **kwargs)
+        sync()
+        record(metric, time.perf_counter() - t0)
+        return out
 
-        def timed(*args, **kwargs):
-            if not self.active:
-                return original(*args, **kwargs)
-            self.sync()
-            t0 = time.perf_counter()
-            out = original(*args, **kwargs)
-            self.sync()
-            self.calls[metric].append(time.perf_counter() - t0)
-            return out
-
-        setattr(obj, attr, timed)
+    return timed
 
 
 def _timed(fn: Callable[[], Any], sync: Callable[[], None] = lambda: None) -> tuple[float, Any]:
@@ -183,26 +197,20 @@ def _timed_generation(system: System, metrics: tuple[str, ...]) -> tuple[dict[st
     stage_calls}, the uint8 images)."""
     import statistics
 
-    timer = StageTimer(metrics, system.synchronize)
-    wrapped = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in system.stages()]
-    for obj, attr, metric in system.stages():
-        timer.wrap(obj, attr, metric)
-    timer.active = True
-    try:
-        figures: dict[str, Any] = {}
+    calls: dict[str, list[float]] = {m: [] for m in metrics}
+
+    def record(metric: str, seconds: float) -> None:
+        if metric in calls:
+            calls[metric].append(seconds)
+
+    figures: dict[str, Any] = {}
+    with system.stage_timing(record):
         figures["end_to_end"], images = _timed(system.end_to_end, system.synchronize)
-    finally:
-        timer.active = False
-        for obj, attr, own in wrapped:  # unwrapped again: the next generation wraps afresh
-            if own is None:
-                delattr(obj, attr)
-            else:
-                setattr(obj, attr, own)
     for metric in metrics:
-        if not timer.calls[metric]:
+        if not calls[metric]:
             raise RuntimeError(f"{system.name}: the generation never called its {metric} stage")
-        figures[metric] = statistics.median(timer.calls[metric])
-    figures["stage_calls"] = timer.calls
+        figures[metric] = statistics.median(calls[metric])
+    figures["stage_calls"] = calls
     return figures, images
 
 

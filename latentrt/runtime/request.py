@@ -1,0 +1,149 @@
+"""What a generation is: the `Request` a caller describes, and the `Plan` a pipeline checks it into.
+
+The Python call, the CLI, the server and the bench all describe a generation as a `Request`; `Pipeline.check`
+turns it into a `Plan` (every default resolved, every check made against the model folder, nothing allocated),
+and `Pipeline.run` runs a plan. So a check and its message exist once: the server's 422 and the CLI's exit-2
+error are the same sentence. A new call option is a new field here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from latentrt.runtime.defaults import DEFAULT_STRENGTH
+from latentrt.runtime.families import Prompts, SizeConditioning
+
+ImageInput = Image.Image | NDArray[np.uint8] | str | Path
+
+__all__ = ["DEFAULT_STRENGTH", "Plan", "Request"]
+
+
+@dataclass(frozen=True, eq=False)
+class Request:
+    """One generation as the caller describes it; None means the model's default (its folder's, or diffusers').
+
+    Text to image by default; image to image when `image` is given (a PIL image, a uint8 (H, W, 3) array or a
+    path); inpainting when `mask_image` is given too. `Pipeline.__call__`'s docstring says what each field does.
+    """
+
+    prompt: str | Sequence[str]
+    negative_prompt: str | Sequence[str] | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: str | None = None
+    seed: int | None = None
+    num_images: int = 1
+    latents: NDArray[np.float32] | None = None
+    image: ImageInput | None = None
+    strength: float | None = None
+    mask_image: ImageInput | None = None
+    padding_mask_crop: int | None = None
+    clip_skip: int | None = None
+    original_size: tuple[int, int] | None = None  # SDXL's micro-conditioning
+    crops_coords_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    aesthetic_score: float = 6.0  # SDXL refiner
+    negative_aesthetic_score: float = 2.5
+    cache_interval: int = 1  # DeepCache: one full UNet call in N
+    cache_schedule: str = "uniform"
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A checked request: defaults resolved against the folder, the task chosen, the memory guard passed."""
+
+    request: Request
+    prompts: tuple[str, ...]
+    negatives: tuple[str, ...]
+    height: int
+    width: int
+    steps: int
+    guidance_scale: float
+    do_cfg: bool  # classifier-free guidance: two UNet rows per image
+    scheduler: str  # the scheduler's name
+    task: Any  # a latentrt.runtime.tasks.Task
+    cache_interval: int
+    tiled: bool  # decode the VAE in tiles
+
+    @property
+    def num_images(self) -> int:
+        return self.request.num_images
+
+    @property
+    def batch(self) -> int:
+        """Images of the call (UNet rows without guidance)."""
+        return len(self.prompts) * self.request.num_images
+
+    @property
+    def text(self) -> Prompts:
+        r = self.request
+        return Prompts(list(self.prompts), list(self.negatives), r.negative_prompt is not None, self.do_cfg,
+                       r.num_images, r.clip_skip)
+
+    @property
+    def size(self) -> SizeConditioning:
+        r = self.request
+        return SizeConditioning(self.height, self.width, r.original_size, tuple(r.crops_coords_top_left), r.target_size,
+                                float(r.aesthetic_score), float(r.negative_aesthetic_score))
+
+
+# --- the checks of single values, each with the message a user sees -------------------------------------------
+def check_prompts(prompt) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
+    return prompts
+
+
+def check_negatives(negative_prompt, count: int) -> list[str]:
+    if negative_prompt is None:
+        return [""] * count
+    negatives = [negative_prompt] * count if isinstance(negative_prompt, str) else list(negative_prompt)
+    if len(negatives) != count:
+        raise ValueError(f"negative_prompt has {len(negatives)} entries but prompt has {count}: give one per prompt")
+    return negatives
+
+
+def check_guidance(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
+    return float(value)
+
+
+def check_strength(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not 0 < value <= 1:
+        raise ValueError(f"strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {value!r}")
+    return float(value)
+
+
+def check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+    return int(value)
+
+
+def check_steps(value, train_steps: int) -> int:
+    """At least 1 and at most the scheduler's training timesteps (there are no more timesteps to visit)."""
+    steps = check_positive_int("steps", value)
+    if steps > train_steps:
+        raise ValueError(f"steps must be in [1, {train_steps}] for this model (its scheduler's training timesteps), got {steps}")
+    return steps
+
+
+def check_padding(value) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0):
+        raise ValueError(f"padding_mask_crop must be a whole number of pixels >= 0, got {value!r}")
+    return None if value is None else int(value)
