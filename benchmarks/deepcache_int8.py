@@ -33,7 +33,7 @@ LABELS = ("int8 shallow", "fp32 shallow")
 def main() -> None:
     from latentrt import Pipeline
     from latentrt.bench.deepcache_calls import call_times
-    from latentrt.bench.harness import machine_info
+    from latentrt.bench.machine import machine_info
     from latentrt.export.validate import image_psnr
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -30,7 +30,7 @@ RUNS = [(2, "uniform"), (3, "uniform"), (5, "uniform"), (3, "nonuniform"), (5, "
 
 def main() -> None:
     from latentrt import Pipeline
-    from latentrt.bench.harness import machine_info
+    from latentrt.bench.machine import machine_info
     from latentrt.export.validate import image_psnr
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

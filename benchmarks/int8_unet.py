@@ -84,7 +84,7 @@ def main() -> None:
     p.add_argument("--json", type=Path)
     args = p.parse_args()
 
-    from latentrt.bench.harness import machine_info
+    from latentrt.bench.machine import machine_info
 
     inputs = {side: trajectory_inputs(args.fp32, side, args.threads) for side in (int(s) for s in args.sizes.split(","))}
     fp32, fp32_load = session(args.fp32 / "unet" / "model.onnx", args.threads)

@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from latentrt.bench.cli import bench
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stable Diffusion on ONNX Runtime, torch-free.")
 logger = logging.getLogger("latentrt")
 
@@ -317,80 +319,7 @@ def demo_model(
     typer.echo(f"wrote {out}")
 
 
-@app.command()
-def bench(
-    src: Path = typer.Argument(
-        ..., help="Local diffusers StableDiffusionPipeline folder (exported once into the cache), or a latentrt model folder (latentrt paths only)."
-    ),
-    steps: int = typer.Option(20, "--steps"),
-    height: Optional[int] = typer.Option(None, "--height", help="Default: the model's native size."),
-    width: Optional[int] = typer.Option(None, "--width"),
-    runs: int = typer.Option(5, "--runs", help="Timed runs per system (after a warm-up), systems interleaved."),
-    guidance: float = typer.Option(7.5, "--guidance"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Default: the folder's own."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for every system (default: all cores)."),
-    systems: str = typer.Option("latentrt,diffusers", "--systems", help="Comma-separated, from: latentrt, latentrt-openvino, latentrt-int8 (latentrt's paths: ONNX Runtime fp32, OpenVINO precision auto, ONNX Runtime int8); diffusers, diffusers-bf16 (PyTorch fp32 / bf16 autocast); optimum, optimum-intel (peers, each in its own venv)."),
-    modes: str = typer.Option(
-        "default", "--modes",
-        help="Comma-separated, from: default, low_memory (one network resident at a time). Each latentrt path runs once "
-        "per mode, as a row of its own; the other systems have no modes.",
-    ),
-    cache_interval: Optional[str] = typer.Option(
-        None, "--cache-interval",
-        help="Comma-separated DeepCache intervals N > 1: each latentrt path also runs with one full UNet call in N, a "
-        "row per N (the export then includes the shallow UNet; --modes default gives the uncached row).",
-    ),
-    task: str = typer.Option(
-        "txt2img", "--task",
-        help="txt2img, img2img or inpaint (the plain UNet, known region blended): the image tasks start from an init "
-        "image (and a centred rectangle mask) the harness renders, also time the VAE encode, and run on the latentrt "
-        "paths, diffusers and diffusers-bf16 only.",
-    ),
-    strength: Optional[float] = typer.Option(
-        None, "--strength", help="The image tasks' strength, in (0, 1] (default 0.75): int(steps x strength) steps run."
-    ),
-    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),
-    markdown: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as markdown."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG plot."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="Exports cache (default: ~/.cache/latentrt/bench)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt"),
-    negative: Optional[str] = typer.Option(None, "--negative"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the initial latents every system gets."),
-    title: Optional[str] = typer.Option(None, "--title", help="Heading of the markdown and the plot."),
-    note: Optional[str] = typer.Option(None, "--note", help="Conditions to record with the results."),
-    ttfi: bool = typer.Option(True, "--ttfi/--no-ttfi", help="Time to first image in every run (a generation more per "
-                              "row and run; --no-ttfi halves a long benchmark)."),
-) -> None:
-    """Time latentrt against diffusers (PyTorch) and optimum on the same model and settings: load (cold and warm load
-    cache), stages, end to end, time to first image and peak RSS."""
-    import importlib.util
-    import shlex
-
-    from latentrt.bench.harness import DEFAULT_NEGATIVE, DEFAULT_PROMPT, BenchConfig, BenchError, render_markdown, run_bench, write_outputs
-
-    if plot is not None and importlib.util.find_spec("matplotlib") is None:
-        _fail("--plot needs matplotlib, not installed here: pip install matplotlib (or 'latentrt[dev]')")
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-    for text in (cache_interval or "").split(","):
-        if not text.strip():
-            continue
-        if not text.strip().isdigit() or int(text) < 2:
-            _fail(f"--cache-interval takes whole numbers >= 2 (1 is the uncached row, --modes default), got {text.strip()!r}")
-        mode_list.append(f"cache{int(text)}")
-    config = BenchConfig(
-        src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
-        threads=threads, systems=tuple(s.strip() for s in systems.split(",") if s.strip()), cache=cache,
-        modes=tuple(mode_list), task=task, strength=strength,
-        prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
-        seed=seed, note=note, ttfi=ttfi, command="latentrt bench " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None,
-        progress=lambda message: typer.echo(message, err=True),
-    )
-    try:
-        report = run_bench(config)
-    except (BenchError, ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    write_outputs(report, json_path, markdown, plot, title)
-    typer.echo(render_markdown(report, title))
+app.command()(bench)  # latentrt/bench/cli.py: every option of the harness
 
 
 @app.command()

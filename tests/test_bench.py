@@ -254,7 +254,7 @@ def test_bench_sdxl(tiny_sdxl_src, tmp_path, guidance):
 
 def test_sdxl_refusals(tiny_sdxl_src, tmp_path):
     """The peers' workers run SD 1.x/2.x pipelines only; an SDXL refiner has no text-to-image pipeline."""
-    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
     from latentrt.export.tiny import build_tiny_pipeline
 
     with pytest.raises(BenchError, match=r"optimum, optimum-intel cannot run .*an SDXL model: their workers run Stable "
@@ -279,7 +279,7 @@ def _cli_refuses(src, tmp_path, options: list[str], message: str) -> None:
 
 
 def test_bad_tasks_are_clear_errors(tiny_src, tmp_path):
-    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
 
     _cli_refuses(tiny_src, tmp_path, ["--task", "outpaint"], "unknown task 'outpaint': --task takes one of txt2img, img2img, inpaint")
     for strength in (0.0, -0.5, 1.5):
@@ -300,7 +300,7 @@ def test_bad_tasks_are_clear_errors(tiny_src, tmp_path):
 
 
 def test_bad_modes_are_clear_errors(tiny_src, tmp_path):
-    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
 
     _cli_refuses(tiny_src, tmp_path, ["--modes", "default,lowmem"],
                  "unknown modes ['lowmem']: --modes takes a comma-separated list of default, low_memory")
@@ -313,7 +313,7 @@ def test_bad_modes_are_clear_errors(tiny_src, tmp_path):
 
 
 def test_rows_per_mode():
-    from latentrt.bench.harness import bench_rows
+    from latentrt.bench.settings import bench_rows
 
     assert bench_rows(("latentrt-openvino-int8", "diffusers", "optimum"), ("default", "low_memory")) == [
         ("latentrt-openvino-int8", "latentrt-openvino-int8", "default"),
@@ -382,8 +382,8 @@ def test_roof_model_is_what_onnx_helper_builds(tmp_path):
 
 
 def test_systems_the_source_cannot_run_are_clear_errors(tiny_src, tmp_path, monkeypatch):
-    from latentrt.bench import harness
-    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench import peers, settings
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
     from latentrt.models import default_model_path
 
     model = default_model_path()
@@ -392,11 +392,11 @@ def test_systems_the_source_cannot_run_are_clear_errors(tiny_src, tmp_path, monk
     with pytest.raises(BenchError, match="nor a latentrt model folder"):
         resolve_settings(BenchConfig(src=tmp_path, systems=("latentrt",)))
     # a wheel install: no benchmarks/peers beside the package
-    monkeypatch.setattr(harness, "SOURCE_ROOT", tmp_path)
+    monkeypatch.setattr(peers, "SOURCE_ROOT", tmp_path)
     with pytest.raises(BenchError, match=r"optimum-intel runs in a virtual environment built from benchmarks/peers/, which only latentrt's source checkout"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "optimum-intel")))
     # diffusers without torch and diffusers installed
-    monkeypatch.setitem(harness.SYSTEM_MODULES, "diffusers", ("latentrt_no_such_module",))
+    monkeypatch.setitem(settings.SYSTEM_MODULES, "diffusers", ("latentrt_no_such_module",))
     with pytest.raises(BenchError, match="diffusers needs latentrt_no_such_module, not installed here"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "diffusers")))
 
@@ -405,7 +405,9 @@ def test_systems_the_source_cannot_run_are_clear_errors(tiny_src, tmp_path, monk
 
 
 def test_every_system_has_a_worker():
-    from latentrt.bench.harness import LATENTRT_PATHS, PEERS, SYSTEMS, WORKERS
+    from latentrt.bench.peers import PEERS
+    from latentrt.bench.processes import WORKERS
+    from latentrt.bench.settings import LATENTRT_PATHS, SYSTEMS
 
     assert set(WORKERS) == set(SYSTEMS) and set(LATENTRT_PATHS) <= set(SYSTEMS)
     for name, path in WORKERS.items():
@@ -417,7 +419,7 @@ def test_every_system_has_a_worker():
 
 
 def test_bad_systems_and_fast_path_are_clear_errors(tiny_src):
-    from latentrt.bench.harness import BenchConfig, BenchError, resolve_settings
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
 
     with pytest.raises(BenchError, match="unknown systems"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "pytorch")))
@@ -431,7 +433,8 @@ def _system(load: float, unet: float, e2e: float, precision: str = "fp32") -> di
 
 
 def test_fast_path_figures_met_and_missed():
-    from latentrt.bench.harness import LATENTRT_PATHS, _fast_path, _fast_path_lines, _ratios
+    from latentrt.bench.report import fast_path_figures, fast_path_lines, speedup_ratios
+    from latentrt.bench.settings import LATENTRT_PATHS
 
     systems = {
         "latentrt": _system(10.0, 2.0, 30.0),
@@ -440,9 +443,9 @@ def test_fast_path_figures_met_and_missed():
         "diffusers-bf16": _system(1.0, 1.2, 20.0, "bfloat16 autocast (fp32 weights)"),
         "optimum-intel": _system(4.0, 0.6, 9.0, "bf16"),
     }
-    by_path = {p: _ratios(systems, p) for p in LATENTRT_PATHS if p in systems}
+    by_path = {p: speedup_ratios(systems, p) for p in LATENTRT_PATHS if p in systems}
     assert set(by_path["latentrt-openvino"]) == {"latentrt", "diffusers", "diffusers-bf16", "optimum-intel"}
-    fast = _fast_path(systems, by_path, None)
+    fast = fast_path_figures(systems, by_path, None)
     assert fast["system"] == "latentrt-openvino" and fast["precision"] == "bf16"  # the lowest end to end
     got = {(f["metric"], f["vs"]): (round(f["speedup"], 3), f["met"]) for f in fast["figures"]}
     assert got[("unet_step", "diffusers")] == (5.0, True)  # goal 4.5x
@@ -451,8 +454,69 @@ def test_fast_path_figures_met_and_missed():
     assert got[("end_to_end", "optimum-intel")] == (1.125, False)
     assert got[("load", "optimum-intel")] == (1.333, True)  # loads in less than optimum-intel's time
     assert got[("end_to_end", "diffusers")] == (5.0, None)  # no goal: reported only
-    named = _fast_path(systems, by_path, "latentrt")
+    named = fast_path_figures(systems, by_path, "latentrt")
     assert named["system"] == "latentrt" and named["chosen_by"] == "named"
-    text = "\n".join(_fast_path_lines(fast))
+    text = "\n".join(fast_path_lines(fast))
     assert "| UNet call | 5.00x (goal ≥ 4.5x: met) | 2.40x (goal ≥ 2x: met) | 1.20x (goal ≥ 1.25x: missed) |" in text
     assert "| load | 0.33x | 0.33x | 1.33x (goal ≥ 1x: met) |" in text
+
+
+# ------------------------------------------------------------------ one command line, imports that run downwards
+
+
+def test_bench_command_has_an_option_for_every_config_field():
+    """`latentrt bench` (typer) is the bench's one command line: every BenchConfig field has its option, so the two
+    cannot drift apart again; `python -m latentrt.bench.harness` runs that same command."""
+    import dataclasses
+    import os
+
+    import typer.main
+
+    from latentrt.bench.settings import BenchConfig
+
+    params = {p.name for p in typer.main.get_command(app).commands["bench"].params}
+    fields = {f.name for f in dataclasses.fields(BenchConfig)} - {"command", "progress"}  # the command sets these
+    assert fields <= params, sorted(fields - params)
+    out = subprocess.run([sys.executable, "-m", "latentrt.bench.harness", "--help"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "200"})
+    for option in ("--cache-interval", "--fast-path", "--optimum-intel-model-cache", "--no-ttfi", "--batch"):
+        assert option in out.stdout, option
+
+
+def test_cache_intervals_are_ints(tiny_src):
+    from latentrt.bench.settings import BenchConfig, BenchError, bench_rows, resolve_settings, row_modes
+
+    assert bench_rows(("latentrt", "diffusers"), ("default",), (3,)) == [
+        ("latentrt", "latentrt", "default"),
+        ("latentrt (cache interval 3)", "latentrt", "cache3"),  # the report's mode label
+        ("diffusers", "diffusers", "default"),
+    ]
+    cfg = BenchConfig(src=tiny_src, systems=("latentrt",), cache_intervals=(3, 5))
+    assert row_modes(cfg)["cache5"] == {"mode": "default", "cache_interval": 5}  # what the worker gets: an int
+    for bad in ((1,), ("3",), (3, 3)):
+        with pytest.raises(BenchError, match="--cache-interval"):
+            resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), cache_intervals=bad))
+    result = CliRunner().invoke(app, ["bench", str(tiny_src), "--cache-interval", "3,x"])
+    assert result.exit_code == 2 and "whole numbers >= 2" in result.output
+
+
+def test_the_package_imports_nothing_from_the_checkout():
+    """No module under latentrt/ imports benchmarks, training or tests: the arrows run from them to the package."""
+    import ast
+
+    package = Path(__file__).resolve().parents[1] / "latentrt"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+                  and node.args and isinstance(node.args[0], ast.Constant)):
+                names = [node.args[0].value]
+            else:
+                continue
+            found += [f"{path.relative_to(package.parent)}: {name}" for name in names
+                      if name.split(".")[0] in ("benchmarks", "training", "tests")]
+    assert found == []

@@ -86,7 +86,7 @@ def test_gpu_probe_fails_clearly_without_cuda(tmp_path):
     import onnxruntime
 
     from benchmarks.gpu.bench import probe_gpu
-    from latentrt.bench.harness import BenchError
+    from latentrt.bench.settings import BenchError
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this onnxruntime has the CUDA provider")

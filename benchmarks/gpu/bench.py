@@ -31,7 +31,6 @@ import json
 import os
 import shlex
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -40,9 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latentrt.bench.harness import (METRIC_LABELS, METRICS, PSNR_CAP_DB, BenchConfig, BenchError, _cell,
-                                    _latentrt_command, _run_logged, _summary, cache_root, machine_info,
-                                    resolve_settings, run_worker)
+from latentrt.bench.exports import cache_root
+from latentrt.bench.machine import machine_info
+from latentrt.bench.processes import latentrt_command, run_logged, run_worker
+from latentrt.bench.report import METRIC_LABELS, PSNR_CAP_DB, cell, summary
+from latentrt.bench.settings import METRICS, BenchConfig, BenchError, resolve_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # The issue's figures for SD 1.5 at 512x512, 50 steps, CFG, on an H200 (reported, not asserted)
@@ -104,7 +105,7 @@ def build_model(work: Path, dry_run: bool) -> Path:
     code = ("import sys; from latentrt.export.tiny import build_tiny_pipeline; build_tiny_pipeline(sys.argv[1], 'sd1')"
             if dry_run else "import sys; from benchmarks.sd15_random import main; main(sys.argv[1:])")
     shutil.rmtree(out, ignore_errors=True)
-    _run_logged([sys.executable, "-c", code, out], work / "build.log", env=_env())
+    run_logged([sys.executable, "-c", code, out], work / "build.log", env=_env())
     return out
 
 
@@ -115,7 +116,7 @@ def export_fp16(src: Path, work: Path) -> Path:
     if manifest.is_file() and json.loads(manifest.read_text()).get("precision") == "fp16":
         return out
     _phase(f"exporting {src} in fp16 into {out}")
-    _run_logged([*_latentrt_command(), "export", src, out, "--precision", "fp16", "--force"], work / "export.log",
+    run_logged([*latentrt_command(), "export", src, out, "--precision", "fp16", "--force"], work / "export.log",
                 env=_env())
     return out
 
@@ -262,11 +263,11 @@ def run_rows(rows: list[Row], base: dict, workdir: Path, reference: str) -> tupl
 def summarize(row: Row, report: dict) -> dict[str, Any]:
     """The harness's row format: medians, min, max and every run per metric (load and memory: one sample)."""
     repeats = report.get("repeats") or [report]
-    stats = {m: _summary([r[m] for r in repeats]) for m in METRICS if m != "load"}
-    stats["load"] = _summary([report["load"]])
-    stats["peak_rss_mb"] = _summary([report["peak_rss_mb"]])
+    stats = {m: summary([r[m] for r in repeats]) for m in METRICS if m != "load"}
+    stats["load"] = summary([report["load"]])
+    stats["peak_rss_mb"] = summary([report["peak_rss_mb"]])
     if report["gpu_memory_mb"] is not None:
-        stats[MEMORY] = _summary([report["gpu_memory_mb"]])
+        stats[MEMORY] = summary([report["gpu_memory_mb"]])
     return {
         "system": row.system,
         "provider": row.config.get("provider") or report["info"].get("device"),
@@ -385,7 +386,7 @@ def render_markdown(report: dict, title: str) -> str:
         "",
         "| row | " + " | ".join(METRIC_LABELS.get(c, "GPU memory") for c in cols) + " |",
         "| --- | " + " | ".join("---:" for _ in cols) + " |",
-        *(f"| {name} | " + " | ".join(_cell(row, c) for c in cols) + " |" for name, row in systems.items()),
+        *(f"| {name} | " + " | ".join(cell(row, c) for c in cols) + " |" for name, row in systems.items()),
         *(f"| {ref} / {name} (time) | " + " | ".join(f"{r[c]:.2f}x" if c in r else "–" for c in cols) + " |"
           for name, r in report["speedup_vs_reference"].items()),
         "",
@@ -400,7 +401,7 @@ def render_markdown(report: dict, title: str) -> str:
         f"{name}: PSNR {a['psnr_db']:.1f} dB, max abs diff {a['max_abs_diff']}"
         for name, a in report["agreement_vs_reference"].items()) + ".", ""]
     g = report["goals"]
-    lines += [f"**Issue 16 figures** (SD 1.5 architecture, 512x512, 50 steps, CFG, on an H200; reported, not asserted"
+    lines += ["**Issue 16 figures** (SD 1.5 architecture, 512x512, 50 steps, CFG, on an H200; reported, not asserted"
               + ("; a dry run cannot meet them" if s["dry_run"] else "") + f"), fastest latentrt row `{g['fastest']}`:", "",
               _goal_line("end to end", g["end_to_end_s"], "≤", "{:.3f} s"),
               _goal_line(f"end to end speed-up vs {ref}", g["end_to_end_speedup"], "≥", "{:.2f}x"),

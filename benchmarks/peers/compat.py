@@ -10,7 +10,8 @@ both read correctly; the source is never modified.
 Also what every peer's export does the same way: `go_offline` (local folders only) and `export_atomically`
 (OUT appears only when complete, from the shimmed view, recording the real source).
 
-Runs inside the peers' venvs (standard library; safetensors when a text encoder is re-keyed).
+Runs inside the peers' venvs (standard library; safetensors when a text encoder is re-keyed), with the source
+checkout on sys.path (each worker puts it there).
 """
 
 from __future__ import annotations
@@ -24,9 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-# Every peer reads local folders only: set before any Hugging Face import.
-OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "DISABLE_TELEMETRY": "1"}
+from latentrt.bench.peers import OFFLINE_ENV  # standard library only: fine in a peer's venv
 
 
 def go_offline() -> None:

@@ -1,17 +1,17 @@
-"""A peer's own virtual environment, built once and driven through subprocess.
+"""The peers' own virtual environments (optimum, optimum-intel), built once and driven through subprocess.
 
-Peers (optimum, optimum-intel) pin libraries that latentrt's main environment does not accept (older
-transformers, huggingface_hub, diffusers), so each lives in a venv of its own under
-`$LATENTRT_CACHE/<name>-venv` (default `~/.cache/latentrt/<name>-venv`) and its scripts run there.
+Peers pin libraries that latentrt's main environment does not accept (older transformers, huggingface_hub,
+diffusers), so each lives in a venv of its own under `$LATENTRT_CACHE/<name>-venv` (default
+`~/.cache/latentrt/<name>-venv`) and its scripts run there. What a peer installs and runs (its pins and
+worker script) is in its folder under benchmarks/peers/, which only latentrt's source checkout has:
 
-    from benchmarks.peers.venv import PeerEnv
-    env = PeerEnv("optimum", HERE / "requirements.txt", worker=HERE / "worker.py")
+    from latentrt.bench.peers import peer_env
+    env = peer_env("optimum")         # benchmarks/peers/optimum/{requirements.txt,worker.py}
     env.ensure()                      # builds it once; later calls read the stamp
     env.run_worker(["export", "my-diffusers-folder", "my-onnx-folder"])
 
-Each peer's `env.py` holds one PeerEnv and exposes it as module functions (`ensure_env`, `run_worker`, ...);
 `python -m benchmarks.peers.<peer>.env` builds that venv and prints its path.
-Standard library only: this module is imported from the main environment.
+Standard library only: imported by the harness, and by benchmarks/peers/compat.py inside the peers' venvs.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.peers.compat import OFFLINE_ENV
-
 logger = logging.getLogger(__name__)
 
 # Installed on its own, first: with the machine's local CPU wheel (pip's find-links) this is fast
@@ -36,6 +34,14 @@ logger = logging.getLogger(__name__)
 TORCH_PIN = "torch==2.13.0"
 STAMP_NAME = ".latentrt-stamp"
 INSTALL_TIMEOUT_S = 1800
+# Every peer reads local folders only: set before any Hugging Face import.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "DISABLE_TELEMETRY": "1"}
+# A source checkout: the folder holding the latentrt package (an editable install), whose benchmarks/peers/ holds
+# each peer's pins and worker. An installed wheel's is site-packages, which has none.
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+# systems that run in a peer's own virtual environment: system -> its folder under benchmarks/peers/
+PEERS = {"optimum": "optimum", "optimum-intel": "optimum_intel"}
 # Variables that must not leak from the main environment into a peer's interpreter.
 _DROP_ENV = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONUSERBASE")
 
@@ -63,9 +69,10 @@ def clean_env() -> dict[str, str]:
     return env
 
 
-def _tail(path: Path, n: int = 40) -> str:
+def tail(path: Path, lines: int = 40) -> str:
+    """The last lines of a log, for an error message ("" when it cannot be read)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
 
@@ -142,8 +149,8 @@ class PeerEnv:
                     if self.no_deps is not None:
                         self._pip(venv, ["--no-deps", "-r", str(self.no_deps)], log)
                 except (PeerEnvError, subprocess.SubprocessError, OSError) as exc:
-                    tail = _tail(log_path)
-                    raise PeerEnvError(f"could not build the {self.name} venv at {venv}: {exc}\n{tail}") from exc
+                    tail_text = tail(log_path)
+                    raise PeerEnvError(f"could not build the {self.name} venv at {venv}: {exc}\n{tail_text}") from exc
             (venv / STAMP_NAME).write_text(key + "\n")
             logger.info("%s venv ready in %.0f s", self.name, time.monotonic() - t0)
         return venv
@@ -176,3 +183,29 @@ class PeerEnv:
         """`python -m benchmarks.peers.<peer>.env`: build the venv if needed, print its path."""
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         print(self.ensure())
+
+
+def peers_dir() -> Path:
+    return SOURCE_ROOT / "benchmarks" / "peers"
+
+
+def peers_available() -> bool:
+    """True in a source checkout (benchmarks/peers/ beside the package), where the peers' venvs can be built."""
+    return all((peers_dir() / folder / "requirements.txt").is_file() for folder in PEERS.values())
+
+
+def no_peers_message(systems) -> str:
+    one = len(systems) == 1
+    return (f"{', '.join(systems)} {'runs in a virtual environment' if one else 'run in virtual environments'} built "
+            f"from benchmarks/peers/, which only latentrt's source checkout has (the installed package, in {SOURCE_ROOT}, "
+            f"has none): clone the repository and install it with `pip install -e .`, or leave "
+            f"{'it' if one else 'them'} out of --systems")
+
+
+def peer_env(system: str, folder: Path | None = None) -> PeerEnv:
+    """The PeerEnv of a peer system, from its folder (default: benchmarks/peers/<folder> of the source checkout):
+    requirements.txt, worker.py and, where the peer has one, requirements-no-deps.txt."""
+    folder = folder or peers_dir() / PEERS[system]
+    no_deps = folder / "requirements-no-deps.txt"
+    return PeerEnv(system, folder / "requirements.txt", worker=folder / "worker.py",
+                   no_deps=no_deps if no_deps.is_file() else None)

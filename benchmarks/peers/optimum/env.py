@@ -8,7 +8,7 @@ transformers 5 (our main environment) do not accept, so optimum lives in a venv 
     run_worker(["export", "my-diffusers-folder", "my-onnx-folder"])
 
 `python -m benchmarks.peers.optimum.env` builds the venv (if needed) and prints its path.
-The machinery (stamp, lock, torch first) is benchmarks/peers/venv.py, shared with the other peers.
+The machinery (stamp, lock, torch first) is latentrt/bench/peers.py, shared with the other peers.
 Standard library only: this module is imported from the main environment.
 """
 
@@ -17,12 +17,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from benchmarks.peers.venv import STAMP_NAME, TORCH_PIN, PeerEnv, PeerEnvError, PeerWorkerError, cache_dir  # noqa: F401
+from latentrt.bench.peers import STAMP_NAME, TORCH_PIN, PeerEnvError, PeerWorkerError, cache_dir, peer_env  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
-REQUIREMENTS = HERE / "requirements.txt"
-WORKER = HERE / "worker.py"
-ENV = PeerEnv("optimum", REQUIREMENTS, worker=WORKER)
+ENV = peer_env("optimum", HERE)  # HERE's requirements.txt and worker.py
 
 OptimumEnvError = PeerEnvError
 OptimumWorkerError = PeerWorkerError

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.peers.venv import PeerEnv
+from latentrt.bench.peers import peer_env
 
 HERE = Path(__file__).resolve().parent
-ENV = PeerEnv("optimum-intel", HERE / "requirements.txt", worker=HERE / "worker.py",
-              no_deps=HERE / "requirements-no-deps.txt")
+ENV = peer_env("optimum-intel", HERE)  # HERE's requirements.txt, requirements-no-deps.txt and worker.py
 
 if __name__ == "__main__":
     ENV.main()

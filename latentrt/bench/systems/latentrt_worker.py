@@ -27,8 +27,6 @@ The GPU benchmark (benchmarks/gpu/bench.py) runs the `latentrt` path on its fp16
 
 from __future__ import annotations
 
-import re
-
 import sys
 from pathlib import Path
 
@@ -46,7 +44,7 @@ PATHS = {
     "latentrt-int8": ("cpu", None, "latentrt-int8"),
     "latentrt-openvino-int8": ("openvino", "auto", "latentrt-int8"),
 }
-MODES = ("default", "low_memory")  # and "cacheN": the default mode with DeepCache, cache_interval N
+MODES = ("default", "low_memory")  # Pipeline(low_memory=...); DeepCache is cfg["cache_interval"], an int
 
 
 def preload_cuda_libraries() -> None:
@@ -70,10 +68,9 @@ class LatentrtSystem(System):
         self.provider = cfg.get("provider") or self.provider
         self.pipeline_options = dict(cfg.get("pipeline_options") or {})
         self.mode = cfg.get("mode", "default")
-        cache = re.fullmatch(r"cache([0-9]+)", self.mode)
-        if self.mode not in MODES and not cache:
-            raise SystemExit(f"unknown mode {self.mode!r}: one of {', '.join(MODES)}, cacheN")
-        self.cache_interval = int(cache.group(1)) if cache else 1
+        if self.mode not in MODES:
+            raise SystemExit(f"unknown mode {self.mode!r}: one of {', '.join(MODES)}")
+        self.cache_interval = int(cfg.get("cache_interval", 1))  # DeepCache: one full UNet call in N (1: none)
         import numpy as np
 
         from latentrt import Pipeline

@@ -1,0 +1,330 @@
+"""What a benchmark runs: the systems, modes, tasks and metrics it knows, its configuration (BenchConfig), and the
+settings resolved from a configuration and the model folder, checked before anything runs (resolve_settings).
+Also the inputs every system shares: the image tasks' init image and mask, and the UNet's FLOPs at the bench's size.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from latentrt.bench.peers import PEERS, no_peers_message, peers_available
+
+SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8", "diffusers", "diffusers-bf16",
+           "optimum", "optimum-intel")
+LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8")
+# latentrt's modes (--modes): each latentrt path runs once per mode, as a row of its own; and once per DeepCache
+# interval N (--cache-interval, an int end to end): the default mode with one full UNet call in N (the export then
+# includes the shallow UNet), its row's mode labelled "cacheN" in the report
+MODES = ("default", "low_memory")
+# systems whose time to first image is measured (latentrt's CLI; diffusers' worker with --first-image)
+TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+REFERENCE = "diffusers"
+METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
+# --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS)
+TASKS = ("txt2img", "img2img", "inpaint")
+IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end")
+DEFAULT_STRENGTH = 0.75  # img2img and inpaint alike: the same steps give the same UNet calls for both
+# the systems whose workers run the image tasks (the peers' workers do text to image only)
+IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+# the systems whose workers run an SDXL folder (the peers' workers load SD 1.x/2.x pipeline classes only)
+SDXL_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+INIT_IMAGE, MASK_IMAGE = "init.png", "mask.png"  # the image tasks' inputs, beside latents.npy in the run folder
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
+DEFAULT_NEGATIVE = "blurry, low quality"
+# What a system's worker imports beyond latentrt's own dependencies
+SYSTEM_MODULES = {"diffusers": ("torch", "diffusers", "transformers"), "diffusers-bf16": ("torch", "diffusers", "transformers")}
+
+
+class BenchError(RuntimeError):
+    """A system failed or the settings cannot be benchmarked; the message says which and why."""
+
+
+@dataclass
+class BenchConfig:
+    src: Path
+    steps: int = 20
+    height: int | None = None  # default: the model's native size
+    width: int | None = None
+    runs: int = 5
+    guidance: float = 7.5
+    scheduler: str | None = None  # default: the folder's own (a latentrt short name)
+    threads: int | None = None  # default: every core
+    systems: tuple[str, ...] = ("latentrt", "diffusers")
+    modes: tuple[str, ...] = ("default",)  # MODES: each latentrt path runs once per mode; other systems ignore them
+    cache_intervals: tuple[int, ...] = ()  # DeepCache: each latentrt path also runs once per interval N >= 2
+    prompt: str = DEFAULT_PROMPT
+    negative: str = DEFAULT_NEGATIVE
+    seed: int = 0
+    batch: int = 1
+    task: str = "txt2img"  # TASKS; img2img and inpaint start from the harness's init image (and mask)
+    strength: float | None = None  # the image tasks' strength, default DEFAULT_STRENGTH; txt2img takes none
+    cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
+    warmup_round: bool = True
+    optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
+    optimum_intel_model_cache: bool = False  # True: OpenVINO CACHE_DIR for optimum-intel (off by its default on CPU)
+    fast_path: str | None = None  # the latentrt path the issue-9 figures are for; default: lowest end to end
+    ttfi: bool = True  # time to first image in every run (False: not measured, for long settings)
+    command: str | None = None  # the exact command line, recorded in the report
+    note: str | None = None  # conditions worth recording (machine load, ...)
+    progress: Callable[[str], None] = field(default=lambda message: None, repr=False)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def is_model_folder(src: Path) -> bool:
+    """A latentrt model folder (ONNX graphs, what `latentrt export` writes), not a diffusers folder."""
+    return (Path(src) / "unet" / "model.onnx").is_file()
+
+
+def cache_mode(cache_interval: int) -> str:
+    """The report's mode label of a DeepCache row (written, never parsed back: the interval travels as an int)."""
+    return f"cache{cache_interval}"
+
+
+def row_name(system: str, mode: str = "default", cache_interval: int = 1) -> str:
+    """A row's name in the report and the tables: the path for the default mode, else "path (mode)"."""
+    if cache_interval > 1:
+        return f"{system} (cache interval {cache_interval})"
+    return system if mode == "default" else f"{system} ({mode})"
+
+
+def slug(system: str, mode: str = "default", cache_interval: int = 1) -> str:
+    """A row's file-name stem in the workdir: the system, with `.mode` for the other modes (`.cacheN` for DeepCache)."""
+    mode = cache_mode(cache_interval) if cache_interval > 1 else mode
+    return system if mode == "default" else f"{system}.{mode}"
+
+
+def bench_rows(systems: Sequence[str], modes: Sequence[str], cache_intervals: Sequence[int] = ()) -> list[tuple[str, str, str]]:
+    """(row, system, mode) in --systems order: each latentrt path once per mode and once per DeepCache interval
+    (mode cache_mode(N)), every other system once."""
+    rows = []
+    for system in systems:
+        if system not in LATENTRT_PATHS:
+            rows.append((system, system, "default"))
+            continue
+        rows += [(row_name(system, mode), system, mode) for mode in modes]
+        rows += [(row_name(system, "default", n), system, cache_mode(n)) for n in cache_intervals]
+    return rows
+
+
+def row_modes(cfg: BenchConfig) -> dict[str, dict[str, Any]]:
+    """A latentrt row's mode label -> what its worker runs: the Pipeline mode and the DeepCache interval (an int)."""
+    return {**{mode: {"mode": mode, "cache_interval": 1} for mode in cfg.modes},
+            **{cache_mode(n): {"mode": "default", "cache_interval": n} for n in cfg.cache_intervals}}
+
+
+def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
+    """Size, scheduler and thread count made explicit, checked before anything runs."""
+    from latentrt.runtime.schedulers import create_scheduler
+
+    src = Path(cfg.src)
+    model_folder = is_model_folder(src)
+    if not model_folder and not (src / "model_index.json").is_file():
+        raise BenchError(f"{src} is not a diffusers folder (no model_index.json) nor a latentrt model folder (no "
+                         "unet/model.onnx): give a local StableDiffusionPipeline or StableDiffusionXLPipeline folder, or a folder `latentrt export` wrote")
+    unknown = [s for s in cfg.systems if s not in SYSTEMS]
+    if unknown or not cfg.systems:
+        raise BenchError(f"unknown systems {unknown or '(none)'}: choose from {', '.join(SYSTEMS)}")
+    others = [s for s in cfg.systems if s not in LATENTRT_PATHS]
+    if model_folder and others:
+        raise BenchError(f"{', '.join(others)} {'needs' if len(others) == 1 else 'need'} a diffusers folder as SRC: "
+                         f"{src} is a latentrt model folder (ONNX), "
+                         f"which only the latentrt paths run ({', '.join(LATENTRT_PATHS)})")
+    peers = [s for s in cfg.systems if s in PEERS]
+    if peers and not peers_available():
+        raise BenchError(no_peers_message(peers))
+    for system in cfg.systems:
+        missing = missing_modules(SYSTEM_MODULES.get(system, ()))
+        if missing:
+            raise BenchError(f"{system} needs {', '.join(missing)}, not installed here: pip install 'latentrt[export]', "
+                             "or leave it out of --systems")
+    bad_modes = [m for m in cfg.modes if m not in MODES]
+    if bad_modes or not cfg.modes:
+        raise BenchError(f"unknown modes {bad_modes or '(none)'}: --modes takes a comma-separated list of {', '.join(MODES)}")
+    bad_intervals = [n for n in cfg.cache_intervals if isinstance(n, bool) or not isinstance(n, int) or n < 2]
+    if bad_intervals:
+        raise BenchError(f"--cache-interval takes whole numbers >= 2 (1 is the uncached row, --modes default), got {bad_intervals[0]!r}")
+    if len(set(cfg.cache_intervals)) != len(cfg.cache_intervals):
+        raise BenchError(f"--cache-interval names an interval twice: {', '.join(map(str, cfg.cache_intervals))}")
+    if model_folder and cfg.cache_intervals and not ((src / "manifest.json").is_file() and "deepcache" in read_json(src / "manifest.json")):
+        raise BenchError(f"{src} has no DeepCache shallow UNet, which --cache-interval needs: export it with "
+                         "`latentrt export --deepcache`, or give the diffusers folder (the bench exports it so)")
+    if len(set(cfg.modes)) != len(cfg.modes):
+        raise BenchError(f"--modes names a mode twice: {', '.join(cfg.modes)}")
+    if cfg.fast_path is not None and (cfg.fast_path not in LATENTRT_PATHS or cfg.fast_path not in cfg.systems):
+        raise BenchError(f"fast path {cfg.fast_path!r} must be one of the latentrt paths in --systems")
+    if cfg.fast_path is not None and "default" not in cfg.modes:
+        raise BenchError("the fast path is a default-mode row: add default to --modes")
+    if cfg.optimum_folder not in ("own", "latentrt"):
+        raise BenchError(f"--optimum-folder takes own or latentrt, got {cfg.optimum_folder!r}")
+    for name, value in (("steps", cfg.steps), ("runs", cfg.runs), ("batch", cfg.batch)):
+        if value < 1:
+            raise BenchError(f"--{name} must be at least 1, got {value}")
+    strength = check_task(cfg, src, model_folder)
+    family = check_family(cfg, src)
+    unet = read_json(src / "unet" / "config.json")
+    vae = read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+    native = int(unet["sample_size"]) * factor
+    height, width = cfg.height or native, cfg.width or native
+    for name, value in (("height", height), ("width", width)):
+        if value % factor:
+            raise BenchError(f"--{name} must be a multiple of {factor} for this model, got {value}")
+    scheduler_config = read_json(src / "scheduler" / "scheduler_config.json")
+    scheduler = create_scheduler(cfg.scheduler, scheduler_config).name  # None -> the folder's own
+    from latentrt.bench.systems.protocol import DIFFUSERS_SCHEDULERS
+
+    if scheduler not in DIFFUSERS_SCHEDULERS:
+        raise BenchError(f"scheduler {scheduler!r} has no diffusers counterpart to compare with: use one of {', '.join(DIFFUSERS_SCHEDULERS)}")
+    return {
+        "prompt": cfg.prompt,
+        "negative": cfg.negative,
+        "steps": cfg.steps,
+        "guidance": cfg.guidance,
+        "cfg": cfg.guidance > 1.0,
+        "scheduler": scheduler,
+        "height": height,
+        "width": width,
+        "batch": cfg.batch,
+        "latent_shape": [cfg.batch, int(unet["in_channels"]), height // factor, width // factor],
+        "unet_batch": cfg.batch * (2 if cfg.guidance > 1.0 else 1),
+        "seed": cfg.seed,
+        "threads": cfg.threads or os.cpu_count() or 1,
+        "runs": cfg.runs,
+        "task": cfg.task,
+        "strength": strength,
+        "family": family,
+        "metrics": list(task_metrics(cfg.task)),
+        "warmup": "a discarded load-only round; in every run, one call of each component before timing",
+        "systems": list(cfg.systems),
+        "modes": [*cfg.modes, *map(cache_mode, cfg.cache_intervals)],
+        "rows": [row for row, _, _ in bench_rows(cfg.systems, cfg.modes, cfg.cache_intervals)],
+        "dtype": "float32",
+        "device": "cpu",
+        "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
+    }
+
+
+def check_family(cfg: BenchConfig, src: Path) -> str:
+    """The model's family ("sd" or "sdxl", protocol.model_family), checked against the systems and the task."""
+    from latentrt.bench.systems.protocol import model_family
+
+    family = model_family(src)
+    if family != "sdxl":
+        return family
+    unable = [s for s in cfg.systems if s not in SDXL_SYSTEMS]
+    if unable:
+        one = len(unable) == 1
+        raise BenchError(f"{', '.join(unable)} cannot run {src}, an SDXL model: {'its worker runs' if one else 'their workers run'} "
+                         f"Stable Diffusion 1.x/2.x pipelines only (ORTStableDiffusionPipeline, OVStableDiffusionPipeline); "
+                         f"leave {'it' if one else 'them'} out of --systems (SDXL runs {', '.join(SDXL_SYSTEMS)})")
+    index = src / "model_index.json"
+    if cfg.task == "txt2img" and index.is_file() and read_json(index).get("requires_aesthetics_score"):
+        raise BenchError(f"{src} is an SDXL refiner (requires_aesthetics_score, no text-to-image pipeline): it runs "
+                         "--task img2img or --task inpaint only")
+    return family
+
+
+def task_metrics(task: str) -> tuple[str, ...]:
+    """What a run of `task` times: METRICS, and the VAE encode for the image tasks."""
+    return METRICS if task == "txt2img" else IMAGE_METRICS
+
+
+def check_task(cfg: BenchConfig, src: Path, model_folder: bool) -> float | None:
+    """--task and --strength checked against the systems and the model; the strength the image tasks run with."""
+    if cfg.task not in TASKS:
+        raise BenchError(f"unknown task {cfg.task!r}: --task takes one of {', '.join(TASKS)}")
+    if cfg.task == "txt2img":
+        if cfg.strength is not None:
+            raise BenchError("--strength applies to the image tasks only: add --task img2img or --task inpaint")
+        return None
+    unable = [s for s in cfg.systems if s not in IMAGE_TASK_SYSTEMS]
+    if unable:
+        raise BenchError(f"{', '.join(unable)} cannot run --task {cfg.task}: {'its worker does' if len(unable) == 1 else 'their workers do'} "
+                         f"text to image only; leave {'it' if len(unable) == 1 else 'them'} out of --systems "
+                         f"(--task {cfg.task} runs {', '.join(IMAGE_TASK_SYSTEMS)})")
+    strength = DEFAULT_STRENGTH if cfg.strength is None else cfg.strength
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
+        raise BenchError(f"--strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {strength!r}")
+    if int(cfg.steps * strength) < 1:
+        raise BenchError(f"--strength {strength:g} with --steps {cfg.steps} leaves no step to run (int(steps x strength) = 0): "
+                         f"raise --strength to at least {1 / cfg.steps:.3g} or use more steps")
+    unet = read_json(src / "unet" / "config.json")
+    vae = read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
+    if int(unet["in_channels"]) != int(vae.get("latent_channels", 4)):
+        raise BenchError(f"{src} has a {unet['in_channels']}-channel UNet: the bench's image tasks time the plain "
+                         f"{vae.get('latent_channels', 4)}-channel UNet (inpainting by blending the known region)")
+    if model_folder and not (src / "vae_encoder" / "model.onnx").is_file():
+        raise BenchError(f"{src} has no vae_encoder/model.onnx, which --task {cfg.task} needs: export the model again "
+                         "with `latentrt export` (it writes the VAE encoder)")
+    return float(strength)
+
+
+def task_inputs(settings: dict, workdir: Path) -> dict[str, str]:
+    """The image tasks' init image (a rendered synthetic picture at the bench's size) and, for inpaint, the mask
+    (white = repaint: a centred rectangle of half the height and width), made deterministically and saved in the
+    run folder; the paths every worker reads. None for txt2img."""
+    if settings["task"] == "txt2img":
+        return {}
+    import numpy as np
+    from PIL import Image
+
+    h, w = settings["height"], settings["width"]
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = y / max(h - 1, 1), x / max(w - 1, 1)
+    image = np.stack([0.2 + 0.6 * x, 0.3 + 0.5 * y, 0.8 - 0.5 * x * y], axis=-1)  # a sky-like gradient
+    image[y > 0.7] = (0.35, 0.55, 0.25)  # ground
+    sun = (x - 0.7) ** 2 + (y - 0.25) ** 2 < 0.12**2
+    image[sun] = (0.95, 0.85, 0.3)
+    house = (np.abs(x - 0.3) < 0.12) & (y > 0.5) & (y <= 0.75)
+    image[house] = (0.7, 0.25, 0.2)
+    image += 0.04 * (np.sin(40 * x) * np.cos(30 * y))[..., None]  # some texture for the VAE
+    paths = {"image": str(workdir / INIT_IMAGE)}
+    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(paths["image"])
+    if settings["task"] == "inpaint":
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 255
+        paths["mask"] = str(workdir / MASK_IMAGE)
+        Image.fromarray(mask).save(paths["mask"])
+    return paths
+
+
+def unet_flops(settings: dict, src: Path, latentrt_folder: Path | None, log: Path) -> dict[str, Any]:
+    """FLOPs of one UNet call and one VAE decode at the benchmark's shapes (manifest formula, else counted)."""
+    from latentrt.export.flops import flops_at
+
+    b, _, h, w = settings["latent_shape"]
+    manifest = read_json(latentrt_folder / "manifest.json") if latentrt_folder and (latentrt_folder / "manifest.json").is_file() else {}
+    entries = {name: manifest.get("components", {}).get(name, {}).get("flops") for name in ("unet", "vae_decoder")}
+    exact = h % settings["downsampling"] == 0 and w % settings["downsampling"] == 0
+    if all(entries.values()) and exact:
+        return {
+            "unet": flops_at(entries["unet"], settings["unet_batch"], h, w),
+            "vae_decoder": flops_at(entries["vae_decoder"], b, h, w),
+            "source": "manifest (counted at export time: " + entries["unet"]["method"] + ")",
+        }
+    out = log.parent / "flops.json"
+    cmd = [sys.executable, "-c",
+           "import sys; from latentrt.export.flops import main; main(sys.argv[1:])",
+           src, "--height", settings["height"], "--width", settings["width"],
+           "--batch", settings["unet_batch"], "--vae-batch", b]
+    with open(out, "w") as fh:
+        proc = subprocess.run(list(map(str, cmd)), stdout=fh, stderr=subprocess.DEVNULL, timeout=900, check=False)
+    if proc.returncode != 0:
+        return {"unet": None, "vae_decoder": None, "source": "could not be counted"}
+    counted = read_json(out)
+    return {"unet": counted["unet"], "vae_decoder": counted["vae_decoder"], "source": "counted for this run: " + counted["method"]}
+
+
+def missing_modules(modules: Sequence[str]) -> list[str]:
+    """Those of `modules` this interpreter cannot import (looked up, not imported: torch stays out)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
