@@ -31,6 +31,7 @@ from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, 
 from latentrt.export import deepcache, fp16
 from latentrt.export.specs import (VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_shallow_spec,
                                    unet_spec)
+from latentrt.export.torch_models import load_component
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.export.weight_map import fingerprint, locate, rename_compacted, weight_map
 from latentrt.runtime.folder import file_sha256
@@ -264,7 +265,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         if spec.source not in loaded:
             loaded.clear()  # one source model in memory at a time (the VAE serves two components)
             prints_of.clear()
-            loaded[spec.source] = _load_model(src, spec.source, projections.get(spec.source, False))
+            loaded[spec.source] = load_component(src, spec.source, projections.get(spec.source, False))
         model = loaded[spec.source]
         try:
             module = spec.wrap(model).eval()
@@ -351,16 +352,6 @@ def _deepcache_entry(split: deepcache.Split) -> dict:
         "feature_channels": split.channels,
         "feature_downsamples": split.downsamples,  # each halves the latent's sides, rounding up
     }
-
-
-def _load_model(src: Path, part: str, projection: bool = False):
-    import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL}
-    cls = classes.get(part) or (CLIPTextModelWithProjection if projection else CLIPTextModel)
-    return cls.from_pretrained(src / part, torch_dtype=torch.float32).eval()
 
 
 def _check_aesthetics_score(src: Path, index: dict, time_ids: int | None) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentrt.export.torch_models import load_component
 from latentrt.runtime.lora import LORA_COMPONENTS
 
 
@@ -92,15 +93,13 @@ def add_weight_maps(src: Path, folder: Path, components=LORA_COMPONENTS) -> dict
 
     import onnx
 
-    from latentrt.export.exporter import _load_model
-
     manifest_path = Path(folder) / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     counts = {}
     for name in components:
         if name not in manifest["components"]:
             continue
-        prints = fingerprint(_load_model(Path(src), name, projection=name == "text_encoder_2"))
+        prints = fingerprint(load_component(Path(src), name, projection=name == "text_encoder_2"))
         model = onnx.load(str(Path(folder) / name / "model.onnx"))
         manifest["components"][name]["weights"] = locate(Path(folder) / name, weight_map(model, prints))
         counts[name] = len(manifest["components"][name]["weights"])
