@@ -394,26 +394,55 @@ def test_sigterm_finishes_running_requests_and_refuses_new_ones():
         process.kill()
 
 
+def _keep_reading(process: subprocess.Popen) -> list[str]:
+    """Read the server's output as it comes (Ray logs every request; an unread pipe fills and stalls the server)."""
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()
+    return lines
+
+
+def _ready_replicas(url: str, count: int, timeout: float) -> set[str]:
+    """Poll GET /health until `count` different replicas have answered ready (each poll goes to one replica). One
+    ready answer is not enough: Ray already routes to a replica that is still compiling, which answers 503."""
+    ready: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while len(ready) < count:
+        assert time.monotonic() < deadline, f"{len(ready)} of {count} replicas ready after {timeout:g} s"
+        try:
+            answer = requests.get(f"{url}/health", timeout=30)
+            if answer.status_code == 200:
+                ready.add(answer.json()["replica"])
+        except requests.RequestException:  # too busy to answer in time: ask again
+            pass
+        time.sleep(0.5)
+    return ready
+
+
 @pytest.mark.slow
 def test_ray_serve_two_replicas_lose_no_request():
+    """Every request answered, by both replicas. On a loaded machine Ray and the replicas start slowly, so it waits
+    for what it needs (both replicas ready, every answer) with deadlines far above the 20 s an idle machine takes."""
     pytest.importorskip("ray", reason="the ray extra: pip install 'latentrt[ray]'")
     port = free_port()
-    process = _start(["--ray", "--replicas", "2", "--provider", "cpu"], port, timeout=300)
+    process = _start(["--ray", "--replicas", "2", "--provider", "cpu"], port, timeout=600)
+    output = _keep_reading(process)
     url = f"http://127.0.0.1:{port}"
     try:
+        _ready_replicas(url, 2, timeout=600)
         body = {"prompt": PROMPT, "seed": 4}
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda i: requests.post(f"{url}/v1/images/generations", json=body, timeout=120),
+            answers = list(pool.map(lambda i: requests.post(f"{url}/v1/images/generations", json=body, timeout=600),
                                     range(24)))
-        assert [a.status_code for a in answers] == [200] * 24
+        assert [a.status_code for a in answers] == [200] * 24, [a.text for a in answers if a.status_code != 200]
         replicas = {a.headers["x-latentrt-replica"] for a in answers}
         first = answers[0].json()["data"][0]["b64_json"]
         assert all(a.json()["data"][0]["b64_json"] == first for a in answers)  # same seed, same image everywhere
         print(f"Ray Serve: 24 requests, 24 answered 200, replicas {sorted(replicas)}")
         assert len(replicas) == 2
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # Ray shuts its local cluster down: given time, it leaves no process behind
         try:
-            process.wait(60)
+            process.wait(300)
         except subprocess.TimeoutExpired:
             process.kill()
+            print("".join(output[-50:]))

@@ -74,9 +74,11 @@ class StableDiffusion:
         """The UNet's inputs besides sample and timestep; rows are [negatives..., prompts...] with CFG, each
         prompt's rows repeated num_images times (diffusers' order)."""
         texts = (text.negatives + text.prompts) if text.do_cfg else text.prompts
-        outputs = self._encode(run, "text_encoder", texts, needs_hidden=text.clip_skip is not None)
+        # clip_skip 0 skips nothing: the graph's own last_hidden_state, exactly as without clip_skip (diffusers takes
+        # the hidden states + final layer norm path for 0, the same values up to float rounding)
+        outputs = self._encode(run, "text_encoder", texts, needs_hidden=bool(text.clip_skip))
         hidden = _last_hidden_state(outputs)
-        if text.clip_skip is not None:  # diffusers applies clip_skip to the prompts only, never to the negatives
+        if text.clip_skip:  # diffusers applies clip_skip to the prompts only, never to the negatives
             n = len(text.prompts)
             layers = self._hidden_states(outputs)
             skipped = _final_layer_norm(self.folder, layers[-(text.clip_skip + 1)][-n:])
@@ -84,7 +86,8 @@ class StableDiffusion:
         return {"encoder_hidden_states": _per_image(hidden, text.num_images)}
 
     def check_clip_skip(self, clip_skip) -> None:
-        """clip_skip as diffusers defines it: 1 = the penultimate layer's output; 0 or None = the last."""
+        """clip_skip as diffusers defines it: 1 = the penultimate layer's output; 0 or None = the last (the same
+        path, so 0 and None give identical images; A1111's "CLIP skip 1" is 0 here)."""
         if clip_skip is None:
             return
         layers = self._layers()
@@ -150,7 +153,7 @@ class StableDiffusionXL(StableDiffusion):
             outputs = self._encode(run, name, texts, needs_hidden=True)
             layers = self._hidden_states(outputs)
             chosen = layers[-2]
-            if text.clip_skip is not None:  # diffusers: the prompts only, never the negatives
+            if text.clip_skip:  # diffusers: the prompts only, never the negatives (0: the penultimate, as without)
                 chosen = np.concatenate([chosen[:-n], layers[-(text.clip_skip + 2)][-n:]]) if encode_negatives else layers[-(text.clip_skip + 2)]
             hidden.append(chosen)
             if "text_embeds" in outputs:  # the projection of the second encoder (CLIPTextModelWithProjection)
