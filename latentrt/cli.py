@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from latentrt.bench.cli import bench
+from latentrt.runtime.defaults import strength_help
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Stable Diffusion on ONNX Runtime, torch-free.")
 logger = logging.getLogger("latentrt")
@@ -43,7 +44,7 @@ def generate(
         None, "--image", help="Image to image: start from this picture (size: the image's, rounded down to the model's multiple, unless --height/--width resize it)."
     ),
     strength: Optional[float] = typer.Option(
-        None, "--strength", help="With --image: how much of it is redrawn, in (0, 1] (default 0.8, with --mask 1; at 1 little of the image survives)."
+        None, "--strength", help=f"With --image: how much of it is redrawn, in (0, 1] ({strength_help()}; at 1 little of the image survives)."
     ),
     mask: Optional[Path] = typer.Option(
         None, "--mask", help="With --image: inpaint; a mask of the image's size, white = repaint, black = keep (binarised at 50%)."
@@ -96,6 +97,7 @@ def generate(
     from latentrt.runtime.backend import parse_provider_options
     from latentrt.runtime.images import save_png
     from latentrt.runtime.pipeline import Pipeline
+    from latentrt.runtime.request import Request
 
     _setup_logging(verbose)
     outputs = [output] if num_images == 1 else [output.with_name(f"{output.stem}_{i + 1}{output.suffix}") for i in range(num_images)]
@@ -121,12 +123,13 @@ def generate(
                 bar.length = total
                 bar.update(1)
 
-            result = pipe(
-                prompt, negative_prompt=negative, steps=steps, guidance_scale=guidance, scheduler=scheduler,
-                seed=seed, height=height, width=width, num_images=num_images, progress=progress,
-                image=image, strength=strength, mask_image=mask, padding_mask_crop=mask_padding, clip_skip=clip_skip,
-                cache_interval=cache_interval, cache_schedule=cache_schedule,
+            request = Request(
+                prompt, negative, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
+                height=height, width=width, num_images=num_images, image=image, strength=strength, mask_image=mask,
+                padding_mask_crop=mask_padding, clip_skip=clip_skip, cache_interval=cache_interval,
+                cache_schedule=cache_schedule,
             )
+            result = pipe.run(request, progress=progress)
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):

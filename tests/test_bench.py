@@ -295,7 +295,9 @@ def test_bad_tasks_are_clear_errors(tiny_src, tmp_path):
     with pytest.raises(BenchError, match="optimum, optimum-intel cannot run --task inpaint: their workers do"):
         resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "optimum", "optimum-intel"), task="inpaint"))
     settings = resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "diffusers-bf16"), task="inpaint"))
-    assert settings["strength"] == 0.75 and settings["task"] == "inpaint"  # the documented default
+    assert settings["strength"] == 1.0 and settings["task"] == "inpaint"  # the pipeline's (diffusers') default
+    img2img = resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), task="img2img"))
+    assert img2img["strength"] == 0.8
     assert resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",)))["strength"] is None
 
 

@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from latentrt.runtime.defaults import strength_help
+
 SYSTEMS_HELP = ("Comma-separated, from: latentrt, latentrt-openvino, latentrt-int8, latentrt-openvino-int8 (latentrt's "
                 "paths: ONNX Runtime fp32, OpenVINO precision auto, and both on `latentrt quantize`'s int8 folder); "
                 "diffusers, diffusers-bf16 (PyTorch fp32 / bf16 autocast); optimum, optimum-intel (peers, each in its "
@@ -65,7 +67,7 @@ def bench(
         "paths, diffusers and diffusers-bf16 only.",
     ),
     strength: Optional[float] = typer.Option(
-        None, "--strength", help="The image tasks' strength, in (0, 1] (default 0.75): int(steps x strength) steps run."
+        None, "--strength", help=f"The image tasks' strength, in (0, 1] ({strength_help()}): int(steps x strength) steps run."
     ),
     batch: int = typer.Option(1, "--batch", help="Images per generation."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the full report as JSON."),

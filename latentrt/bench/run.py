@@ -56,9 +56,9 @@ one inpainting call per run:
 - The inputs, made deterministically (settings.task_inputs) and saved beside latents.npy in the run folder: init.png,
   a synthetic picture (gradient sky, ground, sun, house, a little texture) rendered at the bench's size, and for
   inpaint mask.png, a centred rectangle of half the width and height (white = repaint). latents.npy is not used.
-- `--strength` (default DEFAULT_STRENGTH = 0.75 for both tasks, so that the same --steps give both the same
-  UNet calls; diffusers' own inpainting default is 1.0): int(steps x strength) of the steps run, as diffusers'
-  get_timesteps. Refused with txt2img, outside (0, 1], or when it leaves no step.
+- `--strength` (default: the pipeline's, diffusers' defaults: 0.8 for img2img, 1.0 for inpaint; the committed
+  image-task results ran both at 0.75, so that the same --steps give both the same UNet calls): int(steps x
+  strength) of the steps run, as diffusers' get_timesteps. Refused with txt2img, outside (0, 1], or when it leaves no step.
 - Noise: latentrt draws the VAE posterior sample and the noise from NumPy with --seed; the diffusers worker
   replaces diffusers' randn_tensor (in the VAE's module and the pipeline's) by draws from the same seeded NumPy
   generator in call order, so the images agree as for txt2img (PSNR against diffusers).

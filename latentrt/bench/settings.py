@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from latentrt.bench.peers import PEERS, no_peers_message, peers_available
+from latentrt.runtime.defaults import DEFAULT_STRENGTH
 
 SYSTEMS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-openvino-int8", "diffusers", "diffusers-bf16",
            "optimum", "optimum-intel")
@@ -30,7 +31,6 @@ METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
 # --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS)
 TASKS = ("txt2img", "img2img", "inpaint")
 IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end")
-DEFAULT_STRENGTH = 0.75  # img2img and inpaint alike: the same steps give the same UNet calls for both
 # the systems whose workers run the image tasks (the peers' workers do text to image only)
 IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 # the systems whose workers run an SDXL folder (the peers' workers load SD 1.x/2.x pipeline classes only)
@@ -64,7 +64,7 @@ class BenchConfig:
     seed: int = 0
     batch: int = 1
     task: str = "txt2img"  # TASKS; img2img and inpaint start from the harness's init image (and mask)
-    strength: float | None = None  # the image tasks' strength, default DEFAULT_STRENGTH; txt2img takes none
+    strength: float | None = None  # the image tasks' strength, default the task's (runtime/defaults.py); txt2img takes none
     cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
     warmup_round: bool = True
     optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
@@ -252,7 +252,7 @@ def check_task(cfg: BenchConfig, src: Path, model_folder: bool) -> float | None:
         raise BenchError(f"{', '.join(unable)} cannot run --task {cfg.task}: {'its worker does' if len(unable) == 1 else 'their workers do'} "
                          f"text to image only; leave {'it' if len(unable) == 1 else 'them'} out of --systems "
                          f"(--task {cfg.task} runs {', '.join(IMAGE_TASK_SYSTEMS)})")
-    strength = DEFAULT_STRENGTH if cfg.strength is None else cfg.strength
+    strength = DEFAULT_STRENGTH[cfg.task] if cfg.strength is None else cfg.strength  # the pipeline's defaults
     if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1:
         raise BenchError(f"--strength must be a number in (0, 1] (the fraction of the steps that run on the image), got {strength!r}")
     if int(cfg.steps * strength) < 1:

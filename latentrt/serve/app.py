@@ -71,8 +71,12 @@ def auto_batch(pipe: Pipeline) -> int:
     return chosen
 
 
-def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
-    """The app; `pipe` serves an already loaded pipeline (tests, embedding) instead of loading options.model."""
+def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_startup: bool = False) -> FastAPI:
+    """The app; `pipe` serves an already loaded pipeline (tests, embedding) instead of loading options.model.
+
+    The model is loaded and compiled in a thread while the server already answers (/health: 503 until ready);
+    `ready_at_startup` finishes that inside the ASGI startup instead, for a host that routes to the app once its
+    startup is over (Ray Serve's replicas)."""
     state = ServerState(options, Metrics(queue_depth=lambda: state.queue.depth if state.queue else 0))
 
     def load() -> None:
@@ -97,7 +101,10 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        threading.Thread(target=load, name="latentrt-serve-load", daemon=True).start()
+        if ready_at_startup:
+            await asyncio.to_thread(load)
+        else:
+            threading.Thread(target=load, name="latentrt-serve-load", daemon=True).start()
         yield
         state.draining = True
         if state.queue is not None:  # uvicorn has let the running requests finish; the worker stops

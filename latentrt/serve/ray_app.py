@@ -1,8 +1,9 @@
 """The same app on Ray Serve: N replicas, each a process holding its own Pipeline, behind Ray's HTTP proxy.
 
 `latentrt serve --ray --replicas N` starts a local Ray instance (or joins the cluster in $RAY_ADDRESS) and deploys
-`deployment(options, N)`. Each replica loads its model before Ray routes to it (the app builder runs in the replica's
-constructor), and splits the machine's cores with the others unless --threads says otherwise. Every answer carries
+`deployment(options, N)`. Each replica loads and compiles its model before Ray routes to it (the app builder runs in
+the replica's constructor, and the compilation in the app's startup, which Ray runs before the replica is ready), and
+splits the machine's cores with the others unless --threads says otherwise. Every answer carries
 the replica in `X-Latentrt-Replica`.
 """
 
@@ -24,7 +25,7 @@ def deployment(options: ServeOptions, replicas: int):
         options = dataclasses.replace(options, threads=max(1, (os.cpu_count() or 1) // replicas))
 
     def build_app():  # runs in each replica's constructor: Ray routes to it once its model is loaded
-        return create_app(options, pipe=load_pipeline(options))
+        return create_app(options, pipe=load_pipeline(options), ready_at_startup=True)
 
     ingress = serve.ingress(build_app)()
     return serve.deployment(ingress, name="latentrt", num_replicas=replicas,

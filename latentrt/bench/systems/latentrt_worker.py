@@ -17,7 +17,7 @@ The config's `mode` ("default" or "low_memory": `Pipeline(low_memory=True)`, one
 opened at load) and `cache_dir` (ONNX Runtime's load cache: the harness gives an empty folder for the cold load
 and the filled one after; None for OpenVINO, whose only cache is the opt-in compiled-model one, left off) are the
 harness's; `task` img2img / inpaint calls the pipeline with the harness's `image` (and `mask`), `strength` and
-`seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times `_encode_image`
+`seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times the VAE encoder's calls
 as `vae_encode`; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
 cold load leaves the cache as filled as the default mode's.
 
@@ -91,52 +91,50 @@ class LatentrtSystem(System):
 
     def fill_cache(self) -> None:
         for name in self.pipe.networks:  # opened (building its cache entry where there is none) and, with low_memory, released
-            with self.pipe._network(name):
+            with self.pipe.network(name):
                 pass
 
     def prepare(self) -> None:
-        from latentrt.runtime.schedulers import create_scheduler
+        from latentrt.runtime.request import Request
 
         np, cfg = self.np, self.cfg
         self.latents = np.load(cfg["latents"])  # (B, 4, H/8, W/8)
-        self.cfg_on = cfg["guidance"] > 1.0
-        scheduler = create_scheduler(cfg["scheduler"], self.pipe.folder.scheduler_config)
-        scheduler.set_timesteps(cfg["steps"])
-        self.t = scheduler.timesteps[0]
-        x = self.latents * np.float32(scheduler.init_noise_sigma)
-        x = np.concatenate([x, x]) if self.cfg_on else x  # (2B, 4, h, w): the batch the loop sends
-        self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
-        from latentrt.runtime.families import Prompts, SizeConditioning
-
-        self.text = Prompts([cfg["prompt"]], [cfg["negative"]], True, self.cfg_on, 1)
-        self.size = SizeConditioning(cfg["height"], cfg["width"])
-        self.conditioning = self.text_encoder()
         self.task = cfg.get("task", "txt2img")
         if self.task != "txt2img":
             from PIL import Image
 
             self.image = Image.open(cfg["image"]).convert("RGB")
             self.mask = Image.open(cfg["mask"]).convert("L") if self.task == "inpaint" else None
-            # the warm-up's encoder input as the pipeline makes it: (1, 3, H, W) in [-1, 1] (the image is at the bench size)
-            array = np.asarray(self.image, dtype=np.float32) / np.float32(255.0)
-            self.pixels = np.ascontiguousarray((2.0 * array - 1.0).transpose(2, 0, 1)[None], dtype=np.float32)
+            self.pixels = self.pipe.prepare_image(self.image, cfg["height"], cfg["width"])  # the encoder's input, (1, 3, H, W)
+        # the generation's own checked request: its conditioning and the UNet batch its loop sends
+        self.plan = self.pipe.check(Request(cfg["prompt"], cfg["negative"], height=cfg["height"], width=cfg["width"],
+                                            steps=cfg["steps"], guidance_scale=cfg["guidance"], scheduler=cfg["scheduler"]))
+        from latentrt.runtime.schedulers import create_scheduler
 
-    # warm-up: the pipeline's own steps (pipeline.py), called one at a time
+        scheduler = create_scheduler(self.plan.scheduler, self.pipe.folder.scheduler_config)
+        scheduler.set_timesteps(cfg["steps"])
+        self.t = scheduler.timesteps[0]
+        x = self.latents * np.float32(scheduler.init_noise_sigma)
+        x = np.concatenate([x, x]) if self.plan.do_cfg else x  # (2B, 4, h, w): the batch the loop sends
+        self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
+        self.conditioning = self.text_encoder()
+
+    # warm-up: the pipeline's own stages (Pipeline.encode_prompt, denoiser, decode, encode_image), one at a time
     def text_encoder(self):
-        # tokenize + one call of each text encoder for both halves: the family's conditioning, as the pipeline's
-        return self.pipe.family.conditioning(self.pipe._run, self.text, self.size)
+        return self.pipe.encode_prompt(self.plan)  # tokenize + one call of each text encoder for both halves
 
     def unet_step(self) -> None:
-        self.pipe._unet(self.x_in, self.t, self.conditioning)
+        with self.pipe.denoiser(self.conditioning) as unet:
+            unet(self.x_in, self.t)
 
     def vae_decode(self) -> None:
-        self.pipe._decode(self.latents)
+        self.pipe.decode(self.latents)
 
     def vae_encode(self) -> None:
         import time
 
         t0 = time.perf_counter()
-        self.pipe._encode_image(self.pixels, self.np.random.default_rng(0))  # a throwaway generator
+        self.pipe.encode_image(self.pixels, self.np.random.default_rng(0))  # a throwaway generator
         if not hasattr(self, "first_vae_encode_s"):  # neither load nor compile() opens the VAE encoder: its first call does
             self.first_vae_encode_s = time.perf_counter() - t0
 
@@ -156,11 +154,17 @@ class LatentrtSystem(System):
         self.unet_calls = result.unet_calls
         return result.arrays  # uint8 (B, H, W, 3)
 
-    def stages(self):
-        # the generation encodes the prompts through its family's conditioning (tokenize + the text encoder calls)
-        return [(self.pipe.family, "conditioning", "text_encoder"), (self.pipe, "_unet", "unet_step"),
-                (self.pipe, "_decode", "vae_decode"),
-                *([(self.pipe, "_encode_image", "vae_encode")] if self.task != "txt2img" else [])]
+    # what the generation's stages are timed by: the pipeline's observer events (no method is wrapped)
+    METRICS = {("stage", "text_encoder"): "text_encoder", ("network", "unet"): "unet_step",
+               ("stage", "vae_decode"): "vae_decode", ("network", "vae_encoder"): "vae_encode"}
+
+    def stage_timing(self, record):
+        def observer(event) -> None:
+            metric = self.METRICS.get((event.kind, event.name))
+            if metric is not None:
+                record(metric, event.seconds)
+
+        return self.pipe.observe(observer)
 
     def info(self):
         return {
