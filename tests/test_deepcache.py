@@ -13,6 +13,7 @@ import pytest
 from latentrt import Pipeline
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
 from latentrt.runtime.deepcache import full_calls
+from latentrt.runtime.observers import OPEN
 from test_schedulers import REFERENCE
 
 PROMPT, NEGATIVE = "a red circle at the top left on a white background", "blurry"
@@ -248,12 +249,11 @@ def test_loras_adapt_the_shallow_unet_too(tiny_sd1, deepcache_sd1, tmp_path):
     assert np.abs(shallow - full).max() <= 1e-5 * np.abs(full).max()
 
 
-def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1, monkeypatch):
+def test_low_memory_keeps_the_shallow_unet_open_for_the_loop(deepcache_sd1):
     pipe = Pipeline.from_folder(deepcache_sd1[0], provider="cpu", use_cache=False, low_memory=True)
     opened = []
-    original = pipe._open
-    monkeypatch.setattr(pipe, "_open", lambda name: opened.append(name) or original(name))
-    result = pipe(PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
+    with pipe.observe(lambda event: opened.append(event.name) if event.kind == OPEN else None):
+        result = pipe(PROMPT, steps=9, scheduler="ddim", seed=0, cache_interval=3)
     assert result.unet_calls == {"full": 3, "shallow": 6}
     assert opened.count("unet_shallow") == 1 and opened.count("unet") == 1
     assert "unet_shallow" not in pipe.resident_networks  # released after the call, as every network with low_memory

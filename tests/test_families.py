@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from latentrt import Pipeline
+from latentrt import Pipeline, Request
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
 from test_img2img import NEGATIVE, PROMPT, circle, numpy_noise_pipeline
 from test_schedulers import NOISE_MODULES, REFERENCE
@@ -119,7 +119,7 @@ def test_few_step_models_match_diffusers(request, fixture, cls_name, steps, guid
     reference = diffusers_text2img(src, cls_name, latents, 9, prompt=PROMPT, num_inference_steps=steps, guidance_scale=guidance)
     check(ours, reference, f"{fixture} {steps} steps, guidance {guidance:g}")
     if fixture == "tiny_lcm":
-        assert pipe.guidance_embedding_dim and not pipe._uses_cfg(guidance)
+        assert pipe.guidance_embedding_dim and not pipe.check(Request(PROMPT, guidance_scale=guidance)).do_cfg
         other = pipe(PROMPT, steps=steps, guidance_scale=guidance + 4, latents=latents, rng=np.random.default_rng(9))
         assert image_psnr(other.arrays, reference) < IMAGE_MIN_PSNR_DB  # the embedding carries the guidance
 

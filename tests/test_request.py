@@ -146,3 +146,17 @@ def test_the_cli_and_the_server_say_the_same_sentence(pipe, tmp_path):
     assert served.value.status == 422
     assert str(direct.value) == served.value.message
     assert re.sub(r"\s+", " ", str(direct.value)) in re.sub(r"\s+", " ", cli.output)
+
+
+def test_observers_see_networks_opened_after_load():
+    """low_memory opens each network when a call reaches it: an "open" event each, before that network's calls."""
+    from latentrt.runtime.observers import OPEN
+
+    lean = Pipeline.default(provider="cpu", precision="fp32", low_memory=True)
+    events = []
+    with lean.observe(events.append):
+        lean(PROMPT, steps=2, seed=1)
+    opened = [e.name for e in events if e.kind == OPEN]
+    assert sorted(opened) == ["text_encoder", "unet", "vae_decoder"] and all(e.seconds > 0 for e in events if e.kind == OPEN)
+    order = [(e.kind, e.name) for e in events]
+    assert order.index((OPEN, "unet")) < order.index((NETWORK, "unet"))

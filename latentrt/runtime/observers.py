@@ -7,6 +7,8 @@ An observer is a callable that receives an `Event` after each network call and e
                     what it returned (device OrtValues with io_binding); seconds the call's wall time.
     kind "stage":   name is "text_encoder" (tokenize and encode the prompts), "vae_encode" (the task's image
                     latents), "denoise" (the whole loop) or "vae_decode"; seconds its wall time.
+    kind "open":    a network was opened (loaded; compiled where the backend compiles at load) after the pipeline
+                    was made: at its first use, per use with low_memory, when LoRAs change; seconds the time it took.
 
     with pipe.observe(lambda event: print(event.kind, event.name, f"{event.seconds:.3f}")):
         pipe("a red circle")
@@ -24,12 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-NETWORK, STAGE = "network", "stage"
+NETWORK, STAGE, OPEN = "network", "stage", "open"
 
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # NETWORK or STAGE
+    kind: str  # NETWORK, STAGE or OPEN
     name: str
     seconds: float
     inputs: Mapping[str, Any] = field(default_factory=dict)

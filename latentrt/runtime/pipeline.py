@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from latentrt.runtime.image_inputs import as_pil, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_weight
 from latentrt.runtime.memory import available_memory, estimate, gib
-from latentrt.runtime.observers import Observer, Observers
+from latentrt.runtime.observers import OPEN, Event, Observer, Observers
 from latentrt.runtime.request import (Plan, Request, check_guidance, check_negatives, check_positive_int, check_prompts,
                                       check_steps)
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
@@ -174,7 +175,10 @@ class Pipeline:
         return loras, patch.weights
 
     def _open(self, name: str):
-        return self.backend.open(self.folder.components[name], self._lora_weights.get(name))
+        start = time.perf_counter()
+        network = self.backend.open(self.folder.components[name], self._lora_weights.get(name))
+        self._observers.emit(Event(OPEN, name, time.perf_counter() - start))
+        return network
 
     # --- the networks: resident, or opened per use with low_memory -------------------------------------------
     @contextmanager
