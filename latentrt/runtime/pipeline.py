@@ -86,6 +86,9 @@ class Pipeline:
     Threads: one pipeline may be called from several threads at once (the images are those of serial calls; with
     io_binding their denoising loops take turns); `threads` sets the CPU threads each network uses. `close()` (or
     `with ... as pipe:`) frees the networks.
+
+    A generation is `pipe(prompt, ...)`, or `pipe.run(Request(...))` for a request described ahead (`pipe.check`
+    checks one without running it); `pipe.observe(observer)` watches every network call and stage.
     """
 
     def __init__(self, folder: ModelFolder, provider: str = "auto", threads: int | None = None, *,
