@@ -7,7 +7,7 @@
 Both folders come from `latentrt quantize` on the same `--deepcache` export: the first as it writes them now
 (UNet and shallow UNet int8), the second with the export's fp32 `unet_shallow/` (and its manifest entry) put
 back, as int8 folders were before. Per provider, the two folders' pipelines are loaded side by side and
-alternated: one end-to-end generation each at the settings of W2/W3 with DeepCache (20 PNDM steps = 21 UNet
+alternated: one end-to-end generation each at the DeepCache settings of the SD 1.5 architecture benchmarks at 256x256 and 512x512 (20 PNDM steps = 21 UNet
 calls, CFG 7.5, cache interval 3: 7 full and 14 shallow calls) and the int8 folder uncached, `--runs` times
 after a warm-up, medians; then one full and one shallow UNet call of each (batch 2, the CFG batch), alternated
 10 times, medians; and each image's PSNR against the uncached one (same seed).

@@ -1,4 +1,4 @@
-"""LoRA on the SD 1.5 architecture (issue 14): parity with diffusers and the load-time cost of 1 and 3 LoRAs.
+"""LoRA on the SD 1.5 architecture: parity with diffusers and the load-time cost of 1 and 3 LoRAs.
 
     python benchmarks/lora_sd15.py <sd15-diffusers> <sd15-latentrt> --out <work-dir> \
         --json benchmarks/results/lora_sd15.json --markdown benchmarks/results/lora_sd15.md
@@ -94,7 +94,7 @@ def main() -> None:
         layers = row["report"]["layers"] if row["report"] else 0
         lines.append(f"| {name} | {row['seconds']:.1f} s | {row['peak_rss_mb']:,.0f} MB | {layers} |")
     lines += ["", "A LoRA load leaves the load cache: ONNX Runtime optimizes the UNet from model.onnx again (about 11 s "
-              "for SD 1.5's UNet on this machine, issue 10's measurement), and the merged weights are held beside the "
+              "for SD 1.5's UNet on this machine, as measured for the load cache), and the merged weights are held beside the "
               "graph while the session is built (the peak RSS); reading the adapted weights at their byte offsets and "
               "merging them is a small part, so three LoRAs cost about what one does."]
     lines += ["", "Parity with diffusers (same latents, " + report["settings"] + "): " +

@@ -1,4 +1,4 @@
-"""Load test of `latentrt serve` on loopback (issue 13): 16 concurrent clients x 20 requests each on the shipped model.
+"""Load test of `latentrt serve` on loopback: 16 concurrent clients x 20 requests each on the shipped model.
 
 Scenarios, each a fresh server process: batching off (--max-batch 1), batching on (--max-batch N), and --max-queue 4
 (clients do not retry a 429). Per scenario: requests answered / lost (no answer) / errors by status, 429s, p50 and
@@ -127,7 +127,7 @@ def scenario(name: str, args: list[str], clients: int, per_client: int) -> dict:
 
 def render(report: dict) -> str:
     lines = [
-        "# latentrt serve: load test on loopback (issue 13)", "",
+        "# latentrt serve: load test on loopback", "",
         f"{report['clients']} concurrent clients x {report['per_client']} requests each (OpenAI endpoint, 1 image, "
         f"the shipped model at its defaults, random prompts and seeds), a fresh server per scenario; "
         f"provider {report['provider']}; {report['cpu']}, {report['cores']} cores.", "",

@@ -170,8 +170,8 @@ def fast_path_lines(fast: dict | None) -> list[str]:
     cells = {(f["metric"], f["vs"]): f for f in fast["figures"]}
     lines = [
         f"**Fastest latentrt path: `{fast['system']}`** ({fast['precision'] or 'fp32'}; {fast['chosen_by']}) against what a "
-        "user would pick instead: the other system's time / latentrt's (> 1: latentrt faster). Issue 9's figures "
-        "(for W3), reported, not asserted.",
+        "user would pick instead: the other system's time / latentrt's (> 1: latentrt faster). The CPU speed "
+        "targets (set for the SD 1.5 architecture at 512x512), reported, not asserted.",
         "",
         "| | " + " | ".join(f"vs {label}" for _, label in FAST_PATH_COLUMNS) + " |",
         "| --- | " + " | ".join("---:" for _ in FAST_PATH_COLUMNS) + " |",
@@ -207,7 +207,7 @@ def _embedding_lines(report: dict) -> list[str]:
     head = ["system (mode)", "load, cold cache", "load, warm cache", "time to first image", "peak RSS",
             "peak RSS, TTFI process"] + ([f"TTFI / {ref}", f"peak RSS / {ref}"] if have_ref else [])
     lines = [
-        "**Load, time to first image (TTFI), peak RSS** per row and mode (issue 10; modes: "
+        "**Load, time to first image (TTFI), peak RSS** per row and mode (modes: "
         + ", ".join(report["settings"].get("modes", ["default"])) + ").",
         "",
         "| " + " | ".join(head) + " |",
