@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import math
 import signal
 import socket
 import subprocess
@@ -446,3 +447,70 @@ def test_ray_serve_two_replicas_lose_no_request():
         except subprocess.TimeoutExpired:
             process.kill()
             print("".join(output[-50:]))
+
+
+# --- queue slots freed at cancel (issue 24, row 7) ---------------------------------------------------------
+def _until(condition, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_cancel_frees_the_queue_slot_at_once_and_retry_after_counts_live_jobs(pipe):
+    queue = JobQueue(pipe, max_queue=3, max_batch=1)
+    try:
+        with queue._cond:  # the worker takes nothing while we hold the lock
+            jobs = _jobs([1, 2, 3])
+            futures = [queue.submit(job) for job in jobs]
+            with pytest.raises(Exception, match="3 requests are waiting"):
+                queue.submit(_jobs([4])[0])
+            queue.cancel(jobs[0])
+            jobs[1].cancelled.set()  # flagged without cancel(): dropped at the next submit
+            assert queue.depth == 2
+            with pytest.raises(Cancelled):
+                futures[0].result(0)  # its future is done now, not when the worker reaches it
+            late = _jobs([5, 6])
+            futures += [queue.submit(job) for job in late]  # the two freed slots
+            assert queue.depth == 3 and futures[1].done()
+            with pytest.raises(Exception, match="3 requests are waiting") as full:
+                queue.submit(_jobs([7])[0])
+            assert full.value.retry_after <= math.ceil(3 * queue._seconds_per_job)
+        assert [f.result(120).parameters[0].seed for f in futures[2:]] == [3, 5, 6]
+        with pytest.raises(Cancelled):
+            futures[1].result(0)
+    finally:
+        queue.close()
+
+
+def _post_and_leave(port: int, body: dict) -> socket.socket:
+    """An OpenAI request sent on a raw socket; the caller closes it without reading the answer."""
+    data = json.dumps(body).encode()
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    connection.sendall(b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return connection
+
+
+def test_cancelled_requests_do_not_hold_queue_slots_behind_a_long_job(pipe):
+    with running_server(pipe, max_batch=1, max_queue=4) as (url, state):
+        port = int(url.rsplit(":", 1)[1])
+        slow = {"prompt": PROMPT, "steps": 80, "size": "192x192", "seed": 1}
+        with ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(requests.post, f"{url}/v1/images/generations", json=slow, timeout=300)
+            assert _until(lambda: state.queue._running)
+            for _ in range(3):  # 12 clients, 4 at a time (--max-queue 4), submit and go away
+                clients = [_post_and_leave(port, {"prompt": PROMPT2, "seed": i}) for i in range(4)]
+                assert _until(lambda: state.queue.depth == 4)
+                for client in clients:
+                    client.close()
+                assert _until(lambda: state.queue.depth == 0, timeout=5)  # freed at cancel
+            assert not busy.done()  # the long job still runs
+            real = pool.submit(requests.post, f"{url}/v1/images/generations", json={"prompt": PROMPT2, "seed": 2},
+                               timeout=300)
+            assert real.result().status_code == 200
+            assert busy.result().status_code == 200
+        assert metric(url, 'latentrt_errors_total{kind="cancelled"}') == 12
+        assert metric(url, "latentrt_images_total") == 2  # the cancelled requests made no image

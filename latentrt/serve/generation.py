@@ -63,7 +63,7 @@ async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
             if done:
                 break
             if await request.is_disconnected():
-                job.cancelled.set()
+                queue.cancel(job)  # its queue slot is free now
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
                 raise ApiError(499, "cancelled", "the client disconnected")
         result = future.result()

@@ -4,8 +4,8 @@ The HTTP handlers never run a network: they submit a `Job` and await its future 
 worker takes the oldest job and, when batching is on, every queued job that can share its UNet calls (`Job.key`:
 same size, steps, guidance, scheduler, text to image with a deterministic scheduler), and runs them as one
 pipeline call whose latents are each job's own seeded draws: each job gets the images it would get alone.
-A cancelled job (its client went away) is dropped before it runs, and a running call whose jobs are all
-cancelled stops at its next step.
+A cancelled job (its client went away) leaves the queue at once (`JobQueue.cancel`: its slot is free for the next
+request), and a running call whose jobs are all cancelled stops at its next step.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class JobQueue:
         self.on_batch = on_batch  # (images, seconds) after every pipeline call: metrics
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
-        self._running = 0  # jobs in the call the worker is running
+        self._running: list[Job] = []  # the jobs of the call the worker is running
         self._closing = False
         self._seconds_per_job = 1.0  # moving average, for Retry-After
         self._stochastic_by_name: dict[str, bool] = {}
@@ -82,12 +82,30 @@ class JobQueue:
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
+            self._drop_cancelled()  # jobs flagged without cancel() hold no slot either
             if len(self._waiting) >= self.max_queue:
-                ahead = len(self._waiting) + self._running
+                ahead = len(self._waiting) + sum(not j.cancelled.is_set() for j in self._running)  # live jobs only
                 raise QueueFull(len(self._waiting), max(1, math.ceil(ahead * self._seconds_per_job)))
             self._waiting.append(job)
             self._cond.notify()
         return job.future
+
+    def cancel(self, job: Job) -> None:
+        """The job's client went away: a waiting job leaves the queue now (its future gets `Cancelled`); a running one
+        is only flagged (its call stops at the next step if all its jobs are)."""
+        job.cancelled.set()
+        with self._cond:
+            self._drop_cancelled()
+
+    def _drop_cancelled(self) -> None:
+        """Remove the cancelled jobs from the waiting ones (the lock held); each future gets `Cancelled`."""
+        if not any(j.cancelled.is_set() for j in self._waiting):
+            return
+        dropped = [j for j in self._waiting if j.cancelled.is_set()]
+        self._waiting = collections.deque(j for j in self._waiting if not j.cancelled.is_set())
+        for j in dropped:
+            if j.future.set_running_or_notify_cancel():
+                j.future.set_exception(Cancelled("the client disconnected before its request ran"))
 
     def close(self, timeout: float | None = None) -> None:
         """Refuse new jobs, let the queued and running ones finish, stop the worker."""
@@ -134,7 +152,7 @@ class JobQueue:
                         self._waiting.remove(job)
                         jobs.append(job)
                         images += job.n
-            self._running = len(jobs)
+            self._running = jobs
             return jobs
 
     def _work(self) -> None:
@@ -160,7 +178,7 @@ class JobQueue:
                     if self.on_batch is not None:
                         self.on_batch(sum(job.n for job in live), seconds)
                 with self._cond:
-                    self._running = 0
+                    self._running = []
 
     def _run(self, jobs: list[Job]) -> list[PipelineResult]:
         def stop_when_all_cancelled(done: int, total: int) -> None:
