@@ -342,6 +342,10 @@ def serve(
     max_images: int = typer.Option(8, "--max-images", help="Most images one request may ask for (n, batch_size x n_iter)."),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images larger than this many pixels (the memory guard applies anyway)."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body (base64 images), in MiB: 413 past it."),
+    max_connections: int = typer.Option(
+        128, "--max-connections", help="Requests in progress at once: past this 503 with Retry-After (/health still "
+        "answers); past this many idle connections the oldest is closed."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", help="Seconds a connection has to send a request's headers; then it is closed."),
     api_key: Optional[str] = typer.Option(
         None, "--api-key", envvar="LATENTRT_API_KEY",
         help="Require 'Authorization: Bearer KEY' on every route but /health (also from $LATENTRT_API_KEY)."),
@@ -364,6 +368,14 @@ def serve(
             _fail(f"{name} must be at least {minimum}, got {value}")
     if max_body_mb <= 0:
         _fail(f"--max-body-mb must be positive, got {max_body_mb}")
+    if max_connections < 1 or header_timeout <= 0:
+        _fail(f"--max-connections must be at least 1 and --header-timeout positive, got {max_connections}, {header_timeout:g}")
+    from latentrt.serve.app import check_api_key
+
+    try:
+        check_api_key(api_key)
+    except ValueError as exc:
+        _fail(f"--api-key: {exc}")
     if model is not None and not model.is_dir():
         _fail(f"{model} is not a folder: give the folder that `latentrt export` wrote (or none for the shipped model)")
     from latentrt.runtime.backend import parse_provider_options
@@ -376,7 +388,8 @@ def serve(
                            threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
                            max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
                            cache_dir=None if cache_dir is None else str(cache_dir), io_binding=io_binding,
-                           provider_options=provider_options)
+                           provider_options=provider_options, max_connections=max_connections,
+                           header_timeout_s=header_timeout)
     bind = host or "127.0.0.1"
     if host is None:
         logger.warning("listening on 127.0.0.1:%d, this machine only (--host 0.0.0.0 to accept other machines)%s", port,

@@ -514,3 +514,164 @@ def test_cancelled_requests_do_not_hold_queue_slots_behind_a_long_job(pipe):
             assert busy.result().status_code == 200
         assert metric(url, 'latentrt_errors_total{kind="cancelled"}') == 12
         assert metric(url, "latentrt_images_total") == 2  # the cancelled requests made no image
+
+
+# --- connections, leaks, error shapes, the API key, /docs (issue 24) ----------------------------------------
+@contextmanager
+def guarded_server(pipe: Pipeline | None = None, **options):
+    """As running_server, with `latentrt serve`'s uvicorn config (the connection guard in the transport)."""
+    from latentrt.serve import server_config
+
+    port = free_port()
+    app = create_app(ServeOptions(provider="cpu", precision="fp32", **options), pipe=pipe)
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, "warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    assert _eventually(lambda: _status(f"{url}/health") is not None, timeout=60)
+    try:
+        yield url, app.state.latentrt
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def _eventually(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _status(url: str, **kwargs) -> int | None:
+    try:
+        return requests.get(url, timeout=5, **kwargs).status_code
+    except requests.ConnectionError:
+        return None
+
+
+def test_slow_and_idle_sockets_do_not_lock_out_other_clients(pipe):
+    """Row 2: 130 sockets sending a request head a byte at a time and 128 silent ones, past --max-connections:
+    other clients are served at once; the slow ones are closed at the header timeout (or evicted, oldest first)."""
+    with guarded_server(pipe, max_connections=32, header_timeout_s=2.0, max_batch=1) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        slow = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(130)]
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(128)]
+        try:
+            for connection in slow:
+                connection.sendall(b"G")
+            times = []
+            for path in ("/health", "/sdapi/v1/samplers", "/health"):
+                start = time.perf_counter()
+                assert requests.get(f"{url}{path}", timeout=5).status_code == 200
+                times.append(time.perf_counter() - start)
+            assert max(times) < 1.0, times
+            time.sleep(2.5)  # past the header timeout: every slow or idle socket has been closed by the server
+            for connection in slow + idle:
+                try:
+                    connection.sendall(b"E")
+                    assert connection.recv(100) == b""
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+            closed = metric(url, 'latentrt_errors_total{kind="header_timeout"}') + \
+                metric(url, 'latentrt_errors_total{kind="connections_evicted"}')
+            assert closed >= 258
+        finally:
+            for connection in slow + idle:
+                connection.close()
+
+
+def test_connection_cap_answers_json_503_and_still_serves_health(pipe):
+    """Row 2 and 11: past --max-connections requests in progress, JSON 503 with Retry-After, counted; /health answers."""
+    with guarded_server(pipe, max_connections=2, body_timeout_s=5, max_batch=1) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        holders = []  # two requests in progress: heads sent, bodies never
+        for _ in range(2):
+            connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+            connection.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+            holders.append(connection)
+        try:
+            assert _eventually(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 503, timeout=5)
+            answer = requests.get(f"{url}/sdapi/v1/samplers", timeout=5)
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+            assert answer.json()["error"] == "overloaded"
+            openai = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, timeout=5)
+            assert openai.status_code == 503 and openai.json()["error"]["code"] == "overloaded"
+            assert requests.get(f"{url}/health", timeout=5).status_code == 200
+        finally:
+            for connection in holders:
+                connection.close()
+        assert _eventually(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 200, timeout=10)
+        assert metric(url, 'latentrt_requests_total{route="/sdapi/v1/samplers",status="503"}') >= 2
+        assert metric(url, 'latentrt_errors_total{kind="overloaded"}') >= 3
+
+
+def test_answers_carry_no_paths_pids_or_addresses(pipe, tmp_path):
+    """Row 10: sd-models names the model, /health without the key says only its status, the replica is not the
+    PID, Pillow's messages lose their object addresses, a failed load's error loses its path."""
+    import os
+
+    key = {"Authorization": "Bearer k"}
+    with running_server(pipe, api_key="k", max_batch=1) as (url, _):
+        model = requests.get(f"{url}/sdapi/v1/sd-models", headers=key, timeout=10).json()[0]
+        assert model["filename"] == "shapes"
+        health = requests.get(f"{url}/health", timeout=10)
+        assert health.json() == {"status": "ready"}
+        replica = health.headers["x-latentrt-replica"]
+        assert str(os.getpid()) not in replica and socket.gethostname() not in replica
+        full = requests.get(f"{url}/health", headers=key, timeout=10).json()
+        assert full["model"] == "shapes" and full["replica"] == replica
+        bad = base64.b64encode(b"not an image at all").decode()
+        answer = requests.post(f"{url}/sdapi/v1/img2img", json={"prompt": PROMPT, "init_images": [bad]},
+                               headers=key, timeout=10)
+        assert answer.status_code == 422 and "init_images" in answer.text
+        assert " at 0x" not in answer.text, answer.text
+    missing = tmp_path / "models" / "no-such-model"
+    missing.mkdir(parents=True)
+    with running_server(model=str(missing), api_key="k") as (url, _):
+        assert requests.get(f"{url}/health", timeout=10).json() == {"status": "failed"}
+        failed = requests.get(f"{url}/health", headers=key, timeout=10).json()
+        assert failed["status"] == "failed" and failed["error"]
+        assert str(tmp_path) not in failed["error"] and "no-such-model" in failed["error"], failed["error"]
+        refused = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT}, headers=key, timeout=10)
+        assert refused.status_code == 503 and str(tmp_path) not in refused.text
+
+
+def test_every_error_in_the_apis_own_shape(server):
+    """Row 11: FastAPI's own 404 and 405 in OpenAI's shape under /v1 and A1111's under /sdapi, counted."""
+    url, _ = server
+    missing = requests.get(f"{url}/v1/models/none", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert missing.json()["error"]["message"]
+    method = requests.get(f"{url}/v1/images/generations", timeout=10)
+    assert method.status_code == 405 and method.json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in method.headers["allow"]
+    a1111 = requests.get(f"{url}/sdapi/v1/txt2img", timeout=10)
+    assert a1111.status_code == 405 and a1111.json()["error"] == "method_not_allowed" and a1111.json()["detail"]
+    assert metric(url, 'latentrt_requests_total{route="other",status="404"}') >= 1
+    assert metric(url, 'latentrt_errors_total{kind="method_not_allowed"}') >= 2
+
+
+def test_api_key_must_be_printable_ascii():
+    """Row 12: a key clients encode differently (UTF-8 or Latin-1) is refused at start, with the reason."""
+    with pytest.raises(ValueError, match="ASCII"):
+        create_app(ServeOptions(api_key="clé"))
+    with pytest.raises(ValueError, match="ASCII"):
+        create_app(ServeOptions(api_key="two words"))
+    from typer.testing import CliRunner
+
+    from latentrt.cli import app as cli
+
+    result = CliRunner().invoke(cli, ["serve", "--api-key", "clé"])
+    assert result.exit_code == 2 and "ASCII" in result.output
+
+
+def test_docs_page_carries_its_schema(pipe):
+    """Row 15: with --api-key the page gets the schema inline (a browser cannot send the key for /openapi.json)."""
+    with running_server(pipe, api_key="k", max_batch=1) as (url, _):
+        assert requests.get(f"{url}/docs", timeout=10).status_code == 401
+        page = requests.get(f"{url}/docs", headers={"Authorization": "Bearer k"}, timeout=10)
+        assert page.status_code == 200 and "/v1/images/generations" in page.text
+        assert "/openapi.json" not in page.text

@@ -178,4 +178,4 @@ async def sd_models(request: Request) -> list[dict]:
     sha256 = next((f.get("sha256") for f in files if f.get("sha256")), None)
     short = sha256[:10] if sha256 else None
     return [{"title": f"{folder.name} [{short}]" if short else folder.name, "model_name": folder.name,
-             "hash": short, "sha256": sha256, "filename": str(folder.path), "config": None}]
+             "hash": short, "sha256": sha256, "filename": folder.name, "config": None}]  # a name, not a path

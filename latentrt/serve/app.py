@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import threading
 import time
@@ -16,12 +17,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 from latentrt.runtime.pipeline import Pipeline
 
 from .a1111 import router as a1111_router
-from .errors import error_response
+from .errors import error_response, scrub
 from .generation import check_job, run_job
 from .jobs import JobQueue
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -77,6 +80,7 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
     The model is loaded and compiled in a thread while the server already answers (/health: 503 until ready);
     `ready_at_startup` finishes that inside the ASGI startup instead, for a host that routes to the app once its
     startup is over (Ray Serve's replicas)."""
+    check_api_key(options.api_key)
     state = ServerState(options, Metrics(queue_depth=lambda: state.queue.depth if state.queue else 0))
 
     def load() -> None:
@@ -93,7 +97,7 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
             state.queue = JobQueue(loaded, options.max_queue, max_batch, on_batch=_record_batch)
             logger.info("model %s ready on %s (%s)", loaded.folder.name, loaded.provider, loaded.precision)
         except Exception as error:  # /health reports it; generation requests get 503 with the reason
-            state.load_error = f"{type(error).__name__}: {error}"
+            state.load_error = scrub(f"{type(error).__name__}: {error}")
             logger.error("the model failed to load: %s", state.load_error)
 
     def _record_batch(images: int, seconds: float) -> None:
@@ -112,7 +116,7 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
         if state.pipe is not None and pipe is None:
             state.pipe.close()
 
-    app = FastAPI(title="latentrt", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="latentrt", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.latentrt = state
     app.add_middleware(_Guard, state=state)
 
@@ -120,6 +124,12 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
         state.metrics.errors.labels(error.kind).inc()
         return error_response(request.url.path, error.status, error.kind, error.message, error.headers)
+
+    @app.exception_handler(HTTPException)  # FastAPI's own 404, 405, 400 (...): in the API's shape too
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        kind = HTTP_KINDS.get(error.status_code, "http_error")
+        state.metrics.errors.labels(kind).inc()
+        return error_response(request.url.path, error.status_code, kind, str(error.detail), error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -133,13 +143,16 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
         return error_response(request.url.path, 422, "validation", message)
 
     @app.get("/health")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         if state.draining:
             return JSONResponse({"status": "shutting_down"}, 503)
         if state.load_error:
-            return JSONResponse({"status": "failed", "error": state.load_error}, 503)
+            detail = {"error": state.load_error} if authorized(request) else {}
+            return JSONResponse({"status": "failed"} | detail, 503)
         if state.queue is None:
             return JSONResponse({"status": "loading"}, 503)
+        if not authorized(request):  # with --api-key, the rest is for the key's holders
+            return JSONResponse({"status": "ready"})
         folder = state.pipe.folder
         return JSONResponse({"status": "ready", "model": folder.name, "family": state.pipe.family.name,
                              "provider": state.pipe.provider, "precision": state.pipe.precision,
@@ -149,15 +162,39 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/docs", include_in_schema=False)  # the schema in the page: a browser cannot send the key for it
+    async def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title="latentrt").body.decode()
+        spec = json.dumps(app.openapi()).replace("</", "<\\/")
+        return HTMLResponse(page.replace("url: '/openapi.json',", f"spec: {spec},"))
+
     app.include_router(openai_router)
     app.include_router(a1111_router)
     return app
 
 
-# --- the guard: API key, body size and time ------------------------------------------------------------------
+HTTP_KINDS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def check_api_key(key: str | None) -> None:
+    """A key must be visible ASCII: HTTP headers are Latin-1 and clients encode differently (the OpenAI SDK
+    cannot send other characters at all), so any other key would be refused or accepted depending on the client."""
+    if key is not None and (not key or not all(33 <= ord(c) <= 126 for c in key)):
+        raise ValueError("the API key must be printable ASCII without spaces (letters, digits, punctuation), "
+                         "for example `python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
+
+
+def authorized(request: Request) -> bool:
+    """Whether the request carried the API key (always, when there is none)."""
+    return request.scope.get("latentrt.authorized", True)
+
+
+# --- the guard: API key, connections, body size and time ----------------------------------------------------
 class _Guard:
-    """A plain ASGI middleware: checks the API key (all routes but /health), reads the body whole within its limits
-    (413 past max_body_bytes, 408 past body_timeout_s), and counts every answer in the metrics."""
+    """A plain ASGI middleware: checks the API key (all routes but /health), caps the requests in progress (503 with
+    Retry-After past max_connections; /health always answers), reads the body whole within its limits (413 past
+    max_body_bytes, 408 past body_timeout_s), answers an unexpected exception with a 500 in the API's shape, and
+    counts every answer in the metrics. (Headers that never complete are the transport's: `GuardedProtocol`.)"""
 
     ROUTES = frozenset({"/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/samplers",
                         "/sdapi/v1/sd-models", "/health", "/metrics"})
@@ -171,19 +208,45 @@ class _Guard:
         path = scope["path"]
         route = path if path in self.ROUTES else "other"
 
+        started = False
+
         async def counted_send(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 self.state.metrics.requests.labels(route, str(message["status"])).inc()
                 message = dict(message, headers=[*message.get("headers", []),
                                                  (b"x-latentrt-replica", self.state.replica.encode("latin-1"))])
             await send(message)
 
+        state = self.state
+        if path != "/health" and state.active >= state.options.max_connections:
+            state.metrics.errors.labels("overloaded").inc()
+            return await error_response(path, 503, "overloaded", f"the server has {state.options.max_connections} "
+                                        "requests in progress: try again shortly", {"Retry-After": "1"}
+                                        )(scope, receive, counted_send)
+        state.active += 1
+        try:
+            await self._serve(scope, receive, counted_send, path)
+        except Exception:
+            logger.exception("%s %s failed", scope.get("method"), path)
+            if started:
+                raise
+            state.metrics.errors.labels("internal").inc()
+            await error_response(path, 500, "internal", "the server failed on this request (its log says why)"
+                                 )(scope, receive, counted_send)
+        finally:
+            state.active -= 1
+
+    async def _serve(self, scope, receive, counted_send, path: str):
         options = self.state.options
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        if options.api_key and path != "/health":
+        if options.api_key:
             given = headers.get("authorization", "")
             scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.api_key.encode()):
+            valid = scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), options.api_key.encode())
+            scope["latentrt.authorized"] = valid
+            if not valid and path != "/health":
                 self.state.metrics.errors.labels("unauthorized").inc()
                 response = error_response(path, 401, "unauthorized", "missing or invalid API key: send "
                                           "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})

@@ -17,7 +17,8 @@ class Metrics:
                                  "its answer", ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.images = Counter("latentrt_images", "Images generated", registry=self.registry)
         self.errors = Counter("latentrt_errors", "Requests that failed, by kind (validation, queue_full, too_large, "
-                              "unauthorized, cancelled, generation, internal, ...)", ["kind"], registry=self.registry)
+                              "unauthorized, cancelled, generation, internal, overloaded, header_timeout, ...)", ["kind"],
+                              registry=self.registry)
         self.batch_images = Histogram("latentrt_batch_images", "Images per pipeline call (batched requests)",
                                       buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
         self.queue_depth = Gauge("latentrt_queue_depth", "Requests waiting for the worker",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import secrets
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -31,6 +31,8 @@ class ServeOptions:
     cache_dir: str | None = None
     io_binding: bool = False  # ONNX Runtime's IO binding for the UNet (Pipeline(io_binding=True))
     provider_options: dict[str, str] | None = None  # for the first ONNX Runtime provider
+    max_connections: int = 128  # requests in progress at once; past this 503 + Retry-After (/health still answers)
+    header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
 
 
 class ApiError(Exception):
@@ -39,6 +41,9 @@ class ApiError(Exception):
     def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+REPLICA = secrets.token_hex(6)  # this process in X-Latentrt-Replica and /health: random, no host name or PID
 
 
 @dataclass
@@ -50,7 +55,8 @@ class ServerState:
     load_error: str | None = None
     draining: bool = False
     max_batch: int = 1  # what batching was set to (options.max_batch, or measured)
-    replica: str = field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
+    replica: str = field(default_factory=lambda: REPLICA)
+    active: int = 0  # requests in progress (the guard's connection cap)
 
     def ready(self) -> JobQueue:
         if self.draining:
