@@ -645,6 +645,10 @@ def test_every_error_in_the_apis_own_shape(server):
     missing = requests.get(f"{url}/v1/models/none", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
     assert missing.json()["error"]["message"]
+    import openai
+
+    with pytest.raises(openai.NotFoundError, match="no such route"):  # the SDK shows the message
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0).models.list()
     method = requests.get(f"{url}/v1/images/generations", timeout=10)
     assert method.status_code == 405 and method.json()["error"]["code"] == "method_not_allowed"
     assert "POST" in method.headers["allow"]

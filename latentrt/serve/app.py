@@ -129,7 +129,10 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         kind = HTTP_KINDS.get(error.status_code, "http_error")
         state.metrics.errors.labels(kind).inc()
-        return error_response(request.url.path, error.status_code, kind, str(error.detail), error.headers)
+        messages = {404: f"{request.method} {request.url.path}: no such route on this server",
+                    405: f"{request.method} is not allowed on {request.url.path}"}
+        message = messages.get(error.status_code, str(error.detail))
+        return error_response(request.url.path, error.status_code, kind, message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
