@@ -9,6 +9,10 @@
               "bf16"      OpenVINO only, and only on a CPU with bf16; anything else is an error, never a
                           silent fallback
 
+OpenVINO compiles each network per input shape: shapes compiled ahead (`Pipeline.compile`, a server's start) are
+kept; those calls compile on demand are kept up to `max_compiled_shapes` per network (default 8), the least recently
+used released past it, so that a process that sees many sizes stays flat in memory. ONNX Runtime ignores it.
+
 Caching (`cache_dir=`, `$LATENTRT_CACHE`, default `~/.cache/latentrt`; `use_cache=False` for none): ONNX Runtime's
 CPU sessions always cache their optimized graph with prepacked weights there (session.optimized_copy: a load
 of SD 1.5's UNet goes from 11 s to about 1 s); OpenVINO's compiled models only when a folder is named
@@ -78,6 +82,7 @@ class Backend:
     io_binding: bool = False  # ONNX Runtime's IO binding for BOUND_NETWORKS
     cuda_graph: bool = False  # BOUND_NETWORKS captured in a CUDA graph (with io_binding)
     provider_options: dict[str, Any] | None = None  # for the first ONNX Runtime provider of the chain
+    max_compiled_shapes: int | None = None  # OpenVINO: on-demand compiled shapes kept per network (None: the default)
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
         """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
@@ -90,7 +95,7 @@ class Backend:
 
             return OpenVinoModel(files.name, files.model, self.precision, self.threads,
                                  None if weights else self.compiled_cache, files_identity(files.model, files.manifest),
-                                 weights=weights)
+                                 weights=weights, max_shapes=self.max_compiled_shapes)
         bound = files.name in BOUND_NETWORKS
         return OnnxModel(files.name, files.model, resolve_providers(self.provider), self.threads,
                          None if weights else self.cache, files_identity(files.model, files.manifest), weights=weights,
@@ -119,9 +124,13 @@ def parse_provider_options(texts: list[str] | None) -> dict[str, str] | None:
 
 def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,
                     cache_dir: str | Path | None = None, use_cache: bool = True, io_binding: bool = False,
-                    cuda_graph: bool = False, provider_options: dict[str, Any] | None = None) -> Backend:
+                    cuda_graph: bool = False, provider_options: dict[str, Any] | None = None,
+                    max_compiled_shapes: int | None = None) -> Backend:
     if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if max_compiled_shapes is not None and (isinstance(max_compiled_shapes, bool) or not isinstance(max_compiled_shapes, int)
+                                            or max_compiled_shapes < 1):
+        raise ValueError(f"max_compiled_shapes must be a positive integer (compiled shapes kept per network), got {max_compiled_shapes!r}")
     if not isinstance(provider, str) or not provider:
         raise ValueError(f"provider must be a name ({PROVIDER_CHOICES}), got {provider!r}")
     if provider_options is not None and not (isinstance(provider_options, dict) and all(isinstance(k, str) for k in provider_options)):
@@ -146,7 +155,8 @@ def resolve_backend(provider: str = "auto", precision: str = "auto", threads: in
                 "precision bf16 needs a CPU with bf16 instructions (AMX or AVX512-BF16), and OpenVINO finds none "
                 "on this one: use precision fp32 (or auto)"
             )
-        return Backend("openvino", precision, threads, None, compiled_model_cache(cache_dir, use_cache))
+        return Backend("openvino", precision, threads, None, compiled_model_cache(cache_dir, use_cache),
+                       max_compiled_shapes=max_compiled_shapes)
     chain = resolve_providers(provider)  # an unknown or unavailable provider is an error here, before any loading
     if precision == "bf16":
         raise ValueError(

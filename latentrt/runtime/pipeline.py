@@ -76,7 +76,8 @@ class Pipeline:
     decode would not fit in the memory available (None: tiling is not exact, and a VAE trained on small images
     draws a frame in every tile). max_pixels: refuse images with more pixels (height x width) than this, for an
     app that bounds its requests; every call is also refused when its estimated memory exceeds what the
-    machine has available (`latentrt.runtime.memory`).
+    machine has available (`latentrt.runtime.memory`). max_compiled_shapes (OpenVINO; default 8): the shapes each
+    network keeps compiled from calls, the least recently used released past it; those `compile` made are kept.
 
     ONNX Runtime only (see `latentrt.runtime.backend`): io_binding runs the UNet on IO binding (conditioning bound
     once per generation, latents and outputs in buffers on the provider's device; the same images), cuda_graph
@@ -95,9 +96,10 @@ class Pipeline:
                  precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True,
                  low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None,
                  loras: Sequence | None = None, io_binding: bool = False, cuda_graph: bool = False,
-                 provider_options: dict | None = None):
+                 provider_options: dict | None = None, max_compiled_shapes: int | None = None):
         self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache, io_binding=io_binding,
-                                                cuda_graph=cuda_graph, provider_options=provider_options)
+                                                cuda_graph=cuda_graph, provider_options=provider_options,
+                                                max_compiled_shapes=max_compiled_shapes)
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive integer (height x width), got {max_pixels!r}")
         if vae_tiling not in (None, True, False):
@@ -132,7 +134,7 @@ class Pipeline:
     @classmethod
     def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
         """Options as `Pipeline(...)`: precision, cache_dir, use_cache, low_memory, vae_tiling, max_pixels, loras,
-        io_binding, cuda_graph, provider_options."""
+        io_binding, cuda_graph, provider_options, max_compiled_shapes."""
         return cls(ModelFolder.open(path), provider=provider, threads=threads, **options)
 
     @classmethod

@@ -2,7 +2,10 @@
 
 OpenVINO reads the folder's `model.onnx` as it is (com.microsoft.MultiHeadAttention included). Each network is
 compiled for the exact input shapes of a call (static shapes run faster than dynamic ones) and the compiled
-model is kept per shape in the process; with a cache folder it is also exported to disk (`<key>.blob`, see
+model is kept per shape in the process, within a bound: shapes compiled ahead with `compile` (a server's start) are
+pinned, and those a call compiled on demand are kept up to `max_shapes`, the least recently used released past
+it (its memory returns: about 80 MB per shape for the shipped model, a copy of the network's weights for a large
+one); with a cache folder it is also exported to disk (`<key>.blob`, see
 `latentrt.runtime.cache`), so that the next process imports it instead of compiling. A blob that cannot be
 imported (corrupt, or written by another OpenVINO) is rebuilt with a warning.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ INSTALL_HINT = 'the openvino provider needs the openvino extra: pip install "lat
 DEVICE = "CPU"
 # latentrt's precision names -> OpenVINO's inference precision hint
 PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}
+# Shapes a network keeps compiled on demand (besides those pinned by `compile`): a server that sees many sizes stays
+# flat, while one generation (a single shape per network) or a few sizes/batches in turn do not recompile.
+DEFAULT_MAX_SHAPES = 8
 
 
 def import_openvino():
@@ -61,8 +68,10 @@ class OpenVinoModel:
     """One network on OpenVINO's CPU plugin, called with keyword arrays like `session.OnnxModel`."""
 
     def __init__(self, name: str, path: Path, precision: str, threads: int | None = None,
-                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None):
+                 cache: Path | None = None, identity: dict[str, Any] | None = None, weights: dict | None = None,
+                 max_shapes: int | None = None):
         self.name = name
+        self.max_shapes = DEFAULT_MAX_SHAPES if max_shapes is None else max_shapes  # checked by resolve_backend
         # LoRA-merged initializers ({name: lora.StoredWeight}): they replace the file's constants at each read
         self.weights = {name: w.values for name, w in (weights or {}).items()}
         self.path = Path(path)
@@ -76,8 +85,9 @@ class OpenVinoModel:
         self.model = self._read()  # dropped by each compilation, read again for a new shape
         self.inputs = {port.get_any_name(): _info(port) for port in self.model.inputs}
         self.outputs = {port.get_any_name(): _info(port) for port in self.model.outputs}
-        self._compiled: dict[tuple, Any] = {}
-        self._idle: dict[int, list] = {}  # idle infer requests per compiled model (they keep their buffers)
+        self._compiled: OrderedDict[tuple, Any] = OrderedDict()  # least recently used first
+        self._pinned: set[tuple] = set()  # compiled by `compile`: never released
+        self._idle: dict[tuple, list] = {}  # idle infer requests per compiled model (they keep their buffers)
         self._lock = threading.Lock()  # one compilation per shape, one thread per request
         logger.info("%s: OpenVINO %s, %s", name, version(), precision)
 
@@ -96,9 +106,8 @@ class OpenVinoModel:
 
     def __call__(self, **feeds: NDArray) -> dict[str, NDArray]:
         check_feeds(self.name, self.inputs, feeds)
-        compiled = self.compile({name: value.shape for name, value in feeds.items()})
+        compiled, idle = self._compiled_model({name: value.shape for name, value in feeds.items()}, pin=False)
         with self._lock:  # a request must not be shared between threads: take an idle one, or a new one
-            idle = self._idle.setdefault(id(compiled), [])
             request = idle.pop() if idle else compiled.create_infer_request()
         try:
             result = request.infer(feeds)  # outputs copied out of the request (share_outputs=False)
@@ -112,13 +121,38 @@ class OpenVinoModel:
         with self._lock:
             return any((name, tuple(shape)) in key for key in self._compiled)
 
+    @property
+    def compiled_shapes(self) -> int:
+        """How many compiled models this network holds (pinned ones included)."""
+        with self._lock:
+            return len(self._compiled)
+
     def compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
-        """The compiled model for these input shapes: from this process, the disk cache, or compiled now."""
+        """The compiled model for these input shapes (from this process, the disk cache, or compiled now), pinned:
+        kept for the life of the network, outside the `max_shapes` bound of the shapes calls compile on demand."""
+        return self._compiled_model(shapes, pin=True)[0]
+
+    def _compiled_model(self, shapes: dict[str, tuple[int, ...]], pin: bool) -> tuple[Any, list]:
+        """The compiled model and its list of idle infer requests (a call that outlives an eviction keeps both)."""
         key = tuple(sorted((name, tuple(int(d) for d in shape)) for name, shape in shapes.items()))
         with self._lock:
             if key not in self._compiled:
+                if not pin:  # released before compiling: the new copy takes the old one's memory
+                    self._evict(keep=self.max_shapes - 1)
                 self._compiled[key] = self._load_or_compile(dict(key))
-            return self._compiled[key]
+            self._compiled.move_to_end(key)
+            if pin:
+                self._pinned.add(key)
+            return self._compiled[key], self._idle.setdefault(key, [])
+
+    def _evict(self, keep: int) -> None:
+        """Release the least recently used unpinned compiled models past `keep` (with the lock held). A call still
+        running on one keeps it alive until it returns; its infer requests are dropped with it."""
+        unpinned = [key for key in self._compiled if key not in self._pinned]
+        for key in unpinned[:max(0, len(unpinned) - keep)]:
+            del self._compiled[key]
+            self._idle.pop(key, None)  # idle infer requests hold the compiled model
+            logger.info("%s: released the compiled model for %s (max_compiled_shapes=%d)", self.name, dict(key), self.max_shapes)
 
     def _load_or_compile(self, shapes: dict[str, tuple[int, ...]]) -> Any:
         blob = self._blob_path(shapes)
