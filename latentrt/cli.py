@@ -352,6 +352,12 @@ def serve(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help=_CACHE_DIR_HELP),
     io_binding: bool = typer.Option(False, "--io-binding", help="As for generate (no --cuda-graph: requests vary in shape)."),
     provider_option: Optional[list[str]] = typer.Option(None, "--provider-option", help="KEY=VALUE, as for generate."),
+    sizes: Optional[str] = typer.Option(
+        None, "--sizes", help="Only these sizes, WIDTHxHEIGHT separated by commas (e.g. 512x512,768x512): compiled at "
+        "start for every batch size, any other size refused with 422 (default: any size)."),
+    max_compiled_shapes: Optional[int] = typer.Option(
+        None, "--max-compiled-shapes", help="OpenVINO: shapes each network keeps compiled from requests (sizes, batch "
+        "sizes), the least recently used released past it (default 8); those compiled at start are kept."),
     ray: bool = typer.Option(False, "--ray", help="Serve with Ray Serve (the ray extra): --replicas copies of the app, one pipeline each."),
     replicas: int = typer.Option(2, "--replicas", help="With --ray: how many replicas."),
 ) -> None:
@@ -382,14 +388,20 @@ def serve(
 
     try:
         provider_options = parse_provider_options(provider_option)
+        from latentrt.serve.sizes import parse_sizes
+
+        allowed_sizes = parse_sizes(sizes)
     except ValueError as exc:
         _fail(str(exc))
+    if max_compiled_shapes is not None and max_compiled_shapes < 1:
+        _fail(f"--max-compiled-shapes must be at least 1, got {max_compiled_shapes}")
     options = ServeOptions(model=None if model is None else str(model), provider=provider, precision=precision,
                            threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
                            max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
                            cache_dir=None if cache_dir is None else str(cache_dir), io_binding=io_binding,
                            provider_options=provider_options, max_connections=max_connections,
-                           header_timeout_s=header_timeout)
+                           header_timeout_s=header_timeout, sizes=allowed_sizes,
+                           max_compiled_shapes=max_compiled_shapes)
     bind = host or "127.0.0.1"
     if host is None:
         logger.warning("listening on 127.0.0.1:%d, this machine only (--host 0.0.0.0 to accept other machines)%s", port,

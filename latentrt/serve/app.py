@@ -39,7 +39,7 @@ __all__ = ["ApiError", "ServeOptions", "check_job", "create_app", "run_job"]  # 
 def load_pipeline(options: ServeOptions) -> Pipeline:
     kwargs = dict(provider=options.provider, threads=options.threads, precision=options.precision,
                   max_pixels=options.max_pixels, cache_dir=options.cache_dir, io_binding=options.io_binding,
-                  provider_options=options.provider_options)
+                  provider_options=options.provider_options, max_compiled_shapes=options.max_compiled_shapes)
     if options.model is None:
         return Pipeline.default(**kwargs)
     return Pipeline.from_folder(options.model, **kwargs)
@@ -93,6 +93,9 @@ def create_app(options: ServeOptions, pipe: Pipeline | None = None, *, ready_at_
             max_batch = options.max_batch or auto_batch(loaded)
             for batch in range(2, max_batch + 1):
                 loaded.compile(batch=batch)
+            from .sizes import compile_sizes  # --sizes: every allowed size too, pinned (the rest are refused)
+
+            compile_sizes(loaded, options.sizes, max_batch, image="vae_encoder" in loaded.folder.components)
             state.pipe, state.max_batch = loaded, max_batch
             state.queue = JobQueue(loaded, options.max_queue, max_batch, on_batch=_record_batch)
             logger.info("model %s ready on %s (%s)", loaded.folder.name, loaded.provider, loaded.precision)

@@ -31,6 +31,8 @@ class ServeOptions:
     cache_dir: str | None = None
     io_binding: bool = False  # ONNX Runtime's IO binding for the UNet (Pipeline(io_binding=True))
     provider_options: dict[str, str] | None = None  # for the first ONNX Runtime provider
+    sizes: tuple[tuple[int, int], ...] | None = None  # (width, height) allow-list, compiled at start; None: any size
+    max_compiled_shapes: int | None = None  # OpenVINO: on-demand compiled shapes kept per network (None: the default, 8)
     max_connections: int = 128  # requests in progress at once; past this 503 + Retry-After (/health still answers)
     header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
 
