@@ -340,7 +340,16 @@ def serve(
         "deterministic scheduler; 1: no batching; 0 (default): measured at start, 8 if a 2-image call costs under "
         "0.8x two 1-image calls, else 1 (benchmarks/results/serve_load.md)."),
     max_images: int = typer.Option(8, "--max-images", help="Most images one request may ask for (n, batch_size x n_iter)."),
-    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", help="Refuse images larger than this many pixels (the memory guard applies anyway)."),
+    max_pixels: int = typer.Option(
+        1024 * 1024, "--max-pixels",
+        help="Refuse output images larger than this many pixels, 422 (default 1048576 = 1024x1024; the memory guard applies anyway)."),
+    max_input_pixels: int = typer.Option(
+        4096 * 4096, "--max-input-pixels",
+        help="Refuse uploaded images (img2img, masks) whose decoded size, read from their header, is over this many pixels: 413 (default 16777216 = 4096x4096)."),
+    max_steps: int = typer.Option(150, "--max-steps", help="Most denoising steps one request may ask for (422 past it)."),
+    timeout: float = typer.Option(
+        600.0, "--timeout",
+        help="Seconds a request may take, queued and running: past it 504, and its job is dropped or stops at its next step (0: no limit)."),
     max_body_mb: float = typer.Option(32.0, "--max-body-mb", help="Largest request body (base64 images), in MiB: 413 past it."),
     max_connections: int = typer.Option(
         128, "--max-connections", help="Requests in progress at once: past this 503 with Retry-After (/health still "
@@ -376,6 +385,11 @@ def serve(
         _fail(f"--max-body-mb must be positive, got {max_body_mb}")
     if max_connections < 1 or header_timeout <= 0:
         _fail(f"--max-connections must be at least 1 and --header-timeout positive, got {max_connections}, {header_timeout:g}")
+    for name, value in (("--max-pixels", max_pixels), ("--max-input-pixels", max_input_pixels), ("--max-steps", max_steps)):
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}")
+    if timeout < 0:
+        _fail(f"--timeout must be 0 (no limit) or a number of seconds, got {timeout}")
     from latentrt.serve.app import check_api_key
 
     try:
@@ -397,7 +411,8 @@ def serve(
         _fail(f"--max-compiled-shapes must be at least 1, got {max_compiled_shapes}")
     options = ServeOptions(model=None if model is None else str(model), provider=provider, precision=precision,
                            threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
-                           max_pixels=max_pixels, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
+                           max_pixels=max_pixels, max_input_pixels=max_input_pixels, max_steps=max_steps,
+                           timeout_s=timeout or None, max_body_bytes=int(max_body_mb * 2**20), api_key=api_key,
                            cache_dir=None if cache_dir is None else str(cache_dir), io_binding=io_binding,
                            provider_options=provider_options, max_connections=max_connections,
                            header_timeout_s=header_timeout, sizes=allowed_sizes,

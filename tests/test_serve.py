@@ -679,3 +679,151 @@ def test_docs_page_carries_its_schema(pipe):
         page = requests.get(f"{url}/docs", headers={"Authorization": "Bearer k"}, timeout=10)
         assert page.status_code == 200 and "/v1/images/generations" in page.text
         assert "/openapi.json" not in page.text
+
+
+# --- admission before work, unicode and numbers (issue 24, rows 1, 4, 5, 6, 8, 9, 13) -------------------------
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20  # the server runs in this process
+
+
+def _big_png(side: int) -> bytes:
+    """A valid grey PNG of side x side made without holding its pixels: a few KB that decode to side² bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    packer, row = zlib.compressobj(9), bytes(side + 1)  # filter byte 0, then side zero pixels
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def decoded(monkeypatch):
+    """Every uploaded image the server decodes (generation.admit decodes only what passed its header checks)."""
+    from latentrt.serve.inputs import Upload
+
+    calls = []
+    real = Upload.decode
+
+    def spy(self, max_pixels):
+        calls.append(self.field)
+        return real(self, max_pixels)
+
+    monkeypatch.setattr(Upload, "decode", spy)
+    return calls
+
+
+def test_img2img_asking_for_8192_squared_is_refused_before_the_image_is_decoded(server, decoded):  # row 1
+    url, _ = server
+    before = _rss_mb()
+    body = {"prompt": PROMPT, "init_images": [b64png(Image.new("RGB", (64, 64), "white"))], "width": 8192, "height": 8192}
+    answer = requests.post(f"{url}/sdapi/v1/img2img", json=body, timeout=60)
+    assert answer.status_code == 422, answer.text
+    assert "8192x8192 is 67,108,864 pixels, over this server's --max-pixels=1,048,576" in answer.json()["detail"]
+    assert "largest size that fits at this aspect ratio is 1024x1024" in answer.json()["detail"]
+    assert decoded == [] and _rss_mb() - before < 50
+    assert ServeOptions().max_pixels == 1024 * 1024  # the default refuses it
+    small = requests.post(f"{url}/sdapi/v1/img2img", json=dict(body, width=64, height=64, steps=2), timeout=60)
+    assert small.status_code == 200 and decoded == ["init_images[0]"]  # what passes is decoded (off the event loop)
+
+
+def test_an_image_that_decodes_past_max_input_pixels_is_refused_by_its_header(server, decoded):  # row 4
+    url, _ = server
+    bomb = _big_png(10000)
+    assert len(bomb) < 200_000 and Image.open(io.BytesIO(bomb)).size == (10000, 10000)
+    before = _rss_mb()
+    for field in ("init_images", "mask"):
+        body = {"prompt": PROMPT, "init_images": [b64png(Image.new("RGB", (64, 64)))]}
+        body["init_images" if field == "init_images" else "mask"] = [base64.b64encode(bomb).decode()] \
+            if field == "init_images" else base64.b64encode(bomb).decode()
+        answer = requests.post(f"{url}/sdapi/v1/img2img", json=body, timeout=60)
+        assert answer.status_code == 413, answer.text
+        detail = answer.json()["detail"]
+        assert "is 10000x10000 = 100,000,000 pixels, over this server's --max-input-pixels=16,777,216" in detail
+        assert detail.startswith("init_images[0]" if field == "init_images" else "mask")
+    assert decoded == [] and _rss_mb() - before < 50
+    assert requests.get(f"{url}/health", timeout=10).status_code == 200
+
+
+def test_text_fields_are_bounded_on_every_route(server):  # row 5
+    url, _ = server
+    before = _rss_mb()
+    for route, field in (("/v1/images/generations", "negative_prompt"), ("/v1/images/generations", "model"),
+                         ("/sdapi/v1/txt2img", "negative_prompt"), ("/sdapi/v1/txt2img", "sampler_name")):
+        answer = requests.post(f"{url}{route}", json={"prompt": PROMPT, field: "x" * 2**20}, timeout=60)
+        assert answer.status_code == 422, answer.text
+        message = answer.json()["error"]["message"] if route.startswith("/v1/") else answer.json()["detail"]
+        assert f"{field}: Value error, has 1,048,576 characters, at most 4000 are accepted: shorten it" in message
+    assert _rss_mb() - before < 50
+    ok = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "negative_prompt": "x" * 4000, "steps": 1},
+                       timeout=60)
+    assert ok.status_code == 200, ok.text
+
+
+def test_compute_is_bounded_by_default_and_a_request_has_a_deadline(server, pipe):  # row 6
+    url, _ = server
+    defaults = ServeOptions()
+    assert (defaults.max_pixels, defaults.max_steps, defaults.timeout_s) == (1024 * 1024, 150, 600.0)
+    answer = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "steps": 1000}, timeout=60)
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "too_many_steps"
+    assert "steps must be at most 150 on this server (--max-steps), got 1000" in answer.json()["error"]["message"]
+    answer = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "width": 7240, "height": 7240}, timeout=60)
+    assert answer.status_code == 422 and "over this server's --max-pixels=1,048,576" in answer.json()["detail"]
+    with running_server(pipe, max_batch=1, timeout_s=1.0) as (slow_url, state):
+        start = time.monotonic()
+        answer = requests.post(f"{slow_url}/v1/images/generations",
+                               json={"prompt": PROMPT, "steps": 150, "size": "256x256", "n": 8}, timeout=60)
+        assert answer.status_code == 504 and time.monotonic() - start < 5, answer.text
+        assert answer.json()["error"]["code"] == "timeout"
+        assert "did not finish within 1 s (this server's --timeout)" in answer.json()["error"]["message"]
+        assert _until(lambda: not state.queue._running and state.queue.depth == 0, timeout=10)  # stopped at its next step
+        assert metric(slow_url, "latentrt_images_total") == 0
+        fast = requests.post(f"{slow_url}/v1/images/generations", json={"prompt": PROMPT, "steps": 1}, timeout=60)
+        assert fast.status_code == 200
+
+
+def test_unencodable_text_is_422_before_queueing(server):  # row 8
+    url, _ = server
+    images = metric(url, "latentrt_images_total")
+    for route, field in (("/v1/images/generations", "negative_prompt"), ("/v1/images/generations", "model"),
+                         ("/v1/images/generations", "prompt"), ("/sdapi/v1/txt2img", "negative_prompt"),
+                         ("/sdapi/v1/txt2img", "scheduler")):
+        answer = requests.post(f"{url}{route}", json={"prompt": PROMPT, field: "ok \ud800"}, timeout=60)
+        assert answer.status_code == 422, answer.text
+        message = answer.json()["error"]["message"] if route.startswith("/v1/") else answer.json()["detail"]
+        assert f"{field}: Value error, is not valid Unicode text (character 3 is a lone surrogate '\\ud800'): send " \
+               "UTF-8 text" in message
+    assert metric(url, "latentrt_images_total") == images  # refused before any work
+    assert metric(url, 'latentrt_errors_total{kind="validation"}') >= 5
+
+
+def test_guidance_is_bounded_before_queueing(server, pipe):  # row 9
+    url, _ = server
+    for route, field in (("/v1/images/generations", "guidance_scale"), ("/sdapi/v1/txt2img", "cfg_scale")):
+        answer = requests.post(f"{url}{route}", json={"prompt": PROMPT, field: 1e308}, timeout=60)
+        assert answer.status_code == 422, answer.text
+        message = answer.json()["error"]["message"] if route.startswith("/v1/") else answer.json()["detail"]
+        assert "guidance_scale must be a finite number >= 0 and <= 100" in message and "got 1e+308" in message
+    with pytest.raises(ValueError, match="<= 100"):  # the Python API's (and the CLI's) own check
+        pipe.check(Request(PROMPT, guidance_scale=101))
+    assert requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "guidance_scale": 100, "steps": 1},
+                         timeout=60).status_code == 200
+
+
+def test_the_openai_model_field_names_the_served_model_and_is_never_echoed(server):  # row 13
+    url, _ = server
+    answer = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "model": "/etc/passwd"}, timeout=60)
+    assert answer.status_code == 404, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "model_not_found" and error["type"] == "invalid_request_error"
+    assert error["message"] == "this server serves one model, 'shapes': send \"model\": \"shapes\" or leave model out"
+    assert "passwd" not in answer.text
+    for model in ("shapes", None):
+        body = {"prompt": PROMPT, "steps": 1} | ({"model": model} if model else {})
+        ok = requests.post(f"{url}/v1/images/generations", json=body, timeout=60)
+        assert ok.status_code == 200 and ok.json()["model"] == "shapes"

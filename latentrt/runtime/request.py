@@ -117,9 +117,14 @@ def check_negatives(negative_prompt, count: int) -> list[str]:
     return negatives
 
 
+MAX_GUIDANCE = 100.0  # far past any useful scale (7.5 is usual); larger ones overflow the UNet's guided noise to inf
+
+
 def check_guidance(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0 (values <= 1 turn guidance off), got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value)
+            or not 0 <= value <= MAX_GUIDANCE):
+        raise ValueError(f"guidance_scale must be a finite number >= 0 and <= {MAX_GUIDANCE:g} (values <= 1 turn guidance "
+                         f"off; 7.5 is usual), got {value!r}")
     return float(value)
 
 

@@ -10,13 +10,10 @@ are not run (accepted and ignored, like every field latentrt does not read).
 from __future__ import annotations
 
 import base64
-import binascii
-import io
 import json
 from typing import Any
 
 from fastapi import APIRouter, Request
-from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field
 
 from latentrt.runtime.images import png_bytes
@@ -24,6 +21,7 @@ from latentrt.runtime.pipeline import PipelineResult
 from latentrt.runtime.request import Request as GenerationRequest
 
 from .generation import make_seeds, run_job
+from .inputs import Text, Upload
 from .jobs import Job
 from .state import ApiError, model_name, server_state
 
@@ -75,16 +73,16 @@ def scheduler_for(sampler_name: str | None, schedule: str | None) -> str | None:
 class Txt2ImgRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field("", max_length=4000)
-    negative_prompt: str | None = Field(None, max_length=4000)
+    prompt: Text = ""
+    negative_prompt: Text | None = None
     steps: int | None = Field(None, ge=1)
     cfg_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     width: int | None = Field(None, ge=1)
     height: int | None = Field(None, ge=1)
     seed: int = Field(-1, ge=-1)
-    sampler_name: str | None = None
-    sampler_index: str | None = None  # the older field for the same thing
-    scheduler: str | None = None
+    sampler_name: Text | None = None
+    sampler_index: Text | None = None  # the older field for the same thing
+    scheduler: Text | None = None
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     cache_interval: int = Field(1, ge=1)  # latentrt's extension: DeepCache, one full UNet call in N
@@ -97,22 +95,6 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     inpaint_full_res: bool = False  # "Only masked"
     inpaint_full_res_padding: int = Field(32, ge=0)
-
-
-def decode_image(data: str, field_name: str, mode: str) -> Image.Image:
-    """A base64 image (a data: URL prefix allowed) as a PIL image of `mode`; 422 naming the field otherwise."""
-    if "," in data[:100] and data.lstrip().startswith("data:"):
-        data = data.split(",", 1)[1]
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise ApiError(422, "bad_image", f"{field_name} is not base64: send the image file's bytes base64-encoded") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            return image.convert(mode)
-    except (OSError, Image.DecompressionBombError, SyntaxError) as error:
-        raise ApiError(422, "bad_image", f"{field_name} is not an image PIL can read ({error})") from None
 
 
 def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
@@ -150,12 +132,11 @@ async def txt2img(body: Txt2ImgRequest, request: Request) -> dict:
 
 @router.post("/sdapi/v1/img2img")
 async def img2img(body: Img2ImgRequest, request: Request) -> dict:
-    image = decode_image(body.init_images[0], "init_images[0]", "RGB")
+    # decoded off the event loop once the request is admitted (their headers checked first): generation.admit
+    image = Upload(body.init_images[0], "init_images[0]", "RGB")
     mask = None
     if body.mask is not None:
-        mask = decode_image(body.mask, "mask", "L")
-        if body.inpainting_mask_invert:
-            mask = ImageOps.invert(mask)
+        mask = Upload(body.mask, "mask", "L", invert=bool(body.inpainting_mask_invert))
     elif body.inpaint_full_res:
         raise ApiError(422, "validation", "inpaint_full_res (only masked) needs a mask")
     job = _job(request, body, image=image, mask_image=mask, strength=body.denoising_strength,

@@ -9,10 +9,13 @@ import time
 
 import numpy as np
 from fastapi import Request
+from PIL import Image
 
-from latentrt.runtime.pipeline import ImageTooLargeError, PipelineResult
+from latentrt.runtime.pipeline import ImageTooLargeError, PipelineResult, _largest_side
 
+from .inputs import Upload
 from .jobs import Cancelled, Job, QueueFull, ShuttingDown
+from .sizes import check_allowed_size
 from .state import ApiError, ServerState, server_state
 
 logger = logging.getLogger("latentrt.serve")
@@ -32,6 +35,42 @@ def make_seeds(request: Request, seed: int | None, count: int) -> list[int]:
     return [(seed + i) % (MAX_SEED + 1) for i in range(count)]
 
 
+def admit(state: ServerState, job: Job) -> None:
+    """The one admission check, before anything is allocated or queued (run off the event loop): the request's cost
+    (output pixels x images x steps) against this server's limits, each uploaded image's size from its header
+    (--max-input-pixels) and the output's size against --max-pixels and the memory guard, all before any image is
+    decoded; then the images are decoded and the pipeline's own check (`check_job`) is made. The number of images
+    was bounded when the seeds were made (--max-images)."""
+    options, pipe, r = state.options, state.pipe, job.request
+    try:
+        steps = pipe.folder.defaults.steps if r.steps is None else r.steps
+        if isinstance(steps, int) and steps > options.max_steps:
+            raise ApiError(422, "too_many_steps", f"steps must be at most {options.max_steps} on this server "
+                           f"(--max-steps), got {steps}: ask for fewer steps")
+        uploads = {name: value for name in ("image", "mask_image") if isinstance(value := getattr(r, name), Upload)}
+        headers = {name: upload.open(options.max_input_pixels) for name, upload in uploads.items()}  # nothing decoded
+        source = headers.get("image", r.image)
+        if isinstance(source, Image.Image):  # the output's size: as asked, else the image's (from its header)
+            height, width = pipe.image_size(source, r.height, r.width)
+        else:
+            height, width = pipe.check_size(r.height, r.width)
+        check_allowed_size(options.sizes, width, height)  # --sizes: the compiled sizes only
+        limit = options.max_pixels
+        if limit is not None and height * width > limit:
+            side = _largest_side(height, width, pipe.folder.size_multiple, lambda h, w: h * w <= limit)
+            raise ApiError(422, "too_large", f"{width}x{height} is {height * width:,} pixels, over this server's "
+                           f"--max-pixels={limit:,}: the largest size that fits at this aspect ratio is {side}")
+        if uploads:  # the memory guard, still from the header only
+            pipe.check_fits(height, width, 1, r.guidance_scale)
+            job.request = dataclasses.replace(r, **{name: upload.decode(options.max_input_pixels)
+                                                    for name, upload in uploads.items()})
+    except ImageTooLargeError as error:
+        raise ApiError(422, "too_large", str(error)) from None
+    except ValueError as error:
+        raise ApiError(422, "validation", str(error)) from None
+    check_job(state, job)
+
+
 def check_job(state: ServerState, job: Job) -> None:
     """The pipeline's own checks (`Pipeline.check`), made before the job is queued (and batched with others): the
     same messages as the CLI's and the Python API's. Text to image is checked for all its images at once (they may
@@ -46,10 +85,13 @@ def check_job(state: ServerState, job: Job) -> None:
 
 
 async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
-    """Queue the job, await it, cancel it if the client goes away; errors become ApiError."""
+    """Admit the job (`admit`), queue it, await it; cancel it if the client goes away or --timeout passes; errors
+    become ApiError."""
     state = server_state(request)
     queue = state.ready()
-    check_job(state, job)
+    timeout = state.options.timeout_s
+    deadline = time.monotonic() + timeout if timeout else None
+    await asyncio.to_thread(admit, state, job)
     start = time.perf_counter()
     try:
         future = asyncio.wrap_future(queue.submit(job))
@@ -59,9 +101,15 @@ async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
         raise ApiError(503, "shutting_down", str(error)) from None
     try:
         while True:
-            done, _ = await asyncio.wait({future}, timeout=0.5)
+            left = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            done, _ = await asyncio.wait({future}, timeout=left)
             if done:
                 break
+            if deadline is not None and time.monotonic() >= deadline:  # dropped if queued, stopped at its next step
+                queue.cancel(job)
+                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+                raise ApiError(504, "timeout", f"the request did not finish within {timeout:g} s (this server's "
+                               "--timeout): ask for fewer steps, images or pixels, or retry when the server is less busy")
             if await request.is_disconnected():
                 queue.cancel(job)  # its queue slot is free now
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import re
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,8 +16,9 @@ from latentrt.runtime.images import png_bytes
 from latentrt.runtime.request import Request as GenerationRequest
 
 from .generation import make_seeds, run_job
+from .inputs import Text
 from .jobs import Job
-from .state import ApiError, model_name, server_state
+from .state import ApiError, ServerState, model_name, server_state
 
 router = APIRouter()
 
@@ -28,15 +29,15 @@ class ImageGenerationRequest(BaseModel):
     # OpenAI's fields latentrt has no use for (quality, style, user, background, ...) are accepted and ignored
     model_config = ConfigDict(extra="ignore")
 
-    prompt: str = Field(min_length=1, max_length=4000)
-    model: str | None = None
+    prompt: Annotated[Text, Field(min_length=1)]
+    model: Text | None = None  # the served model's name (or none): another is 404
     n: int = Field(1, ge=1)
-    size: str | None = None  # "WxH"; None or "auto": the model's native size
+    size: Text | None = None  # "WxH"; None or "auto": the model's native size
     response_format: Literal["b64_json", "url"] | None = None
-    negative_prompt: str | None = None
+    negative_prompt: Text | None = None
     steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
-    scheduler: str | None = None
+    scheduler: Text | None = None
     seed: int | None = Field(None, ge=-1)
     cache_interval: int = Field(1, ge=1)  # DeepCache: one full UNet call in N (a folder exported with --deepcache)
 
@@ -51,9 +52,20 @@ def parse_size(size: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
+def check_model(state: ServerState, model: str | None) -> str:
+    """The served model's name; 404 (OpenAI's model_not_found) for another name, which is not repeated back."""
+    state.ready()
+    name = model_name(state)
+    if model and model != name:
+        raise ApiError(404, "model_not_found", f"this server serves one model, {name!r}: send \"model\": "
+                       f"\"{name}\" or leave model out")
+    return name
+
+
 @router.post("/v1/images/generations")
 async def generations(body: ImageGenerationRequest, request: Request) -> dict:
     state = server_state(request)
+    name = check_model(state, body.model)
     if body.response_format == "url":
         raise ApiError(400, "unsupported_response_format",
                        "latentrt returns images inline and stores none: use response_format 'b64_json'")
@@ -65,5 +77,5 @@ async def generations(body: ImageGenerationRequest, request: Request) -> dict:
     result = await run_job(request, job, "/v1/images/generations")
     data = [{"b64_json": base64.b64encode(png_bytes(image, parameters)).decode("ascii"), "revised_prompt": body.prompt}
             for image, parameters in zip(result.images, result.parameters)]
-    return {"created": int(time.time()), "model": body.model or model_name(state), "data": data,
+    return {"created": int(time.time()), "model": name, "data": data,
             "output_format": "png", "size": f"{result.images[0].width}x{result.images[0].height}"}

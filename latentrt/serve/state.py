@@ -26,7 +26,10 @@ class ServeOptions:
     max_images: int = 8  # n / batch_size x n_iter per request
     max_body_bytes: int = 32 * 2**20
     body_timeout_s: float = 30.0  # a client that has not sent its body by then gets 408
-    max_pixels: int | None = None  # the pipeline's size bound (the memory guard applies anyway)
+    max_pixels: int | None = 1024 * 1024  # output pixels per image (SDXL's 1024x1024; the memory guard applies anyway)
+    max_input_pixels: int | None = 4096 * 4096  # an uploaded image's decoded size, read from its header: 413 past it
+    max_steps: int = 150  # steps per request (A1111's slider's maximum)
+    timeout_s: float | None = 600.0  # a request not answered by then gets 504; its job is dropped or stops at its next step
     api_key: str | None = None
     cache_dir: str | None = None
     io_binding: bool = False  # ONNX Runtime's IO binding for the UNet (Pipeline(io_binding=True))
