@@ -371,6 +371,7 @@ class Pipeline:
             )
         do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
         tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes)
+        task.check_inputs(height, width)  # after the memory guard: nothing is resized for a request too large
         scheduler = self._sampler(r.scheduler if r.scheduler is not None else defaults.scheduler).name
         return Plan(request=r, prompts=tuple(prompts), negatives=tuple(negatives), height=height, width=width, steps=steps,
                     guidance_scale=guidance_scale, do_cfg=do_cfg, scheduler=scheduler, task=task,

@@ -31,6 +31,10 @@ class Task:
     encodes = False  # encodes an image with the VAE (the memory guard counts the encoder)
     mask_padding: int | None = None
 
+    def check_inputs(self, height: int, width: int) -> None:
+        """The checks that need the inputs at the output size (inpainting's mask), made by `Pipeline.check` once the
+        memory guard has passed, so that a request too large is refused before anything is resized."""
+
     def start(self, pipe, plan, sampler, rng: np.random.Generator) -> tuple[NDArray[np.float32], NDArray]:
         raise NotImplementedError
 
@@ -85,7 +89,7 @@ class Inpaint(ImageToImage):
     the unmasked region is replaced by the image's latents noised to the next timestep."""
 
     mask_source: Image.Image = None
-    mask: NDArray[np.float32] = None  # (1, 1, H, W) of 0 and 1, 1 = repaint
+    mask: NDArray[np.float32] = None  # (1, 1, H, W) of 0 and 1, 1 = repaint: made by check_inputs
     crop: tuple[int, int, int, int] | None = None  # padding_mask_crop's box in the image
     mask_padding: int | None = None
     strength: float = DEFAULT_STRENGTH["inpaint"]
@@ -93,6 +97,9 @@ class Inpaint(ImageToImage):
 
     def pixels(self, pipe, plan) -> NDArray[np.float32]:
         return pipe.prepare_image(self.source, plan.height, plan.width, self.crop)
+
+    def check_inputs(self, height, width):
+        self.mask = mask_array(self.mask_source, height, width, self.crop)  # raises for an all-black mask
 
     def start(self, pipe, plan, sampler, rng):
         # diffusers' prepare_latents and prepare_mask_latents, drawing in its order
@@ -192,10 +199,8 @@ def task_for(pipe, request: Request) -> tuple[Task, int | None, int | None]:
             f"{source.size[1]}: give a mask of the image's size (white = repaint, black = keep)"
         )
     crop = None if padding is None else crop_region(mask_source, width, height, padding)
-    mask = mask_array(mask_source, height, width, crop)  # (1, 1, H, W) of 0 and 1
     kind = InpaintChannels if folder.inpaint_unet else Inpaint
-    return kind(source=source, strength=strength, mask_source=mask_source, mask=mask, crop=crop,
-                mask_padding=padding), height, width
+    return kind(source=source, strength=strength, mask_source=mask_source, crop=crop, mask_padding=padding), height, width
 
 
 def img2img_timesteps(sampler, steps: int, strength: float) -> NDArray:
