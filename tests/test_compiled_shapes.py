@@ -53,3 +53,26 @@ def test_parse_sizes():
     with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
         parse_sizes("512")
 
+
+def test_serve_sizes_compiles_them_at_start_and_refuses_the_rest():
+    pytest.importorskip("fastapi", reason="the serve extra: pip install 'latentrt[serve]'")
+    import requests
+
+    from tests.test_serve import running_server
+
+    with Pipeline.default(provider="openvino", precision="fp32") as pipe:
+        with running_server(pipe, max_batch=2, sizes=((48, 32), (64, 64))) as (url, state):
+            unet = pipe.resident_networks["unet"]
+            for batch in (1, 2):  # compiled at start, both batch sizes
+                assert unet.compiled_for("sample", (batch, 4, 8, 12))
+            before = unet.compiled_shapes
+            ok = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "width": 48, "height": 32, "steps": 2},
+                               timeout=60)
+            assert ok.status_code == 200, ok.text
+            assert unet.compiled_shapes == before  # nothing compiled in the request
+            refused = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "size": "40x40"}, timeout=60)
+            assert refused.status_code == 422, refused.text
+            message = refused.json()["error"]["message"]
+            assert "40x40" in message and "48x32, 64x64" in message and "--sizes" in message
+            refused = requests.post(f"{url}/sdapi/v1/txt2img", json={"prompt": PROMPT, "width": 40, "height": 40}, timeout=60)
+            assert refused.status_code == 422 and "48x32, 64x64" in refused.text
