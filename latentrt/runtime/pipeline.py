@@ -557,7 +557,7 @@ class Pipeline:
     def _check_memory(self, height: int, width: int, images: int, do_cfg: bool, encodes: bool = False) -> bool:
         """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles."""
         if self.max_pixels is not None and height * width > self.max_pixels:
-            side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: h * w <= self.max_pixels)
+            side = largest_side(height, width, self.folder.size_multiple, lambda h, w: h * w <= self.max_pixels)
             raise ImageTooLargeError(
                 f"{width}x{height} is {height * width:,} pixels, over this pipeline's max_pixels={self.max_pixels:,}: "
                 f"the largest size that fits at this aspect ratio is {side}"
@@ -579,7 +579,7 @@ class Pipeline:
         if peak > available and self.vae_tiling is None:  # automatic tiling: when the untiled decode does not fit
             tiled, peak = True, need(height, width, True)
         if peak > available:
-            side = _largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
+            side = largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
             remedies = ([] if tiled else ["vae_tiling=True (--vae-tiling) decodes in tiles"]) + (
                 [] if self.low_memory else ["low_memory=True (--low-memory) keeps one network in memory at a time"])
             raise ImageTooLargeError(
@@ -656,7 +656,7 @@ def unet_timestep(unet, t, sample: NDArray) -> NDArray:
     return model_timestep(t, info.dtype, shape)
 
 
-def _largest_side(height: int, width: int, multiple: int, fits: Callable[[int, int], bool]) -> str:
+def largest_side(height: int, width: int, multiple: int, fits: Callable[[int, int], bool]) -> str:
     """The largest "WxH" at this aspect ratio (sides multiples of `multiple`) that `fits`, or a sentence when none does."""
     def size(k: int) -> tuple[int, int]:  # k steps of `multiple` along the longer side
         longer = max(height, width)

@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import Request
 from PIL import Image
 
-from latentrt.runtime.pipeline import ImageTooLargeError, PipelineResult, _largest_side
+from latentrt.runtime.pipeline import ImageTooLargeError, PipelineResult, largest_side
 
 from .inputs import Upload
 from .jobs import Cancelled, Job, QueueFull, ShuttingDown
@@ -57,7 +57,7 @@ def admit(state: ServerState, job: Job) -> None:
         check_allowed_size(options.sizes, width, height)  # --sizes: the compiled sizes only
         limit = options.max_pixels
         if limit is not None and height * width > limit:
-            side = _largest_side(height, width, pipe.folder.size_multiple, lambda h, w: h * w <= limit)
+            side = largest_side(height, width, pipe.folder.size_multiple, lambda h, w: h * w <= limit)
             raise ApiError(422, "too_large", f"{width}x{height} is {height * width:,} pixels, over this server's "
                            f"--max-pixels={limit:,}: the largest size that fits at this aspect ratio is {side}")
         if uploads:  # the memory guard, still from the header only
