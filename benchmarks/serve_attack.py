@@ -6,7 +6,7 @@ a huge negative prompt, unbounded compute, cancelled queued requests, lone surro
 leaks, error shapes, a non-ASCII API key, a foreign model name, half-closed clients and /docs behind a key. Per
 attack: what the server answered and how long it took, its RSS before / after / peak (psutil on its pid), /health
 latency while the attack ran (polled every 0.2 s without a key), and whether the expected behaviour held. Bounded:
-small sizes and counts, every request with a time-out, about four minutes in all; connects only to 127.0.0.1.
+small sizes and counts, every request with a time-out, about two minutes in all; connects only to 127.0.0.1.
 
     python benchmarks/serve_attack.py --out benchmarks/results/serve_attack.md --json benchmarks/results/serve_attack.json
 """
@@ -275,7 +275,7 @@ def row5(s: Server):
     status, seconds, answer = generate(s, {"n": 8, "negative_prompt": "x" * (24 * 2**20)})
     size = len(answer.content) if answer is not None else 0
     return ("OpenAI, n=8, negative_prompt of 24 MiB", brief(status, seconds), is_refusal(status),
-            f"{size / 2**20:.1f} MB answer; {reason(answer) if is_refusal(status) else ''}")
+            f"a {size / 2**20:.1f} MB answer" if status == 200 else reason(answer))
 
 
 def row6(s: Server):
@@ -288,7 +288,7 @@ def row6(s: Server):
 
 def row7(s: Server):
     long = {}
-    thread = threading.Thread(target=lambda: long.update(result=generate(s, {"steps": 60, "size": "192x192"}, 300)))
+    thread = threading.Thread(target=lambda: long.update(result=generate(s, {"steps": 150, "size": "256x256"}, 300)))
     thread.start()
     time.sleep(1.5)
     clients = []
@@ -303,7 +303,7 @@ def row7(s: Server):
     running = thread.is_alive()
     status, seconds, answer = generate(s, {}, 300)
     thread.join()
-    return ("a 60-step job running, 64 clients submit and disconnect, then a real request",
+    return ("a 150-step 256x256 job running, 64 clients submit and disconnect, then a real request",
             f"real request: {brief(status, seconds)}; long job: {long['result'][0]}", status == 200 and running,
             f"long job still running when the real request came: {'yes' if running else 'no'}; {reason(answer)}")
 
@@ -446,12 +446,13 @@ def run(provider: str, rows: list[int]) -> dict:
             except Exception as error:  # the attack itself broke (e.g. the server died): say so, go on
                 request, answer, held, note = row.__name__, f"attack failed: {type(error).__name__}: {error}"[:160], False, ""
             seconds = time.perf_counter() - start
-            measured = probe.stop()
+            measured, after = probe.stop(), server.rss()
+            measured["rss_peak_mb"] = max(measured["rss_peak_mb"], after)  # the 0.1 s samples can miss the top
             if number in REFUSED and not measured["rss_peak_mb"] - before <= 50 * REFUSED[number]:
                 held = False
                 note = f"peak RSS +{measured['rss_peak_mb'] - before:,.0f} MB; {note}"
             record = {"row": number, "request": request, "answer": answer, "held": held, "note": note,
-                      "seconds": seconds, "rss_before_mb": before, "rss_after_mb": server.rss(), **measured}
+                      "seconds": seconds, "rss_before_mb": before, "rss_after_mb": after, **measured}
             report["rows"].append(record)
             print(json.dumps(record), flush=True)
             if server.process.poll() is not None:
@@ -467,7 +468,7 @@ def render(report: dict) -> str:
         "# latentrt serve: attacks on loopback", "",
         f"Each attack replayed against one `latentrt serve` process (the shipped model, --provider "
         f"{report['provider']} ({report['health'].get('provider', '?')}), an API key set, every other option at its "
-        f"default), in order; {report['cpu']}, {report['cores']} cores. RSS: the server process before the attack, "
+        f"default: max batch {report['health'].get('max_batch', '?')} as measured at start), in order; {report['cpu']}, {report['cores']} cores. RSS: the server process before the attack, "
         f"after it and its peak while it ran (sampled every 0.1 s). /health: GET without a key every 0.2 s while the "
         f"attack ran, the slowest answer and any answer not 200.", "",
         "| # | attack | answer (status, time) | held | attack time | RSS before → after (peak) | /health during | note |",
@@ -482,6 +483,12 @@ def render(report: dict) -> str:
     slow = [str(r["row"]) for r in report["rows"] if not r["health_max_ms"] < 100]
     lines += ["", f"Held: {sum(r['held'] for r in report['rows'])} of {len(report['rows'])}. /health slower than "
               f"100 ms during attack {', '.join(slow) if slow else 'none'}. Wall time {report['wall_s']:.0f} s.", "",
+              "Held means: 1, 4, 5, 6 refused (4xx) with at most 50 MB of peak RSS growth per refused request; 2 the "
+              "normal client always answered 200; 3 at most 150 MB more RSS after the 24th size than after the 12th; "
+              "7 the real request answered 200 while the long job still ran; 8 and 9 refused with no traceback in "
+              "the log; 10 no absolute path, pid or object address in the answers and /health without the key says "
+              "only its status; 11 OpenAI's error shape; 12 the key refused at start, or accepted as UTF-8; 13 a 404 "
+              "that does not echo the name; 14 an answer; 15 /docs able to show its schema.", "",
               "Reproduce: `" + report["command"] + "`"]
     return "\n".join(lines) + "\n"
 
