@@ -753,12 +753,16 @@ def test_an_image_that_decodes_past_max_input_pixels_is_refused_by_its_header(se
 def test_text_fields_are_bounded_on_every_route(server):  # row 5
     url, _ = server
     before = _rss_mb()
-    for route, field in (("/v1/images/generations", "negative_prompt"), ("/v1/images/generations", "model"),
-                         ("/sdapi/v1/txt2img", "negative_prompt"), ("/sdapi/v1/txt2img", "sampler_name")):
-        answer = requests.post(f"{url}{route}", json={"prompt": PROMPT, field: "x" * 2**20}, timeout=60)
+    for route, field, length in (("/v1/images/generations", "negative_prompt", 5000), ("/v1/images/generations", "model", 5000),
+                                 ("/sdapi/v1/txt2img", "negative_prompt", 2**20), ("/sdapi/v1/txt2img", "sampler_name", 2**20)):
+        answer = requests.post(f"{url}{route}", json={"prompt": PROMPT, field: "x" * length}, timeout=60)
         assert answer.status_code == 422, answer.text
         message = answer.json()["error"]["message"] if route.startswith("/v1/") else answer.json()["detail"]
-        assert f"{field}: Value error, has 1,048,576 characters, at most 4000 are accepted: shorten it" in message
+        assert f"{field}: Value error, has {length:,} characters, at most 4000 are accepted: shorten it" in message
+    # the OpenAI route carries text only: a large body is refused before it is parsed
+    answer = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "n": 8, "negative_prompt": "x" * 24 * 2**20},
+                           timeout=60)
+    assert answer.status_code == 413 and "this route takes text fields only" in answer.json()["error"]["message"]
     assert _rss_mb() - before < 50
     ok = requests.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "negative_prompt": "x" * 4000, "steps": 1},
                        timeout=60)

@@ -204,6 +204,10 @@ class _Guard:
 
     ROUTES = frozenset({"/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/samplers",
                         "/sdapi/v1/sd-models", "/health", "/metrics"})
+    # routes whose bodies carry no images: a few text fields of at most 4000 characters fit in far less, and a
+    # body refused here is never parsed (A1111's txt2img stays at max_body_bytes: clients send alwayson_scripts
+    # with images in it, accepted and ignored)
+    TEXT_BODY_BYTES = {"/v1/images/generations": 256 * 1024}
 
     def __init__(self, app, state: ServerState):
         self.app, self.state = app, state
@@ -257,10 +261,12 @@ class _Guard:
                 response = error_response(path, 401, "unauthorized", "missing or invalid API key: send "
                                           "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, counted_send)
+        limit = min(options.max_body_bytes, self.TEXT_BODY_BYTES.get(path, options.max_body_bytes))
+        too_large = f"the request body is larger than {limit} bytes" + (
+            " (this route takes text fields only)" if limit < options.max_body_bytes else "")
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > options.max_body_bytes):
-            return await self._refuse(scope, receive, counted_send, 413, "too_large",
-                                      f"the request body is larger than {options.max_body_bytes} bytes")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._refuse(scope, receive, counted_send, 413, "too_large", too_large)
         chunks, size, more = [], 0, True
         deadline = time.monotonic() + options.body_timeout_s
         while more:
@@ -273,9 +279,8 @@ class _Guard:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > options.max_body_bytes:
-                return await self._refuse(scope, receive, counted_send, 413, "too_large",
-                                          f"the request body is larger than {options.max_body_bytes} bytes")
+            if size > limit:
+                return await self._refuse(scope, receive, counted_send, 413, "too_large", too_large)
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
