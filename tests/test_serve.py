@@ -528,21 +528,12 @@ def guarded_server(pipe: Pipeline | None = None, **options):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    assert _eventually(lambda: _status(f"{url}/health") is not None, timeout=60)
+    assert _until(lambda: _status(f"{url}/health") is not None, timeout=60)
     try:
         yield url, app.state.latentrt
     finally:
         server.should_exit = True
         thread.join(30)
-
-
-def _eventually(condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _status(url: str, **kwargs) -> int | None:
@@ -593,7 +584,7 @@ def test_connection_cap_answers_json_503_and_still_serves_health(pipe):
             connection.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
             holders.append(connection)
         try:
-            assert _eventually(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 503, timeout=5)
+            assert _until(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 503, timeout=5)
             answer = requests.get(f"{url}/sdapi/v1/samplers", timeout=5)
             assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
             assert answer.json()["error"] == "overloaded"
@@ -603,7 +594,7 @@ def test_connection_cap_answers_json_503_and_still_serves_health(pipe):
         finally:
             for connection in holders:
                 connection.close()
-        assert _eventually(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 200, timeout=10)
+        assert _until(lambda: requests.get(f"{url}/sdapi/v1/samplers", timeout=5).status_code == 200, timeout=10)
         assert metric(url, 'latentrt_requests_total{route="/sdapi/v1/samplers",status="503"}') >= 2
         assert metric(url, 'latentrt_errors_total{kind="overloaded"}') >= 3
 
