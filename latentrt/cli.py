@@ -377,17 +377,16 @@ def serve(
         from latentrt.serve import ServeOptions, is_loopback, run_server
     except ImportError as exc:
         _fail(f"`latentrt serve` needs the serve extra ({exc.name} is missing): pip install 'latentrt[serve]'")
-    for name, value in (("--max-queue", max_queue), ("--max-batch", max_batch), ("--max-images", max_images), ("--port", port)):
+    counts = (("--max-queue", max_queue), ("--max-batch", max_batch), ("--max-images", max_images), ("--port", port),
+              ("--max-pixels", max_pixels), ("--max-input-pixels", max_input_pixels), ("--max-steps", max_steps),
+              ("--max-connections", max_connections), ("--max-compiled-shapes", max_compiled_shapes))
+    for name, value in counts:
         minimum = 0 if name in ("--port", "--max-batch") else 1
-        if value < minimum:
+        if value is not None and value < minimum:  # --max-compiled-shapes: None is the backend's default
             _fail(f"{name} must be at least {minimum}, got {value}")
-    if max_body_mb <= 0:
-        _fail(f"--max-body-mb must be positive, got {max_body_mb}")
-    if max_connections < 1 or header_timeout <= 0:
-        _fail(f"--max-connections must be at least 1 and --header-timeout positive, got {max_connections}, {header_timeout:g}")
-    for name, value in (("--max-pixels", max_pixels), ("--max-input-pixels", max_input_pixels), ("--max-steps", max_steps)):
-        if value < 1:
-            _fail(f"{name} must be at least 1, got {value}")
+    for name, value in (("--max-body-mb", max_body_mb), ("--header-timeout", header_timeout)):
+        if value <= 0:
+            _fail(f"{name} must be positive, got {value}")
     if timeout < 0:
         _fail(f"--timeout must be 0 (no limit) or a number of seconds, got {timeout}")
     from latentrt.serve.app import check_api_key
@@ -407,8 +406,6 @@ def serve(
         allowed_sizes = parse_sizes(sizes)
     except ValueError as exc:
         _fail(str(exc))
-    if max_compiled_shapes is not None and max_compiled_shapes < 1:
-        _fail(f"--max-compiled-shapes must be at least 1, got {max_compiled_shapes}")
     options = ServeOptions(model=None if model is None else str(model), provider=provider, precision=precision,
                            threads=threads, max_queue=max_queue, max_batch=max_batch, max_images=max_images,
                            max_pixels=max_pixels, max_input_pixels=max_input_pixels, max_steps=max_steps,

@@ -9,7 +9,7 @@ error are the same sentence. A new call option is a new field here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,12 +17,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from latentrt.runtime.defaults import DEFAULT_STRENGTH
 from latentrt.runtime.families import Prompts, SizeConditioning
 
 ImageInput = Image.Image | NDArray[np.uint8] | str | Path
 
-__all__ = ["DEFAULT_STRENGTH", "Plan", "Request"]
+__all__ = ["Plan", "Request"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,10 +55,6 @@ class Request:
     cache_interval: int = 1  # DeepCache: one full UNet call in N
     cache_schedule: str = "uniform"
 
-    @classmethod
-    def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
-
 
 @dataclass(frozen=True, eq=False)
 class Plan:
@@ -77,10 +72,6 @@ class Plan:
     task: Any  # a latentrt.runtime.tasks.Task
     cache_interval: int
     tiled: bool  # decode the VAE in tiles
-
-    @property
-    def num_images(self) -> int:
-        return self.request.num_images
 
     @property
     def batch(self) -> int:

@@ -22,7 +22,8 @@ from PIL import Image
 
 from latentrt.runtime.folder import REEXPORT_HINT
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back
-from latentrt.runtime.request import DEFAULT_STRENGTH, Request, check_padding, check_strength
+from latentrt.runtime.defaults import DEFAULT_STRENGTH
+from latentrt.runtime.request import Request, check_padding, check_strength
 
 
 class Task:

@@ -99,20 +99,22 @@ async def run_job(request: Request, job: Job, route: str) -> PipelineResult:
         raise ApiError(429, "queue_full", str(error), {"Retry-After": str(error.retry_after)}) from None
     except ShuttingDown as error:
         raise ApiError(503, "shutting_down", str(error)) from None
+    def abandon() -> None:  # dropped if queued (its slot free now), stopped at its next step if running
+        queue.cancel(job)
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
+
     try:
         while True:
             left = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             done, _ = await asyncio.wait({future}, timeout=left)
             if done:
                 break
-            if deadline is not None and time.monotonic() >= deadline:  # dropped if queued, stopped at its next step
-                queue.cancel(job)
-                future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            if deadline is not None and time.monotonic() >= deadline:
+                abandon()
                 raise ApiError(504, "timeout", f"the request did not finish within {timeout:g} s (this server's "
                                "--timeout): ask for fewer steps, images or pixels, or retry when the server is less busy")
             if await request.is_disconnected():
-                queue.cancel(job)  # its queue slot is free now
-                future.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
+                abandon()
                 raise ApiError(499, "cancelled", "the client disconnected")
         result = future.result()
     except ImageTooLargeError as error:
