@@ -166,6 +166,9 @@ def export(
     precision: str = typer.Option(
         "fp32", "--precision", help="fp32, or fp16 (for GPUs): text encoders and UNet in fp16 with fp32 islands, "
         "float32 inputs and outputs; the VAE stays fp32 when its config says force_upcast."),
+    tiny_vae: Optional[Path] = typer.Option(
+        None, "--tiny-vae", help="A local diffusers AutoencoderTiny folder (TAESD for SD 1.x/2.x, TAESDXL for SDXL): "
+        "also export it as vae_decoder_tiny/ and vae_encoder_tiny/, for `generate --vae tiny` and previews."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
@@ -180,11 +183,35 @@ def export(
         report = export_pipeline(
             src, out, opset=opset, force=force, report=typer.echo, compact_weights=compact_weights, defaults=defaults,
             fused_attention=fused_attention, cache_branch=cache_branch if deepcache else None, precision=precision,
+            tiny_vae=tiny_vae,
         )
-    except (ExportError, FileExistsError, ValidationError) as exc:
+    except (ExportError, FileExistsError, ValidationError, ValueError) as exc:  # ValueError: the tiny VAE's weights
         _fail(str(exc))
     total = sum(report.sizes.values())
     typer.echo(f"wrote {out} ({total / 1e6:.1f} MB) in {report.seconds:.1f} s")
+
+
+@app.command("add-tiny-vae")
+def add_tiny_vae(
+    model: Path = typer.Argument(..., help="ONNX model folder (latentrt's, optimum's or diffusers' legacy one)."),
+    tiny_vae: Path = typer.Argument(..., help="A local diffusers AutoencoderTiny folder (TAESD, TAESDXL)."),
+    force: bool = typer.Option(False, "--force", help="Replace the folder's tiny VAE if it has one."),
+    verbose: bool = typer.Option(False, "-v", "--verbose"),
+) -> None:
+    """Add a tiny autoencoder (vae_decoder_tiny/, vae_encoder_tiny/) to a model folder, validated against PyTorch;
+    nothing is changed unless all of it succeeds."""
+    _setup_logging(verbose)
+    try:
+        from latentrt.export.tiny_vae import add_tiny_vae as add
+        from latentrt.export.validate import ValidationError
+    except ImportError as exc:
+        _fail(f"add-tiny-vae needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
+    try:
+        entries = add(model, tiny_vae, force=force, report=typer.echo)
+    except (ValueError, FileExistsError, ValidationError) as exc:
+        _fail(str(exc))
+    size = sum(f["bytes"] for entry in entries.values() for f in entry["files"].values())
+    typer.echo(f"added {', '.join(entries)} to {model} ({size / 1e6:.2f} MB): generate with --vae tiny")
 
 
 @app.command()

@@ -172,6 +172,7 @@ def export_pipeline(
     fused_attention: bool = True,
     cache_branch: int | None = None,
     precision: str = "fp32",
+    tiny_vae: Path | None = None,
 ) -> ExportReport:
     """Export ``src`` to ``out``.
 
@@ -183,6 +184,8 @@ def export_pipeline(
     ``precision`` "fp16": the text encoders and the UNet are converted to fp16 after their fp32 validation, with
     fp32 islands and a float32 interface, and validated again against fp16 thresholds (see fp16.py); the VAE
     too unless its config says force_upcast.
+    ``tiny_vae``: a local diffusers AutoencoderTiny folder (TAESD, TAESDXL) exported beside the VAE as
+    vae_decoder_tiny/ and vae_encoder_tiny/ (tiny_vae.py; always fp32: it is 1.2 M parameters per half).
     """
     src, out = Path(src), Path(out)
     index = check_source(src)
@@ -198,6 +201,7 @@ def export_pipeline(
         raise ExportError(f"the DeepCache branch must be a whole number >= 0 (0: the shallowest split), got {cache_branch!r}")
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
+    tiny = _check_tiny_source(src, tiny_vae) if tiny_vae is not None else None  # before any work
     started = time.perf_counter()
     with staged_folder(out) as tmp:
         tmp.mkdir()
@@ -206,9 +210,31 @@ def export_pipeline(
         manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch, precision)
         if defaults:
             manifest["defaults"] = defaults
+        if tiny is not None:
+            from latentrt.export.tiny_vae import export_tiny_components
+
+            entries = export_tiny_components(tiny, tmp, opset, validate, report, result.comparisons)
+            manifest["components"].update(entries)
+            result.sizes.update({name: sum(f["bytes"] for f in e["files"].values()) for name, e in entries.items()})
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_tiny_source(src: Path, tiny_vae: Path):
+    """The --tiny-vae folder checked against SRC's VAE and UNet (latent channels, pixels per latent pixel)."""
+    from latentrt.export.tiny_vae import TinyVaeError, check_tiny_vae, load_tiny_vae
+    from latentrt.runtime.tiling import vae_scale_factor
+
+    vae = _config(src, "vae")
+    try:
+        source = check_tiny_vae(tiny_vae, int(vae.get("latent_channels", 4)),
+                                vae_scale_factor(vae.get("block_out_channels") or [0, 0, 0, 0]),
+                                int(_config(src, "unet").get("in_channels", 4)), where=str(src))
+        load_tiny_vae(source)  # its weights readable (1.2 M parameters: cheap), before the long export
+        return source
+    except TinyVaeError as exc:
+        raise ExportError(f"--tiny-vae: {exc}") from exc
 
 
 def check_defaults(defaults: dict | None) -> dict | None:
