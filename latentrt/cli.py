@@ -90,6 +90,9 @@ def generate(
     provider_option: Optional[list[str]] = typer.Option(
         None, "--provider-option", help="KEY=VALUE for the ONNX Runtime provider (the first of its chain), e.g. "
         "trt_engine_cache_enable=True, trt_engine_cache_path=DIR, trt_fp16_enable=True, device_id=1; repeat for several."),
+    vae: Optional[str] = typer.Option(
+        None, "--vae", help="full (the model's VAE, default) or tiny (its tiny autoencoder, TAESD: `latentrt "
+        "add-tiny-vae`; much faster to decode, a little softer); --vae-tiling applies to the full VAE only."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
@@ -110,7 +113,7 @@ def generate(
         options = dict(provider=provider, threads=threads, precision=precision, cache_dir=cache_dir, use_cache=not no_cache,
                        low_memory=low_memory, vae_tiling=vae_tiling, max_pixels=max_pixels,
                        loras=[Lora.parse(text) for text in lora or []], io_binding=io_binding, cuda_graph=cuda_graph,
-                       provider_options=parse_provider_options(provider_option))
+                       provider_options=parse_provider_options(provider_option), vae=vae or "full")
         pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
         if pipe.lora_report is not None:
             report = pipe.lora_report
@@ -394,6 +397,9 @@ def serve(
     max_compiled_shapes: Optional[int] = typer.Option(
         None, "--max-compiled-shapes", help="OpenVINO: shapes each network keeps compiled from requests (sizes, batch "
         "sizes), the least recently used released past it (default 8); those compiled at start are kept."),
+    vae: str = typer.Option(
+        "full", "--vae", help="The VAE requests decode with unless they send `vae`: full, or tiny (the model's tiny "
+        "autoencoder, TAESD: `latentrt add-tiny-vae`; the full VAE is then loaded only when a request asks for it)."),
     ray: bool = typer.Option(False, "--ray", help="Serve with Ray Serve (the ray extra): --replicas copies of the app, one pipeline each."),
     replicas: int = typer.Option(2, "--replicas", help="With --ray: how many replicas."),
 ) -> None:
@@ -416,6 +422,8 @@ def serve(
             _fail(f"{name} must be positive, got {value}")
     if timeout < 0:
         _fail(f"--timeout must be 0 (no limit) or a number of seconds, got {timeout}")
+    if vae not in ("full", "tiny"):
+        _fail(f"--vae must be full or tiny, got {vae!r}")
     from latentrt.serve.app import check_api_key
 
     try:
@@ -440,7 +448,7 @@ def serve(
                            cache_dir=None if cache_dir is None else str(cache_dir), io_binding=io_binding,
                            provider_options=provider_options, max_connections=max_connections,
                            header_timeout_s=header_timeout, sizes=allowed_sizes,
-                           max_compiled_shapes=max_compiled_shapes)
+                           max_compiled_shapes=max_compiled_shapes, vae=vae)
     bind = host or "127.0.0.1"
     if host is None:
         logger.warning("listening on 127.0.0.1:%d, this machine only (--host 0.0.0.0 to accept other machines)%s", port,

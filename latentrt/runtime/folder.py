@@ -15,8 +15,11 @@ from typing import Any
 import numpy as np
 
 REQUIRED_COMPONENTS = ("unet", "vae_decoder")  # and a text encoder: text_encoder, or text_encoder_2 (SDXL refiner)
-OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "unet_shallow")
+OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "unet_shallow", "vae_decoder_tiny", "vae_encoder_tiny")
+TINY_DECODER, TINY_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"  # the tiny autoencoder (TAESD, AutoencoderTiny)
 REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
+TINY_VAE_HINT = ("add one with `latentrt add-tiny-vae MODEL TAESD_DIR`, or export with `latentrt export SRC OUT "
+                 "--tiny-vae TAESD_DIR` (TAESD_DIR: a local diffusers AutoencoderTiny folder, e.g. madebyollin/taesd)")
 
 
 class ModelFolderError(ValueError):
@@ -161,6 +164,20 @@ class ModelFolder:
         """The manifest's `deepcache` entry when the folder can cache (`latentrt export --deepcache`), else None."""
         entry = (self.manifest or {}).get("deepcache")
         return entry if entry and entry.get("shallow", "unet_shallow") in self.components else None
+
+    @property
+    def tiny_vae(self) -> VaeConfig | None:
+        """The tiny autoencoder's latent scaling (its own config: scaling_factor 1.0 for TAESD, shift_factor), or None
+        when the folder has no vae_decoder_tiny/. Its graphs take and give the UNet's latents divided by it, as
+        diffusers' pipelines feed an AutoencoderTiny (`VaeConfig.from_unet` / `to_unet`)."""
+        files = self.components.get(TINY_DECODER) or self.components.get(TINY_ENCODER)
+        if files is None:
+            return None
+        config = {key: value for key, value in files.config.items() if key not in ("latents_mean", "latents_std")}
+        if "scaling_factor" not in config:
+            raise ModelFolderError(f"{files.model.parent}/config.json has no scaling_factor: {TINY_VAE_HINT}")
+        config["block_out_channels"] = config.get("decoder_block_out_channels") or config.get("block_out_channels")
+        return VaeConfig.from_dict(config)
 
     @property
     def size_multiple(self) -> int:

@@ -31,6 +31,7 @@ class GenerationParameters:
     mask_padding: int | None = None  # inpainting's padding_mask_crop (A1111's "Only masked" inpaint area)
     cache_interval: int = 1  # DeepCache: one full UNet call in this many (1: no caching)
     cache_schedule: str = "uniform"
+    vae: str = "full"  # "tiny": the folder's tiny autoencoder (TAESD) decoded the image
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
@@ -45,7 +46,8 @@ class GenerationParameters:
             f"Precision: {self.precision}",
         ] + ([f"Denoising strength: {self.strength:g}"] if self.strength is not None else []) + (
             ["Inpaint area: Only masked", f"Masked area padding: {self.mask_padding}"] if self.mask_padding is not None else []) + (
-            [f"DeepCache interval: {self.cache_interval}", f"DeepCache schedule: {self.cache_schedule}"] if self.cache_interval > 1 else [])
+            [f"DeepCache interval: {self.cache_interval}", f"DeepCache schedule: {self.cache_schedule}"] if self.cache_interval > 1 else []) + (
+            ["VAE: tiny (TAESD)"] if self.vae == "tiny" else [])
         return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 
 

@@ -51,6 +51,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "prediction_type": folder.scheduler_config.get("prediction_type", "epsilon"),
         "defaults": manifest.get("defaults"),
         "deepcache": folder.deepcache,  # None: no shallow UNet (`latentrt export --deepcache`)
+        "tiny_vae": [name for name in ("vae_decoder_tiny", "vae_encoder_tiny") if name in folder.components],
         "components": components,
         "verified": verify and folder.manifest is not None,
         "schedulers": available_schedulers(),
@@ -106,6 +107,10 @@ def render(d: dict[str, Any]) -> str:
                      "the full UNet on one call in N")
     else:
         lines.append("DeepCache     no (export with --deepcache for --cache-interval)")
+    if d.get("tiny_vae"):
+        lines.append(f"tiny VAE      {', '.join(d['tiny_vae'])}: --vae tiny (generate, serve), previews decoded by it")
+    else:
+        lines.append("tiny VAE      no (latentrt add-tiny-vae MODEL TAESD_DIR adds one; previews use a linear approximation)")
     lines.append("components")
     for name, c in d["components"].items():
         mb = sum(c["bytes"].values()) / 1e6

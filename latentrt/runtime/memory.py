@@ -14,6 +14,9 @@ benchmarks/results/memory_guard.md has the estimate against whole generations):
 - VAE decoder: `VAE_BYTES_PER_VALUE` per value of its full-resolution feature map (channels of its first block
   x pixels; measured 29-32 with its mid-block attention map, latent tokens^2, added), at the tile size when
   decoding in tiles;
+- tiny VAE (TAESD, vae="tiny"): `TINY_VAE_BYTES_PER_VALUE` per value of its decoder's (encoder's) full-resolution
+  feature map (its last (first) block's channels x pixels; measured 16.4 (17.0) on ONNX Runtime for TAESD's 64
+  channels at 512 and 1024 px), never tiled;
 - weights: the component files' sizes, all resident by default, one network at a time with `low_memory`;
   a backend that compiles per shape (OpenVINO) adds a compiled copy of the UNet for a new size.
 """
@@ -29,6 +32,7 @@ from latentrt.runtime.folder import ModelFolder
 UNET_BYTES_PER_VALUE = 110  # measured: see the module docstring
 VAE_BYTES_PER_VALUE = 30
 VAE_ENCODER_BYTES_PER_VALUE = 12
+TINY_VAE_BYTES_PER_VALUE = 18  # measured: see the module docstring
 ATTENTION_BYTES = 4  # one float32 score
 TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
 RUNTIME_OVERHEAD = 256 << 20  # allocator slack and per-call copies (latents, noise, images)
@@ -59,11 +63,12 @@ def component_bytes(folder: ModelFolder, name: str) -> int:
 
 def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: int, *,
              low_memory: bool = False, vae_tile: int | None = None, compiles: bool = False,
-             encodes: bool = False) -> MemoryEstimate:
+             encodes: bool = False, vae: str = "full") -> MemoryEstimate:
     """Memory one call adds: `texts` UNet batch rows (2 per image with CFG), `images` decoded images.
 
     compiles: the backend compiles the networks for this shape (OpenVINO at a size it has not seen).
     encodes: the call encodes an image first (image to image, inpainting: one image at a time).
+    vae: "full", or "tiny" (the folder's tiny autoencoder decodes, and encodes; vae_tile does not apply to it).
     """
     unet_cfg = folder.components["unet"].config
     vae_cfg = folder.components["vae_decoder"].config
@@ -75,26 +80,43 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
         unet += ATTENTION_BYTES * texts * _largest_attention_map(unet_cfg, lh, lw)
     if compiles:
         unet += component_bytes(folder, "unet")
+    tiny = vae == "tiny"
+    vae_tile = None if tiny else vae_tile
     th, tw = (min(lh, vae_tile), min(lw, vae_tile)) if vae_tile else (lh, lw)
     vae_channels = list(vae_cfg.get("block_out_channels") or [128])[0]
-    vae = VAE_BYTES_PER_VALUE * vae_channels * (th * factor) * (tw * factor)
-    if vae_cfg.get("mid_block_add_attention", True):
-        vae += ATTENTION_BYTES * (th * tw) ** 2
+    if tiny:
+        decoding = TINY_VAE_BYTES_PER_VALUE * _tiny_channels(folder, "vae_decoder_tiny", -1) * height * width
+    else:
+        decoding = VAE_BYTES_PER_VALUE * vae_channels * (th * factor) * (tw * factor)
+        if vae_cfg.get("mid_block_add_attention", True):
+            decoding += ATTENTION_BYTES * (th * tw) ** 2
     # Tiles are decoded one image at a time, in up to four shapes (the edge tiles are smaller), and the backend's
     # allocator keeps buffers for each: measured 1.9 GB for SD 1.5 at 1024 px against 1.0 GB for one tile.
-    vae *= 2 if vae_tile else images
-    vae += 12 * images * height * width + RUNTIME_OVERHEAD  # the float32 output (and uint8 copy) of the whole image
+    decoding *= 2 if vae_tile else images
+    decoding += 12 * images * height * width + RUNTIME_OVERHEAD  # the float32 output (and uint8 copy) of the whole image
     encoder = 0
-    if encodes:
+    if encodes and tiny:
+        encoder = TINY_VAE_BYTES_PER_VALUE * _tiny_channels(folder, "vae_encoder_tiny", 0) * height * width + RUNTIME_OVERHEAD
+    elif encodes:
         encoder = VAE_ENCODER_BYTES_PER_VALUE * vae_channels * height * width + ATTENTION_BYTES * (lh * lw) ** 2
         encoder += RUNTIME_OVERHEAD
     weights = {}
     if low_memory:
-        names = ("unet", "vae_decoder") + (("vae_encoder",) if encodes else ())
-        weights = {name: component_bytes(folder, name) for name in names}
+        # each phase's network: the tiny VAE's in the decode (and encode) phases with vae="tiny"
+        networks = {"unet": "unet", "vae_decoder": "vae_decoder_tiny" if tiny else "vae_decoder"}
+        if encodes:
+            networks["vae_encoder"] = "vae_encoder_tiny" if tiny else "vae_encoder"
+        weights = {phase: component_bytes(folder, name) for phase, name in networks.items()}
         encoders = [name for name in folder.components if name.startswith("text_encoder")]  # SDXL: one after the other
         weights["text_encoder"] = max(component_bytes(folder, name) for name in encoders)
-    return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(vae), weights, int(encoder))
+    return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(decoding), weights, int(encoder))
+
+
+def _tiny_channels(folder: ModelFolder, name: str, block: int) -> int:
+    """Channels of the tiny VAE's full-resolution block (the decoder's last, the encoder's first; TAESD: 64)."""
+    files = folder.components.get(name) or folder.components.get("vae_decoder_tiny")
+    key = "encoder_block_out_channels" if name == "vae_encoder_tiny" else "decoder_block_out_channels"
+    return int(list((files.config if files else {}).get(key) or [64])[block])
 
 
 def _largest_attention_map(cfg: dict, lh: int, lw: int) -> int:

@@ -26,14 +26,15 @@ from PIL import Image
 from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.deepcache import CACHE_SCHEDULES, check_cache_interval, full_calls
 from latentrt.runtime.families import family_for, guidance_embedding
-from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder
+from latentrt.runtime.folder import REEXPORT_HINT, TINY_DECODER, TINY_ENCODER, TINY_VAE_HINT, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_weight
 from latentrt.runtime.memory import available_memory, estimate, gib
 from latentrt.runtime.observers import OPEN, Event, Observer, Observers
-from latentrt.runtime.request import (Plan, Request, check_guidance, check_negatives, check_positive_int, check_prompts,
-                                      check_steps)
+from latentrt.runtime.previews import Previews
+from latentrt.runtime.request import (Plan, Request, check_guidance, check_negatives, check_positive_int,
+                                      check_preview_every, check_prompts, check_steps, check_vae)
 from latentrt.runtime.schedulers import available_schedulers, create_scheduler
 from latentrt.runtime.schedulers.timesteps import model_timestep
 from latentrt.runtime.session import check_finite, constant_feeds, to_host
@@ -42,7 +43,8 @@ from latentrt.runtime.tiling import decode_tiled, default_tile
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int], None]  # (UNet calls done, UNet calls in all)
+# (UNet calls done, UNet calls in all), and with preview_every a third argument: a PIL preview image or None
+ProgressCallback = Callable[..., None]
 
 
 @dataclass
@@ -70,11 +72,15 @@ class Pipeline:
     (parity with PyTorch), "bf16" (see `latentrt.runtime.backend`). `cache_dir` (else $LATENTRT_CACHE, else
     ~/.cache/latentrt) holds what makes the next load fast; `use_cache=False` neither reads nor writes it.
 
+    vae: "full" (default: the model's VAE) or "tiny" (the folder's tiny autoencoder, TAESD: `latentrt add-tiny-vae`),
+    what calls decode (and, for image to image, encode) with unless they say otherwise; with "tiny" the full VAE
+    decoder is not loaded until a call asks for vae="full" (the tiny one is 5 MB: loads are faster).
+
     low_memory: one network resident at a time, loaded when a call needs it and released after (a load from the
     cache takes about a second on ONNX Runtime, 11 s for SD 1.5's UNet with use_cache=False; OpenVINO compiles
     again each time). vae_tiling: decode in overlapping tiles (True), never (False), or only when the untiled
     decode would not fit in the memory available (None: tiling is not exact, and a VAE trained on small images
-    draws a frame in every tile). max_pixels: refuse images with more pixels (height x width) than this, for an
+    draws a frame in every tile); the tiny VAE always decodes whole. max_pixels: refuse images with more pixels (height x width) than this, for an
     app that bounds its requests; every call is also refused when its estimated memory exceeds what the
     machine has available (`latentrt.runtime.memory`). max_compiled_shapes (OpenVINO; default 8): the shapes each
     network keeps compiled from calls, the least recently used released past it; those `compile` made are kept.
@@ -96,7 +102,7 @@ class Pipeline:
                  precision: str = "auto", cache_dir: str | Path | None = None, use_cache: bool = True,
                  low_memory: bool = False, vae_tiling: bool | None = None, max_pixels: int | None = None,
                  loras: Sequence | None = None, io_binding: bool = False, cuda_graph: bool = False,
-                 provider_options: dict | None = None, max_compiled_shapes: int | None = None):
+                 provider_options: dict | None = None, max_compiled_shapes: int | None = None, vae: str = "full"):
         self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache, io_binding=io_binding,
                                                 cuda_graph=cuda_graph, provider_options=provider_options,
                                                 max_compiled_shapes=max_compiled_shapes)
@@ -105,6 +111,7 @@ class Pipeline:
         if vae_tiling not in (None, True, False):
             raise ValueError(f"vae_tiling must be True, False or None (automatic), got {vae_tiling!r}")
         self.folder = folder
+        self.vae = self._check_vae(vae)
         self.provider = self.backend.provider
         self.precision = self.backend.label(folder)  # e.g. "bf16", "fp32", "int8+fp32"
         self.low_memory = bool(low_memory)
@@ -115,7 +122,7 @@ class Pipeline:
         self.family = family_for(folder)  # how prompts become the UNet's conditioning (SD, SDXL)
         self.tokenizer = self.family.tokenizer
         # DeepCache's shallow UNet (a small graph) is resident with the rest where the folder has one
-        self.networks = self.family.text_encoders + ("unet", "vae_decoder") + (("unet_shallow",) if folder.deepcache else ())
+        self.networks = self.family.text_encoders + ("unet", decoder_name(self.vae)) + (("unet_shallow",) if folder.deepcache else ())
         self._models: dict[str, object] = {}
         self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
@@ -134,7 +141,7 @@ class Pipeline:
     @classmethod
     def from_folder(cls, path: str | Path, provider: str = "auto", threads: int | None = None, **options) -> "Pipeline":
         """Options as `Pipeline(...)`: precision, cache_dir, use_cache, low_memory, vae_tiling, max_pixels, loras,
-        io_binding, cuda_graph, provider_options, max_compiled_shapes."""
+        io_binding, cuda_graph, provider_options, max_compiled_shapes, vae."""
         return cls(ModelFolder.open(path), provider=provider, threads=threads, **options)
 
     @classmethod
@@ -239,10 +246,11 @@ class Pipeline:
         (ONNX Runtime) and compiles the VAE encoder that image to image and inpainting use, which a pipeline
         otherwise opens at its first such call (OpenVINO: about 5 s for SD 1.5 at 512x512).
         """
-        if image and "vae_encoder" in self.folder.components and not self.low_memory:
+        encoder_name = encoder_name_for(self.vae)
+        if image and encoder_name in self.folder.components and not self.low_memory:
             with self._lock:
-                if "vae_encoder" not in self._models:
-                    self._models["vae_encoder"] = self._open("vae_encoder")
+                if encoder_name not in self._models:
+                    self._models[encoder_name] = self._open(encoder_name)
         if self.low_memory or not hasattr(self._models["unet"], "compile"):
             return  # ONNX Runtime sessions take any shape as they are; low_memory keeps no network to compile
         height, width = self.check_size(height, width)
@@ -259,17 +267,18 @@ class Pipeline:
             "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
             **unet_shapes,
         }
+        decoder = self._get(decoder_name(self.vae))  # the default VAE's (the full one stays closed with vae="tiny")
         jobs = [
             (self.unet, unet_shapes),
             *[(self._models[name], {"input_ids": (texts, self.family.tokenizers[name].max_length)}) for name in self.family.text_encoders],
-            (self.vae_decoder, {next(iter(self.vae_decoder.inputs)): (batch, self.folder.vae.latent_channels, *latent[1:])}),
+            (decoder, {next(iter(decoder.inputs)): (batch, self.folder.vae.latent_channels, *latent[1:])}),
         ]
         if "unet_shallow" in self._models:  # DeepCache: the UNet's shapes and the feature's
             shallow = self._models["unet_shallow"]
             feature = self._feature_shape(texts, *latent[1:])
             jobs.append((shallow, {name: shape for name, shape in {**unet_shapes, **feature}.items() if name in shallow.inputs}))
-        if image and "vae_encoder" in self._models:  # one image at a time, as the call encodes it
-            encoder = self._models["vae_encoder"]
+        if image and encoder_name in self._models:  # one image at a time, as the call encodes it
+            encoder = self._models[encoder_name]
             jobs.append((encoder, {next(iter(encoder.inputs)): (1, 3, height, width)}))
         with ThreadPoolExecutor(len(jobs)) as pool:  # OpenVINO compiles in native code: the three overlap
             list(pool.map(lambda job: job[0].compile(job[1]), jobs))
@@ -282,8 +291,21 @@ class Pipeline:
         `options` are the fields of `latentrt.runtime.request.Request`: height, width, steps, guidance_scale,
         scheduler, seed, num_images, latents, image, strength, mask_image, padding_mask_crop, clip_skip,
         original_size, crops_coords_top_left, target_size, aesthetic_score, negative_aesthetic_score,
-        cache_interval, cache_schedule. Randomness comes from `rng`, else from `seed` (a random one, written in the
-        images' parameters, when neither is given); `progress(done, total)` is called after every UNet call.
+        cache_interval, cache_schedule, vae, preview_every. Randomness comes from `rng`, else from `seed` (a random one,
+        written in the images' parameters, when neither is given); `progress(done, total)` is called after every UNet
+        call.
+
+        vae: "full" (the model's VAE) or "tiny" (the folder's tiny autoencoder, TAESD/TAESDXL, added with `latentrt
+        add-tiny-vae` or `export --tiny-vae`); None: the pipeline's default (`Pipeline(..., vae=...)`). It decodes the
+        final latents and, for image to image and inpainting, encodes the image (its latents are the encoder's output
+        as they are: no sampling, as diffusers' retrieve_latents with an AutoencoderTiny). The latents are divided by
+        the tiny VAE's own scaling_factor (1.0 for TAESD) before its decoder, as diffusers' pipelines do.
+
+        preview_every=N (an integer >= 1): `progress(done, total, preview)` is called instead, with three arguments:
+        `preview` is a PIL image of the current latents of the first image after every N-th UNet call, None
+        after the others. It is decoded by the tiny VAE when the folder has one (the output's size), else by a
+        cheap linear latent-to-RGB projection (AUTOMATIC1111's "Approx cheap", upscaled to the output's size with
+        nearest-neighbour); see runtime/previews.py for what each costs.
 
         img2img as diffusers' StableDiffusionImg2ImgPipeline: height/width default to the image's size rounded
         down to a multiple of the VAE factor, and an image of another size is resized to them (Lanczos, as
@@ -343,7 +365,7 @@ class Pipeline:
 
         # 5. decode (and the task's last touch: an inpainted crop pasted back into its image)
         with self._observers.stage("vae_decode", timings):
-            images = task.finish(to_pil(decoded_to_uint8(self.decode(x, plan.tiled))))  # (B, H, W, 3)
+            images = task.finish(to_pil(decoded_to_uint8(self.decode(x, plan.tiled, plan.vae))))  # (B, H, W, 3)
 
         # 6. package
         return PipelineResult(images=images, parameters=self._parameters(plan, task, seed), latents=x,
@@ -358,6 +380,8 @@ class Pipeline:
         negatives = check_negatives(r.negative_prompt, len(prompts))
         self.family.check_clip_skip(r.clip_skip)
         guidance_scale = defaults.guidance_scale if r.guidance_scale is None else check_guidance(r.guidance_scale)
+        vae = self._check_vae(self.vae if r.vae is None else r.vae)
+        preview_every = check_preview_every(r.preview_every)
         task, height, width = task_for(self, r)
         height, width = self.check_size(height, width)
         steps = check_steps(defaults.steps if r.steps is None else r.steps,
@@ -370,12 +394,12 @@ class Pipeline:
                 f"raise strength to at least {1 / steps:.3g} or use more steps"
             )
         do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
-        tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes)
+        tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes, vae)
         task.check_inputs(height, width)  # after the memory guard: nothing is resized for a request too large
         scheduler = self._sampler(r.scheduler if r.scheduler is not None else defaults.scheduler).name
         return Plan(request=r, prompts=tuple(prompts), negatives=tuple(negatives), height=height, width=width, steps=steps,
                     guidance_scale=guidance_scale, do_cfg=do_cfg, scheduler=scheduler, task=task,
-                    cache_interval=cache_interval, tiled=tiled)
+                    cache_interval=cache_interval, tiled=tiled, vae=vae, preview_every=preview_every)
 
     # --- the stages, public for tools that run them one at a time (the bench's warm-up, calibration, tests) ---
     def encode_prompt(self, plan: Plan) -> dict[str, NDArray[np.float32]]:
@@ -395,8 +419,14 @@ class Pipeline:
             small = stack.enter_context(self._conditioned("unet_shallow", conditioning)) if shallow else None
             yield UNetCalls(full, small, (self.folder.deepcache or {}).get("feature"), self._observers)
 
-    def decode(self, latents: NDArray[np.float32], tiled: bool = False) -> NDArray[np.float32]:
-        """The VAE decoder's images for UNet latents: (B, 3, H, W) in about [-1, 1]; `tiled` in overlapping tiles."""
+    def decode(self, latents: NDArray[np.float32], tiled: bool = False, vae: str = "full") -> NDArray[np.float32]:
+        """The VAE decoder's images for UNet latents: (B, 3, H, W) in about [-1, 1]; `tiled` in overlapping tiles (the
+        full VAE only); vae="tiny": the tiny autoencoder's decoder, on the latents divided by its scaling_factor."""
+        if self._check_vae(vae) == "tiny":
+            z = self.folder.tiny_vae.from_unet(latents)
+            with self.network(TINY_DECODER) as decoder:
+                out = self._observers.network(TINY_DECODER, decoder, {next(iter(decoder.inputs)): np.ascontiguousarray(z)})
+            return next(iter(out.values()))  # (B, 3, H, W) in [-1, 1]
         vae = self.folder.vae
         z = vae.from_unet(latents)
         with self.network("vae_decoder") as decoder:
@@ -410,8 +440,16 @@ class Pipeline:
                 return np.concatenate([decode_tiled(decode, z[i:i + 1], vae.scale_factor, self.vae_tile) for i in range(len(z))])
             return decode(z)
 
-    def encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator) -> NDArray[np.float32]:
-        """A sample of the VAE's posterior for the image, scaled as the UNet sees latents (diffusers' retrieve_latents)."""
+    def encode_image(self, pixels: NDArray[np.float32], rng: np.random.Generator, vae: str = "full") -> NDArray[np.float32]:
+        """A sample of the VAE's posterior for the image, scaled as the UNet sees latents (diffusers' retrieve_latents);
+        vae="tiny": the tiny encoder's latents as they are (no sampling: `rng` is not drawn from), times its
+        scaling_factor."""
+        if self._check_vae(vae) == "tiny":
+            if TINY_ENCODER not in self.folder.components:
+                raise ValueError(f"{self.folder.path} has no tiny VAE encoder (vae_encoder_tiny/): {TINY_VAE_HINT}")
+            with self.network(TINY_ENCODER) as encoder:
+                out = self._observers.network(TINY_ENCODER, encoder, {next(iter(encoder.inputs)): np.ascontiguousarray(pixels)})
+            return self.folder.tiny_vae.to_unet(next(iter(out.values())).astype(np.float32, copy=False))
         vae = self.folder.vae
         with self.network("vae_encoder") as encoder:
             out = self._observers.network("vae_encoder", encoder, {next(iter(encoder.inputs)): np.ascontiguousarray(pixels)})
@@ -482,6 +520,7 @@ class Pipeline:
             logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
                            "full UNet, every other call reuses its deep feature", plan.cache_interval, len(timesteps))
         feature, guidance = None, np.float32(plan.guidance_scale)
+        previews = Previews(self, plan) if plan.preview_every and progress is not None else None
         with self.denoiser(conditioning, shallow=not all(full)) as unet:
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if plan.do_cfg else x  # (2B, C, h, w) with CFG
@@ -495,7 +534,9 @@ class Pipeline:
                     uncond, cond = np.split(noise, 2)
                     noise = uncond + guidance * (cond - uncond)
                 x = task.after_step(i, sampler.step(noise, t, x, rng))
-                if progress is not None:
+                if previews is not None:
+                    progress(i + 1, len(timesteps), previews.after_call(i + 1, len(timesteps), x))
+                elif progress is not None:
                     progress(i + 1, len(timesteps))
         return x, {"full": sum(full), "shallow": len(full) - sum(full)}
 
@@ -518,19 +559,19 @@ class Pipeline:
                 steps=plan.steps, sampler=plan.scheduler, guidance_scale=plan.guidance_scale, seed=seed,
                 width=plan.width, height=plan.height, model=self.folder.name, backend=self.provider,
                 precision=self.precision, strength=task.strength, task=task.name, mask_padding=task.mask_padding,
-                cache_interval=plan.cache_interval, cache_schedule=r.cache_schedule,
+                cache_interval=plan.cache_interval, cache_schedule=r.cache_schedule, vae=plan.vae,
             )
             for i in range(plan.batch)
         ]
 
     # --- checks -------------------------------------------------------------------------------------------
     def check_fits(self, height: int | None = None, width: int | None = None, num_images: int = 1,
-                   guidance_scale: float | None = None) -> None:
+                   guidance_scale: float | None = None, vae: str | None = None) -> None:
         """Raise what a text-to-image call of this size would raise before allocating anything: ValueError for a
         size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available."""
         height, width = self.check_size(height, width)
         guidance = self.folder.defaults.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
-        self._check_memory(height, width, num_images, self._uses_cfg(guidance))
+        self._check_memory(height, width, num_images, self._uses_cfg(guidance), vae=self._check_vae(vae or self.vae))
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
@@ -554,8 +595,10 @@ class Pipeline:
             sides.append(int(value))
         return sides[0], sides[1]
 
-    def _check_memory(self, height: int, width: int, images: int, do_cfg: bool, encodes: bool = False) -> bool:
-        """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles."""
+    def _check_memory(self, height: int, width: int, images: int, do_cfg: bool, encodes: bool = False,
+                      vae: str = "full") -> bool:
+        """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles (the full
+        VAE only: the tiny one's memory is counted whole)."""
         if self.max_pixels is not None and height * width > self.max_pixels:
             side = largest_side(height, width, self.folder.size_multiple, lambda h, w: h * w <= self.max_pixels)
             raise ImageTooLargeError(
@@ -563,7 +606,8 @@ class Pipeline:
                 f"the largest size that fits at this aspect ratio is {side}"
             )
         texts = images * (2 if do_cfg else 1)
-        tiled = bool(self.vae_tiling)
+        tiny = vae == "tiny"
+        tiled = bool(self.vae_tiling) and not tiny
 
         # OpenVINO: a new size compiles a copy of each network (counted once: conservative), unless the UNet has it
         unet, f = self._models.get("unet"), self.folder.vae.scale_factor
@@ -572,15 +616,15 @@ class Pipeline:
 
         def need(h: int, w: int, tile: bool) -> int:
             return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,
-                            vae_tile=self.vae_tile if tile else None, compiles=compiles, encodes=encodes).peak
+                            vae_tile=self.vae_tile if tile else None, compiles=compiles, encodes=encodes, vae=vae).peak
 
         available = available_memory()
         peak = need(height, width, tiled)
-        if peak > available and self.vae_tiling is None:  # automatic tiling: when the untiled decode does not fit
+        if peak > available and self.vae_tiling is None and not tiny:  # automatic tiling: when the untiled decode does not fit
             tiled, peak = True, need(height, width, True)
         if peak > available:
             side = largest_side(height, width, self.folder.size_multiple, lambda h, w: need(h, w, tiled) <= available)
-            remedies = ([] if tiled else ["vae_tiling=True (--vae-tiling) decodes in tiles"]) + (
+            remedies = ([] if tiled or tiny else ["vae_tiling=True (--vae-tiling) decodes in tiles"]) + (
                 [] if self.low_memory else ["low_memory=True (--low-memory) keeps one network in memory at a time"])
             raise ImageTooLargeError(
                 f"{width}x{height} with {images} image(s){' and guidance' if do_cfg else ''} needs about "
@@ -598,6 +642,13 @@ class Pipeline:
     def _uses_cfg(self, guidance_scale: float) -> bool:
         """Classifier-free guidance (two UNet rows per image): guidance > 1, unless the UNet embeds it (LCM)."""
         return guidance_scale > 1.0 and not self.guidance_embedding_dim
+
+    def _check_vae(self, vae) -> str:
+        """"full" or "tiny", the tiny one only where the folder has its decoder (ValueError naming how to add it)."""
+        vae = check_vae(vae)
+        if vae == "tiny" and TINY_DECODER not in self.folder.components:
+            raise ValueError(f"{self.folder.path} has no tiny VAE (vae_decoder_tiny/), which vae='tiny' needs: {TINY_VAE_HINT}")
+        return vae
 
     def _check_cache(self, interval, schedule: str) -> int:
         interval = check_cache_interval(interval)
@@ -647,6 +698,16 @@ class UNetCalls:
         shallow, run, constants = self._shallow
         feeds = {"sample": sample, "timestep": unet_timestep(shallow, t, sample), self._feature: feature}
         return to_host(next(iter(self._observers.network("unet_shallow", run, feeds, constants).values())))
+
+
+def decoder_name(vae: str) -> str:
+    """The network that decodes with this VAE ("full" or "tiny")."""
+    return TINY_DECODER if vae == "tiny" else "vae_decoder"
+
+
+def encoder_name_for(vae: str) -> str:
+    """The network that encodes an image with this VAE ("full" or "tiny")."""
+    return TINY_ENCODER if vae == "tiny" else "vae_encoder"
 
 
 def unet_timestep(unet, t, sample: NDArray) -> NDArray:

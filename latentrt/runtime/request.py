@@ -54,6 +54,8 @@ class Request:
     negative_aesthetic_score: float = 2.5
     cache_interval: int = 1  # DeepCache: one full UNet call in N
     cache_schedule: str = "uniform"
+    vae: str | None = None  # "full" or "tiny" (the folder's tiny autoencoder); None: the pipeline's default
+    preview_every: int | None = None  # a preview image to the progress callback every N UNet calls
 
 
 @dataclass(frozen=True, eq=False)
@@ -71,7 +73,9 @@ class Plan:
     scheduler: str  # the scheduler's name
     task: Any  # a latentrt.runtime.tasks.Task
     cache_interval: int
-    tiled: bool  # decode the VAE in tiles
+    tiled: bool  # decode the VAE in tiles (the full VAE only)
+    vae: str = "full"  # "full" or "tiny": decodes, and encodes an image to image's source
+    preview_every: int | None = None
 
     @property
     def batch(self) -> int:
@@ -137,6 +141,21 @@ def check_steps(value, train_steps: int) -> int:
     if steps > train_steps:
         raise ValueError(f"steps must be in [1, {train_steps}] for this model (its scheduler's training timesteps), got {steps}")
     return steps
+
+
+VAES = ("full", "tiny")
+
+
+def check_vae(value) -> str:
+    if value not in VAES:
+        raise ValueError(f"vae must be 'full' (the model's VAE) or 'tiny' (its tiny autoencoder, TAESD), got {value!r}")
+    return value
+
+
+def check_preview_every(value) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+        raise ValueError(f"preview_every must be a whole number of UNet calls >= 1 (a preview every N calls), got {value!r}")
+    return None if value is None else int(value)
 
 
 def check_padding(value) -> int | None:

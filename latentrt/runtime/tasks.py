@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from latentrt.runtime.folder import REEXPORT_HINT
+from latentrt.runtime.folder import REEXPORT_HINT, TINY_ENCODER, TINY_VAE_HINT
 from latentrt.runtime.image_inputs import as_pil, crop_region, mask_array, paste_back
 from latentrt.runtime.defaults import DEFAULT_STRENGTH
 from latentrt.runtime.request import Request, check_padding, check_strength
@@ -79,7 +79,7 @@ class ImageToImage(Task):
 
     def start(self, pipe, plan, sampler, rng):
         timesteps = img2img_timesteps(sampler, plan.steps, self.strength)
-        init = np.repeat(pipe.encode_image(self.pixels(pipe, plan), rng), plan.batch, axis=0)  # one encoding, repeated like diffusers
+        init = np.repeat(pipe.encode_image(self.pixels(pipe, plan), rng, plan.vae), plan.batch, axis=0)  # one encoding, repeated like diffusers
         noise = rng.standard_normal((plan.batch, *pipe.latent_shape(plan.height, plan.width)), dtype=np.float32)
         return sampler.add_noise(init, noise, np.repeat(timesteps[:1], plan.batch)).astype(np.float32, copy=False), timesteps
 
@@ -107,7 +107,7 @@ class Inpaint(ImageToImage):
         timesteps = img2img_timesteps(sampler, plan.steps, self.strength)
         pixels, batch = self.pixels(pipe, plan), plan.batch
         full = self.strength == 1.0  # diffusers' is_strength_max: pure noise, the image only through the mask
-        self.init = None if (full and self.channels) else np.repeat(pipe.encode_image(pixels, rng), batch, axis=0)
+        self.init = None if (full and self.channels) else np.repeat(pipe.encode_image(pixels, rng, plan.vae), batch, axis=0)
         self.noise = rng.standard_normal((batch, *pipe.latent_shape(plan.height, plan.width)), dtype=np.float32)
         if full:
             x = self.noise * np.float32(sampler.init_noise_sigma)
@@ -146,7 +146,7 @@ class InpaintChannels(Inpaint):
     def prepare_mask(self, pipe, plan, pixels, rng) -> None:
         f, batch = pipe.folder.vae.scale_factor, plan.batch
         masked = pixels * (self.mask < 0.5).astype(np.float32)  # the image with the region to repaint blacked out
-        masked_latents = np.repeat(pipe.encode_image(masked, rng), batch, axis=0)
+        masked_latents = np.repeat(pipe.encode_image(masked, rng, plan.vae), batch, axis=0)
         mask_latents = np.repeat(self.mask[:, :, ::f, ::f], batch, axis=0)  # torch's 'nearest' at an integer factor
         if plan.do_cfg:
             masked_latents, mask_latents = np.concatenate([masked_latents] * 2), np.concatenate([mask_latents] * 2)
@@ -186,7 +186,11 @@ def task_for(pipe, request: Request) -> tuple[Task, int | None, int | None]:
         raise ValueError("give either image (image to image) or latents (text to image), not both")
     kind = "refiner" if pipe.family.is_refiner else "img2img" if r.mask_image is None else "inpaint"
     strength = check_strength(DEFAULT_STRENGTH[kind] if r.strength is None else r.strength)
-    if "vae_encoder" not in folder.components:
+    if (r.vae or pipe.vae) == "tiny":
+        if TINY_ENCODER not in folder.components:
+            raise ValueError(f"{folder.path} has no tiny VAE encoder (vae_encoder_tiny/), which image to image with "
+                             f"vae='tiny' needs: use vae='full', or {TINY_VAE_HINT}")
+    elif "vae_encoder" not in folder.components:
         raise ValueError(f"{folder.path} has no vae_encoder/model.onnx, which image to image needs: {REEXPORT_HINT} "
                          "(it writes the VAE encoder)")
     source = as_pil(r.image, "image")
