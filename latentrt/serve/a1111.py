@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,6 +86,7 @@ class Txt2ImgRequest(BaseModel):
     batch_size: int = Field(1, ge=1)
     n_iter: int = Field(1, ge=1)
     cache_interval: int = Field(1, ge=1)  # latentrt's extension: DeepCache, one full UNet call in N
+    vae: Literal["full", "tiny"] | None = None  # latentrt's extension: the tiny autoencoder (None: the server's --vae)
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -101,7 +102,7 @@ def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
     generation = GenerationRequest(
         body.prompt, body.negative_prompt, width=body.width, height=body.height, steps=body.steps,
         guidance_scale=body.cfg_scale, scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
-        cache_interval=body.cache_interval, **image_task)
+        cache_interval=body.cache_interval, vae=body.vae, **image_task)
     return Job(generation, seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter))
 
 

@@ -39,7 +39,8 @@ __all__ = ["ApiError", "ServeOptions", "check_job", "create_app", "run_job"]  # 
 def load_pipeline(options: ServeOptions) -> Pipeline:
     kwargs = dict(provider=options.provider, threads=options.threads, precision=options.precision,
                   max_pixels=options.max_pixels, cache_dir=options.cache_dir, io_binding=options.io_binding,
-                  provider_options=options.provider_options, max_compiled_shapes=options.max_compiled_shapes)
+                  provider_options=options.provider_options, max_compiled_shapes=options.max_compiled_shapes,
+                  vae=options.vae)
     if options.model is None:
         return Pipeline.default(**kwargs)
     return Pipeline.from_folder(options.model, **kwargs)

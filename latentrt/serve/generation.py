@@ -61,7 +61,7 @@ def admit(state: ServerState, job: Job) -> None:
             raise ApiError(422, "too_large", f"{width}x{height} is {height * width:,} pixels, over this server's "
                            f"--max-pixels={limit:,}: the largest size that fits at this aspect ratio is {side}")
         if uploads:  # the memory guard, still from the header only
-            pipe.check_fits(height, width, 1, r.guidance_scale)
+            pipe.check_fits(height, width, 1, r.guidance_scale, r.vae)
             job.request = dataclasses.replace(r, **{name: upload.decode(options.max_input_pixels)
                                                     for name, upload in uploads.items()})
     except ImageTooLargeError as error:

@@ -123,7 +123,7 @@ class JobQueue:
         if r.image is not None or self._stochastic(scheduler):
             return None
         return (r.width, r.height, r.steps, r.guidance_scale, scheduler, r.negative_prompt is None, r.cache_interval,
-                r.cache_schedule, r.clip_skip)
+                r.cache_schedule, r.clip_skip, r.vae)
 
     def _stochastic(self, scheduler: str) -> bool:
         if scheduler not in self._stochastic_by_name:

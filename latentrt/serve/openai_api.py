@@ -1,6 +1,6 @@
 """POST /v1/images/generations: OpenAI's Images API (every OpenAI SDK, Open WebUI), with latentrt's fields as
-extensions (`negative_prompt`, `steps`, `guidance_scale`, `scheduler`, `seed`, `cache_interval`; the SDKs send them with
-`extra_body`). Images come back inline (`b64_json`, PNG with the A1111 parameters chunk), as gpt-image-1 answers."""
+extensions (`negative_prompt`, `steps`, `guidance_scale`, `scheduler`, `seed`, `cache_interval`, `vae`; the SDKs send
+them with `extra_body`). Images come back inline (`b64_json`, PNG with the A1111 parameters chunk), as gpt-image-1 answers."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ class ImageGenerationRequest(BaseModel):
     scheduler: Text | None = None
     seed: int | None = Field(None, ge=-1)
     cache_interval: int = Field(1, ge=1)  # DeepCache: one full UNet call in N (a folder exported with --deepcache)
+    vae: Literal["full", "tiny"] | None = None  # None: the server's --vae
 
 
 def parse_size(size: str | None) -> tuple[int | None, int | None]:
@@ -72,7 +73,7 @@ async def generations(body: ImageGenerationRequest, request: Request) -> dict:
     width, height = parse_size(body.size)
     job = Job(GenerationRequest(body.prompt, body.negative_prompt, width=width, height=height, steps=body.steps,
                                 guidance_scale=body.guidance_scale, scheduler=body.scheduler,
-                                cache_interval=body.cache_interval),
+                                cache_interval=body.cache_interval, vae=body.vae),
               seeds=make_seeds(request, body.seed, body.n))
     result = await run_job(request, job, "/v1/images/generations")
     data = [{"b64_json": base64.b64encode(png_bytes(image, parameters)).decode("ascii"), "revised_prompt": body.prompt}

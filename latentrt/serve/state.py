@@ -38,6 +38,7 @@ class ServeOptions:
     max_compiled_shapes: int | None = None  # OpenVINO: on-demand compiled shapes kept per network (None: the default, 8)
     max_connections: int = 128  # requests in progress at once; past this 503 + Retry-After (/health still answers)
     header_timeout_s: float = 10.0  # a connection that has not sent a request's headers by then is closed
+    vae: str = "full"  # what requests decode with unless they send `vae`: "full" or "tiny" (Pipeline(vae=...))
 
 
 class ApiError(Exception):
