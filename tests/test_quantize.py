@@ -254,3 +254,44 @@ def test_quantize_without_the_export_extra_says_which_to_install(monkeypatch, tm
     result = CliRunner().invoke(app, ["quantize", "latentrt/models/shapes", str(tmp_path / "out")])
     assert result.exit_code == 2 and "latentrt[export]" in result.output
     assert not (tmp_path / "out").exists()
+
+
+# --- latentrt export SRC OUT --int8 -----------------------------------------------------------------------
+
+
+def test_export_int8_writes_a_quantized_folder_and_no_fp32_copy(tiny_sd1, tmp_path):
+    out = tmp_path / "sd1-int8"
+    result = runner.invoke(app, ["export", str(tiny_sd1[0]), str(out), "--int8"])
+    assert result.exit_code == 0, result.output
+    assert "step 1/2" in result.output and "step 2/2" in result.output and f"wrote {out} in" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["components"]["unet"]["precision"] == "int8-qdq"
+    assert manifest["components"]["text_encoder"]["precision"] == "fp32" and manifest["source"]["path"]
+    assert "export --int8" in manifest["quantization"]["source"]
+    assert [p.name for p in tmp_path.iterdir()] == ["sd1-int8"]  # the fp32 export is gone
+    pipe = Pipeline.from_folder(out, provider="cpu")
+    assert pipe.precision == "int8+fp32"
+    reference = Pipeline.from_folder(tiny_sd1[1], provider="cpu")
+    args = dict(steps=4, seed=3, height=64, width=64)
+    psnr = image_psnr(pipe("a cat", **args).arrays[0], reference("a cat", **args).arrays[0])
+    assert 20 < psnr < 100, psnr  # close to the fp32 images, and not them (the UNet is int8)
+
+
+def test_export_int8_failure_midway_leaves_nothing(tiny_sd1, tmp_path, monkeypatch):
+    import latentrt.export.quantize as quantize_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("calibration exploded")
+
+    monkeypatch.setattr(quantize_module, "gather_samples", broken)
+    out = tmp_path / "int8"
+    result = runner.invoke(app, ["export", str(tiny_sd1[0]), str(out), "--int8"])
+    assert isinstance(result.exception, RuntimeError) and "step 1/2 done" in result.output  # exported, then failed
+    assert list(tmp_path.iterdir()) == []  # no OUT, no fp32 folder, no partial folder
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert "--force" in runner.invoke(app, ["export", str(tiny_sd1[0]), str(out), "--int8"]).output
+    runner.invoke(app, ["export", str(tiny_sd1[0]), str(out), "--int8", "--force"])
+    assert [p.name for p in tmp_path.iterdir()] == ["int8"] and (out / "keep.txt").read_text() == "mine"
+    result = runner.invoke(app, ["export", str(tiny_sd1[0]), str(tmp_path / "o"), "--int8", "--precision", "fp16"])
+    assert result.exit_code == 2 and "--int8 quantizes an fp32 export" in result.output

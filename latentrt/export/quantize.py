@@ -579,12 +579,14 @@ def quantize_folder(
     report: Callable[[str], None] = logger.info,
     op_types: Iterable[str] = QUANTIZED_OPS,
     extra_options: dict | None = None,
+    recorded_source: str | None = None,
 ) -> QuantizeReport:
     """Write ``out``: ``model``'s folder with its UNet (and DeepCache's shallow UNet, where the folder has one)
     quantized to static QDQ int8 (see the module docstring).
 
     Built in a hidden temporary folder beside ``out`` and renamed into place at the end: a failure leaves
-    no ``out`` (and an existing one, replaced only with ``force``, untouched).
+    no ``out`` (and an existing one, replaced only with ``force``, untouched). ``recorded_source``: what the manifest
+    records as the float folder quantized (default: ``model``'s path; `export --int8` names its own step).
     """
     started = time.perf_counter()
     model, out = Path(model), Path(out)
@@ -660,7 +662,7 @@ def quantize_folder(
                 result.shallow = summary
         result.quantize_seconds = time.perf_counter() - t0
         timesteps = sorted({float(np.ravel(f["timestep"])[0]) for f in feeds["unet"] if "timestep" in f})
-        manifest = _manifest(folder, tmp, settings, done, result, timesteps)
+        manifest = _manifest(folder, tmp, settings, done, result, timesteps, recorded_source)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result.seconds = time.perf_counter() - started
     return result
@@ -687,7 +689,7 @@ def _skip_model_files(model: Path, networks: Iterable[str]):
 
 
 def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, done: dict, result: QuantizeReport,
-              timesteps: list[float]) -> dict:
+              timesteps: list[float], recorded_source: str | None = None) -> dict:
     import onnxruntime
 
     manifest = json.loads(json.dumps(folder.manifest)) if folder.manifest else {"format": "latentrt-onnx/1", "components": {}}
@@ -721,7 +723,7 @@ def _manifest(folder: ModelFolder, tmp: Path, settings: CalibrationSettings, don
         "float_parts": list(unet["float_nodes"]),
         "float_nodes": unet["float_nodes"],
         "calibration": calibration,
-        "source": str(folder.path.resolve()),
+        "source": recorded_source or str(folder.path.resolve()),
         "seconds": {"calibration": round(result.calibration_seconds, 1), "quantize": round(result.quantize_seconds, 1)},
         "versions": {"latentrt": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,10 +1,14 @@
 """Which backend runs the networks, at which precision: resolved once per pipeline, before anything loads.
 
-    provider  "auto"      OpenVINO when the openvino extra is installed, else ONNX Runtime's CPU provider
+    provider  "auto"      what `auto_choice` measured fastest for this folder on this kind of CPU (docs/backends.md,
+                          "auto"): OpenVINO at bf16 for a full-size UNet on a CPU with bf16 (AMX, AVX512-BF16),
+                          ONNX Runtime's CPU provider everywhere else (AVX2 or AVX-512 without bf16, small UNets
+                          whose time is OpenVINO's compilation, no openvino extra)
               "openvino"  latentrt's OpenVINO backend (backends/openvino.py)
               anything else: an ONNX Runtime execution provider (session.PROVIDERS, or its full name)
     precision "auto"      the fastest precision the backend runs natively on this CPU: bf16 under OpenVINO
-                          where its CPU plugin has bf16 (AMX or AVX512-BF16), fp32 everywhere else
+                          where its CPU plugin has bf16 (AMX or AVX512-BF16), fp32 everywhere else; an int8 folder
+                          (`latentrt quantize`, `export --int8`) runs its int8 nodes as int8 either way
               "fp32"      parity with PyTorch (the exported graphs run as they are)
               "bf16"      OpenVINO only, and only on a CPU with bf16; anything else is an error, never a
                           silent fallback
@@ -45,6 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from latentrt.runtime.auto_backend import auto_choice
 from latentrt.runtime.cache import cache_root, files_identity
 from latentrt.runtime.folder import ComponentFiles, ModelFolder
 from latentrt.runtime.session import CUDA_GRAPH_OPTIONS, OnnxModel, resolve_providers
@@ -83,6 +88,7 @@ class Backend:
     cuda_graph: bool = False  # BOUND_NETWORKS captured in a CUDA graph (with io_binding)
     provider_options: dict[str, Any] | None = None  # for the first ONNX Runtime provider of the chain
     max_compiled_shapes: int | None = None  # OpenVINO: on-demand compiled shapes kept per network (None: the default)
+    reason: str = ""  # why: the auto rule's line when provider or precision was "auto", else "asked"
 
     def open(self, files: ComponentFiles, weights: dict | None = None):
         """The network's session; `weights` ({initializer: lora.StoredWeight}, LoRA-merged) replace the file's values."""
@@ -125,7 +131,9 @@ def parse_provider_options(texts: list[str] | None) -> dict[str, str] | None:
 def resolve_backend(provider: str = "auto", precision: str = "auto", threads: int | None = None,
                     cache_dir: str | Path | None = None, use_cache: bool = True, io_binding: bool = False,
                     cuda_graph: bool = False, provider_options: dict[str, Any] | None = None,
-                    max_compiled_shapes: int | None = None) -> Backend:
+                    max_compiled_shapes: int | None = None, folder: ModelFolder | None = None) -> Backend:
+    """The backend for these choices; "auto" follows `auto_backend.auto_choice` for `folder` (None: a full-size fp32
+    folder) on this CPU. Explicit choices are taken as they are, or refused with the reason."""
     if not isinstance(precision, str) or precision.lower() not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if max_compiled_shapes is not None and (isinstance(max_compiled_shapes, bool) or not isinstance(max_compiled_shapes, int)
@@ -138,8 +146,9 @@ def resolve_backend(provider: str = "auto", precision: str = "auto", threads: in
     onnxruntime_options = [name for name, asked in (("io_binding", io_binding), ("cuda_graph", cuda_graph),
                                                     ("provider_options", provider_options)) if asked]
     precision, provider = precision.lower(), (provider.lower() if provider.lower() in ("auto", "openvino") else provider)
-    if provider == "auto":  # ONNX Runtime's own options ask for ONNX Runtime
-        provider = "openvino" if openvino_installed() and not onnxruntime_options else "cpu"
+    reason = "asked"
+    if provider == "auto":
+        provider, reason = _auto_provider(folder, precision, onnxruntime_options)
     if provider == "openvino" and onnxruntime_options:
         raise ValueError(
             f"{' and '.join(onnxruntime_options)} configure ONNX Runtime, and the openvino provider is latentrt's OpenVINO "
@@ -150,13 +159,14 @@ def resolve_backend(provider: str = "auto", precision: str = "auto", threads: in
 
         if precision == "auto":
             precision = "bf16" if supports_bf16() else "fp32"
+            reason = reason if reason != "asked" else f"OpenVINO asked; precision auto: {precision}"
         elif precision == "bf16" and not supports_bf16():
             raise ValueError(
                 "precision bf16 needs a CPU with bf16 instructions (AMX or AVX512-BF16), and OpenVINO finds none "
                 "on this one: use precision fp32 (or auto)"
             )
         return Backend("openvino", precision, threads, None, compiled_model_cache(cache_dir, use_cache),
-                       max_compiled_shapes=max_compiled_shapes)
+                       max_compiled_shapes=max_compiled_shapes, reason=reason)
     chain = resolve_providers(provider)  # an unknown or unavailable provider is an error here, before any loading
     if precision == "bf16":
         raise ValueError(
@@ -170,4 +180,22 @@ def resolve_backend(provider: str = "auto", precision: str = "auto", threads: in
         )
     return Backend(provider, "fp32", threads, cache_root(cache_dir) if use_cache else None,
                    io_binding=bool(io_binding or cuda_graph), cuda_graph=bool(cuda_graph),
-                   provider_options=dict(provider_options) if provider_options else None)
+                   provider_options=dict(provider_options) if provider_options else None, reason=reason)
+
+
+def _auto_provider(folder: ModelFolder | None, precision: str, onnxruntime_options: list[str]) -> tuple[str, str]:
+    """(provider, why) for provider "auto" at this precision."""
+    if onnxruntime_options:  # ONNX Runtime's own options ask for ONNX Runtime
+        return "cpu", f"ONNX Runtime: {' and '.join(onnxruntime_options)} asked"
+    if precision == "bf16":  # only OpenVINO runs bf16 (an error below on a CPU without it)
+        return ("openvino", "OpenVINO: bf16 asked") if openvino_installed() else ("cpu", "bf16 asked")
+    installed = openvino_installed()
+    bf16 = False
+    if installed:
+        from latentrt.runtime.backends.openvino import supports_bf16
+
+        bf16 = supports_bf16()
+    choice = auto_choice(folder, installed, bf16)
+    if precision == "fp32" and choice.provider == "openvino":  # fp32 asked where the rule picked OpenVINO bf16
+        return "openvino", choice.reason.replace("OpenVINO bf16", "OpenVINO (fp32 asked)", 1)
+    return choice.provider, choice.reason

@@ -7,6 +7,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from latentrt.runtime.auto_backend import CPU_KINDS, cpu_kind
 from latentrt.runtime.backend import openvino_installed, resolve_backend
 from latentrt.runtime.families import family_for
 from latentrt.runtime.folder import REEXPORT_HINT, ModelFolder, ModelFolderError, file_sha256
@@ -80,8 +81,10 @@ def runtime_choices(folder: ModelFolder) -> dict[str, Any]:
 
         out["openvino"] = version()
         out["bf16"] = supports_bf16()
-    auto = resolve_backend("auto", "auto")
+    auto = resolve_backend("auto", "auto", folder=folder, use_cache=False)
     out["auto"] = {"provider": auto.provider, "precision": auto.label(folder)}
+    out["auto_reason"] = auto.reason
+    out["cpu_kind"] = cpu_kind()
     out["exact"] = {"provider": "cpu", "precision": resolve_backend("cpu", "fp32").label(folder)}
     return out
 
@@ -126,5 +129,8 @@ def render(d: dict[str, Any]) -> str:
     rt = d["runtime"]
     openvino = f"openvino {rt['openvino']} (bf16 {'yes' if rt['bf16'] else 'no'} on this CPU)" if rt["openvino"] else "openvino not installed (pip install \"latentrt[openvino]\")"
     lines.append(f"backends      {openvino}")
+    lines.append(f"cpu           {CPU_KINDS.get(rt.get('cpu_kind'), rt.get('cpu_kind'))}")
     lines.append(f"auto here     {rt['auto']['provider']} {rt['auto']['precision']}; exact parity: --provider cpu --precision fp32")
+    if rt.get("auto_reason"):
+        lines.append(f"  why         {rt['auto_reason']}")
     return "\n".join(lines)

@@ -105,7 +105,7 @@ class Pipeline:
                  provider_options: dict | None = None, max_compiled_shapes: int | None = None, vae: str = "full"):
         self.backend: Backend = resolve_backend(provider, precision, threads, cache_dir, use_cache, io_binding=io_binding,
                                                 cuda_graph=cuda_graph, provider_options=provider_options,
-                                                max_compiled_shapes=max_compiled_shapes)
+                                                max_compiled_shapes=max_compiled_shapes, folder=folder)
         if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1):
             raise ValueError(f"max_pixels must be a positive integer (height x width), got {max_pixels!r}")
         if vae_tiling not in (None, True, False):
