@@ -32,6 +32,12 @@ def with_tiny(tiny_sd1, tmp_path_factory) -> Pipeline:
     return Pipeline.from_folder(root / "model", provider="cpu")
 
 
+def projected(latents: np.ndarray) -> np.ndarray:
+    """The cheap projection of one image's latents as uint8 (h, w, 3), at the latents' size."""
+    rgb = approximate_rgb(latents, SD_LATENT_RGB)
+    return (np.clip(rgb / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)[0]
+
+
 def recorder():
     calls = []
 
@@ -53,9 +59,7 @@ def test_previews_arrive_every_n_calls_at_the_output_size(plain, every):
         else:
             assert isinstance(preview, Image.Image) and preview.size == (48, 64) and preview.mode == "RGB"
     if 4 % every == 0:  # the last preview is the final latents of the first image, projected
-        expected = approximate_rgb(result.latents[:1], SD_LATENT_RGB)
-        expected = (np.clip(expected / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)[0]
-        np.testing.assert_array_equal(np.asarray(calls[-1][2])[::4, ::4], expected)
+        np.testing.assert_array_equal(np.asarray(calls[-1][2])[::4, ::4], projected(result.latents[:1]))
 
 
 def test_previews_are_decoded_by_the_tiny_vae_when_the_folder_has_one(with_tiny):
@@ -97,6 +101,4 @@ def test_approximation_uses_the_family_coefficients_and_the_latent_channels(plai
     latents = np.random.default_rng(0).standard_normal((2, 9, 2, 2), dtype=np.float32)
     image = previews.after_call(1, 1, latents)
     assert image.size == (8, 8)
-    expected = approximate_rgb(latents[:1, :4], SD_LATENT_RGB)
-    expected = (np.clip(expected / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)[0]
-    np.testing.assert_array_equal(np.asarray(image)[::4, ::4], expected)
+    np.testing.assert_array_equal(np.asarray(image)[::4, ::4], projected(latents[:1, :4]))
