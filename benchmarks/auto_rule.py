@@ -185,6 +185,14 @@ def cpu_line() -> str:
             f"latentrt's CPU kind: {cpu_kind()} ({CPU_KINDS[cpu_kind()]})")
 
 
+def load_line(data: dict) -> str:
+    load = data.get("load_average")
+    if not load:
+        return ""
+    return ("Load average (1, 5, 15 min) before / after: " + ", ".join(f"{x:.1f}" for x in load["before"]) + " / "
+            + ", ".join(f"{x:.1f}" for x in load["after"]) + ".")
+
+
 def report(paths: list[str], markdown: str | None) -> str:
     lines = ["# The auto rule's measurements on this CPU", "", f"**Machine.** {cpu_line()}", ""]
     for path in paths:
@@ -202,14 +210,14 @@ def report(paths: list[str], markdown: str | None) -> str:
                 ratios = [f"{ref / r['median']:.2f}x" if ref else "–" for ref in (bf16, fp32)]
                 lines.append(f"| {LABELS[name]} | {r['label']} | {r['median']:.2f} s ({r['min']:.2f}–{r['max']:.2f}) | "
                              f"{ratios[0]} | {ratios[1]} | {r['load_and_first_call']:.1f} s |")
-            lines += ["", f"Command: `{data['command']}`", ""]
+            lines += ["", f"Command: `{data['command']}`. {load_line(data)}", ""]
         else:
             lines += [f"## `latentrt generate`, {data['model']}, fresh process per run", "",
                       f"{data['runs']} runs per provider after a warm-up round, interleaved; {data['threads']} threads.", "",
                       "| --provider | median wall | runs |", "| --- | ---: | --- |"]
             for p, med in sorted(data["median"].items(), key=lambda kv: kv[1]):
                 lines.append(f"| {p} | {med:.2f} s | {', '.join(f'{w:.2f}' for w in data['walls'][p])} |")
-            lines += ["", f"Command: `{data['command']}`", ""]
+            lines += ["", f"Command: `{data['command']}`. {load_line(data)}", ""]
     text = "\n".join(lines)
     if markdown:
         Path(markdown).write_text(text)
@@ -250,8 +258,10 @@ def main() -> None:
     if args.command == "report":
         print(report(args.json, args.markdown))
         return
+    load_before = os.getloadavg()
     data = run_unet(args) if args.command == "unet" else run_generate(args)
     data["machine"] = cpu_line()
+    data["load_average"] = {"before": load_before, "after": os.getloadavg()}  # other jobs on the machine
     if args.json:
         Path(args.json).write_text(json.dumps(data, indent=1))
     print(json.dumps({k: v for k, v in data.items() if k not in ("systems", "walls")}, indent=1))

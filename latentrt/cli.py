@@ -56,7 +56,7 @@ def generate(
         None, "--clip-skip", help="Condition on the text encoder's layer N below the one the model uses (diffusers' clip_skip; 1 = penultimate for SD)."
     ),
     provider: str = typer.Option(
-        "auto", "--provider", help="auto (OpenVINO if installed, else ONNX Runtime CPU), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
+        "auto", "--provider", help="auto (the fastest measured for this model on this CPU: `latentrt info` says which and why), cpu, openvino, cuda, tensorrt, rocm, directml, coreml."
     ),
     precision: str = typer.Option(
         "auto", "--precision", help="auto (the fastest the backend runs natively here: bf16 under OpenVINO on a bf16 CPU), fp32 (parity with PyTorch), bf16."
