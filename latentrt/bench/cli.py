@@ -60,6 +60,18 @@ def bench(
         help="Comma-separated DeepCache intervals N > 1: each latentrt path also runs with one full UNet call in N, a "
         "row per N (the export then includes the shallow UNet; --modes default gives the uncached row).",
     ),
+    vaes: str = typer.Option(
+        "full", "--vae",
+        help="Comma-separated, from: full, tiny. Every system runs once per VAE, as a row of its own (\"+ tiny VAE\"): "
+        "the model's autoencoder, or the tiny one (--tiny-vae; latentrt's vae_decoder_tiny/, diffusers' "
+        "AutoencoderTiny as pipe.vae, optimum-intel's vae_decoder replaced by its OpenVINO IR as FastSD CPU does). "
+        "Text to image only; optimum has no tiny row.",
+    ),
+    tiny_vae: Optional[Path] = typer.Option(
+        None, "--tiny-vae",
+        help="The tiny rows' local diffusers AutoencoderTiny folder (TAESD for SD 1.x/2.x, TAESDXL for SDXL); a "
+        "latentrt model folder as SRC uses its own vae_decoder_tiny/.",
+    ),
     task: str = typer.Option(
         "txt2img", "--task",
         help="txt2img, img2img or inpaint (the plain UNet, known region blended): the image tasks start from an init "
@@ -108,6 +120,7 @@ def bench(
     config = BenchConfig(
         src=src, steps=steps, height=height, width=width, runs=runs, guidance=guidance, scheduler=scheduler,
         threads=threads, systems=_split(systems), modes=_split(modes), cache_intervals=_intervals(cache_intervals),
+        vaes=_split(vaes), tiny_vae=tiny_vae,
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
         seed=seed, batch=batch, task=task, strength=strength, cache=cache, warmup_round=warmup_round,
         optimum_folder=optimum_folder, optimum_intel_model_cache=optimum_intel_model_cache, fast_path=fast_path,

@@ -13,6 +13,8 @@ from pathlib import Path
 from latentrt.bench.processes import WORKER_TIMEOUT_S, require_peer, run_logged
 from latentrt.bench.settings import LATENTRT_PATHS, BenchConfig, BenchError, is_model_folder, missing_modules
 
+TINY_COMPONENTS = ("vae_decoder_tiny", "vae_encoder_tiny")
+
 # What latentrt's export of a diffusers SRC imports beyond latentrt's own dependencies
 EXPORT_MODULES = ("torch", "diffusers", "transformers", "onnx")
 
@@ -36,9 +38,44 @@ def source_key(src: Path) -> str:
 
 _EXPORT = (
     "import sys; from latentrt.export.exporter import export_pipeline; "
-    "r = export_pipeline(sys.argv[1], sys.argv[2], report=print, cache_branch=0 if sys.argv[3:] == ['deepcache'] else None); "
+    "r = export_pipeline(sys.argv[1], sys.argv[2], report=print, cache_branch=0 if sys.argv[3] == 'deepcache' else None, "
+    "tiny_vae=sys.argv[4] or None); "
     "print(f'exported in {r.seconds:.1f} s')"
 )
+_ADD_TINY_VAE = "import sys; from latentrt.cli import app; app(['add-tiny-vae', *sys.argv[1:], '--force'])"
+TINY_VAE_STAMP = ".tiny-vae.source"  # in a folder the bench added a tiny VAE to: the tiny VAE's source_key
+
+
+def tiny_vae_key(tiny_vae: Path | None) -> str:
+    """What identifies the tiny VAE a folder was given (its resolved path and files' latest mtime); "" for none."""
+    return source_key(tiny_vae) if tiny_vae is not None else ""
+
+
+def _has_tiny_vae(folder: Path, key: str) -> bool:
+    """`folder` holds the tiny VAE whose key is `key` (the bench's stamp beside its manifest entry)."""
+    stamp = folder / TINY_VAE_STAMP
+    return (folder / "vae_decoder_tiny").is_dir() and stamp.is_file() and stamp.read_text().strip() == key
+
+
+def _ensure_tiny_vae(cfg: BenchConfig, folder: Path, log: Path) -> None:
+    """`latentrt add-tiny-vae folder TINY --force` unless the folder already holds this tiny VAE."""
+    key = tiny_vae_key(cfg.tiny_vae)
+    if _has_tiny_vae(folder, key):
+        return
+    cfg.progress(f"adding the tiny VAE {cfg.tiny_vae} to {folder} with latentrt add-tiny-vae (once; cached)")
+    (folder / TINY_VAE_STAMP).unlink(missing_ok=True)
+    run_logged([sys.executable, "-c", _ADD_TINY_VAE, folder, Path(cfg.tiny_vae).resolve()], log)
+    (folder / TINY_VAE_STAMP).write_text(key + "\n")
+
+
+def _networks_digests(fp32: Path) -> tuple[str, str]:
+    """What an int8 folder was quantized from: (the sha256 of the fp32 manifest's entries but the tiny VAE's, the
+    sha256 of the manifest's bytes, as the stamps written before the tiny VAE existed). Adding a tiny VAE to the fp32
+    folder changes neither network, so it does not call for quantizing again."""
+    raw = (fp32 / "manifest.json").read_bytes()
+    manifest = json.loads(raw)
+    manifest["components"] = {k: v for k, v in manifest.get("components", {}).items() if k not in TINY_COMPONENTS}
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(), hashlib.sha256(raw).hexdigest()
 
 
 def _current_export(out: Path, deepcache: bool = False) -> bool:
@@ -62,12 +99,36 @@ def _peer_export(cfg: BenchConfig, system: str, out: Path, log: Path) -> None:
     log.write_text(proc.stdout + proc.stderr)
 
 
+OPTIMUM_INTEL_TINY_VAE = "optimum-intel-tiny-vae"  # the folders key of the tiny VAE decoder's OpenVINO IR
+
+
+def _optimum_intel_tiny_vae(cfg: BenchConfig, folder: Path) -> Path:
+    """The tiny VAE's decoder as OpenVINO IR (vae_decoder/openvino_model.xml + config.json, as FastSD CPU's TAESD
+    folders hold it), converted in optimum-intel's venv (its worker's `export-tiny-vae`), made once per tiny VAE."""
+    out = folder / OPTIMUM_INTEL_TINY_VAE
+    key = tiny_vae_key(cfg.tiny_vae)
+    stamp = folder / f"{OPTIMUM_INTEL_TINY_VAE}.source"
+    if (out / "vae_decoder" / "openvino_model.xml").is_file() and stamp.is_file() and stamp.read_text().strip() == key:
+        return out
+    cfg.progress(f"converting the tiny VAE {cfg.tiny_vae} to OpenVINO IR for optimum-intel into {out} (once; cached)")
+    shutil.rmtree(out, ignore_errors=True)
+    stamp.unlink(missing_ok=True)
+    try:
+        proc = require_peer("optimum-intel").run_worker(["export-tiny-vae", Path(cfg.tiny_vae).resolve(), out],
+                                                        timeout=WORKER_TIMEOUT_S)
+    except RuntimeError as exc:  # PeerEnvError, PeerWorkerError: the message carries the output
+        raise BenchError(f"optimum-intel's conversion of the tiny VAE {cfg.tiny_vae} failed: {exc}") from None
+    (folder / "export-optimum-intel-tiny-vae.log").write_text(proc.stdout + proc.stderr)
+    stamp.write_text(key + "\n")
+    return out
+
+
 def _ensure_int8(cfg: BenchConfig, folder: Path, fp32: Path) -> Path:
     """`latentrt quantize` of latentrt's export, made once; redone when that export changes."""
     out = folder / "latentrt-int8"
     stamp = folder / "latentrt-int8.source"  # the sha256 of the fp32 manifest it was quantized from
-    source = hashlib.sha256((fp32 / "manifest.json").read_bytes()).hexdigest()
-    if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().strip() == source:
+    source, as_before = _networks_digests(fp32)
+    if (out / "manifest.json").is_file() and stamp.is_file() and stamp.read_text().strip() in (source, as_before):
         return out
     missing = missing_modules(("onnx",))
     if missing:
@@ -89,6 +150,7 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
     """latentrt's export of SRC (and each peer's, and the int8 folder) under `folder`, made once; the paths each system reads."""
     folders: dict[str, Path] = {}
     folder.mkdir(parents=True, exist_ok=True)
+    tiny_rows = "tiny" in cfg.vaes  # resolve_settings checked that cfg.tiny_vae is an AutoencoderTiny folder
     if is_model_folder(cfg.src):  # a latentrt model folder: run as it is (resolve_settings allows only latentrt paths)
         folders["latentrt"] = Path(cfg.src).resolve()
     elif {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
@@ -101,12 +163,19 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
                                  "pip install 'latentrt[export]', or give a latentrt model folder (ONNX) as SRC")
             cfg.progress(f"exporting {cfg.src} with latentrt into {out} (once; cached)")
             shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
-            # in a process of its own: the harness itself never imports torch
-            run_logged([sys.executable, "-c", _EXPORT, cfg.src, out, *(["deepcache"] if deepcache else [])],
-                        folder / "export.log")
+            # in a process of its own: the harness itself never imports torch; the tiny VAE with it when asked
+            tiny = Path(cfg.tiny_vae).resolve() if tiny_rows else ""
+            run_logged([sys.executable, "-c", _EXPORT, cfg.src, out, "deepcache" if deepcache else "-", tiny],
+                       folder / "export.log")
+            if tiny_rows:
+                (out / TINY_VAE_STAMP).write_text(tiny_vae_key(cfg.tiny_vae) + "\n")
+        if tiny_rows:
+            _ensure_tiny_vae(cfg, out, folder / "export.log")
         folders["latentrt"] = out
     if {"latentrt-int8", "latentrt-openvino-int8"} & set(cfg.systems):
         folders["latentrt-int8"] = _ensure_int8(cfg, folder, folders["latentrt"])
+        if tiny_rows:
+            _ensure_tiny_vae(cfg, folders["latentrt-int8"], folder / "quantize.log")
     if "optimum" in cfg.systems:
         if cfg.optimum_folder == "latentrt":
             folders["optimum"] = folders["latentrt"]
@@ -120,5 +189,7 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
         if not (out / "unet" / "openvino_model.xml").is_file():  # the worker renames a complete export into place
             _peer_export(cfg, "optimum-intel", out, folder / "export-optimum-intel.log")
         folders["optimum-intel"] = out
+        if tiny_rows:
+            folders[OPTIMUM_INTEL_TINY_VAE] = _optimum_intel_tiny_vae(cfg, folder)
     return folders
 

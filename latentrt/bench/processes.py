@@ -77,9 +77,9 @@ def worker_env(system: str, threads: int, base_env: dict[str, str]) -> dict[str,
 def run_worker(system: str, worker_cfg: dict, workdir: Path, tag: str) -> dict:
     python, base_env = interpreter(system)
     worker_cfg = {**worker_cfg, "system": system}
-    mode, interval = worker_cfg.get("mode", "default"), worker_cfg.get("cache_interval", 1)
-    stem = slug(system, mode, interval)
-    label = row_name(system, mode, interval)
+    mode, interval, vae = worker_cfg.get("mode", "default"), worker_cfg.get("cache_interval", 1), worker_cfg.get("vae", "full")
+    stem = slug(system, mode, interval, vae)
+    label = row_name(system, mode, interval, vae)
     cfg_path = workdir / f"{stem}-{tag}.config.json"
     out_path = workdir / f"{stem}-{tag}.json"
     cfg_path.write_text(json.dumps(worker_cfg, indent=1, default=str))
@@ -149,7 +149,8 @@ def ttfi_command(system: str, settings: dict, row_cfg: dict, cfg_path: Path, png
                    "--threads", settings["threads"], "--seed", settings["seed"], "--steps", settings["steps"],
                    "--height", settings["height"], "--width", settings["width"], "--guidance", settings["guidance"],
                    "--scheduler", settings["scheduler"], *(["--low-memory"] if mode == "low_memory" else []),
-                   *(["--cache-interval", interval] if interval > 1 else [])]
+                   *(["--cache-interval", interval] if interval > 1 else []),
+                   *(["--vae", row_cfg["vae"]] if row_cfg.get("vae", "full") != "full" else [])]
         cache = ["--cache-dir", cache_dir] if cache_dir is not None else []
         cmd = [*latentrt_command(), "generate", settings["prompt"], "-m", folder, "-o", png, *options, *cache]
         shown = ["latentrt", "generate", settings["prompt"], "-m", f"<{folder_key} folder>", "-o", "<out>.png", *options,

@@ -41,6 +41,16 @@ FAST_PATH_TARGETS = (
     ("load", "optimum-intel", 1.0),  # load <= optimum-intel's
 )
 PSNR_CAP_DB = 100.0
+# The few-step models' figures for latentrt's fastest path with the tiny VAE (reported, never asserted):
+# (the other row, its suffix-free label, goal or None); the first compares the path's own full-VAE row
+TINY_VAE_TARGETS = (
+    ("full", "the same path with the full VAE", 0.4),  # tiny / full: at most
+    ("diffusers + tiny VAE", "PyTorch fp32 + AutoencoderTiny", 2.0),
+    ("optimum-intel", "optimum-intel, full VAE", 1.5),
+    ("optimum-intel + tiny VAE", "optimum-intel + tiny VAE decoder (FastSD CPU's wiring)", None),
+    ("diffusers", "PyTorch fp32, full VAE", None),
+)
+TINY_SUFFIX = " + tiny VAE"
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -136,6 +146,64 @@ def fast_path_figures(systems: dict[str, dict], ratios_by_path: dict[str, dict],
     return {"system": path, "precision": systems[path]["info"].get("precision"),
             "chosen_by": "named" if chosen else "lowest end-to-end median of the latentrt paths run",
             "figures": figures}
+
+
+def tiny_vae_figures(systems: dict[str, dict], chosen: str | None = None) -> dict[str, Any] | None:
+    """The few-step figures for latentrt's fastest path with the tiny VAE (`chosen`, else the latentrt path whose
+    tiny-VAE row has the lowest end-to-end median), warm (end to end per image) and cold (time to first image):
+    its own tiny / full ratio (goal: at most 0.4), then the other rows' time / its tiny row's (goals: at least)."""
+    paths = [p for p in LATENTRT_PATHS if p in systems and p + TINY_SUFFIX in systems]
+    if chosen is not None and chosen in paths:
+        paths = [chosen]
+    if not paths:
+        return None
+    path = min(paths, key=lambda p: systems[p + TINY_SUFFIX]["end_to_end"])
+    ours = systems[path + TINY_SUFFIX]
+
+    def ratio(a: dict | None, b: dict | None, metric: str) -> float | None:
+        return a[metric] / b[metric] if a and b and a.get(metric) and b.get(metric) else None
+
+    figures = []
+    for other, label, goal in TINY_VAE_TARGETS:
+        if other == "full":  # ours / the full row: lower is better
+            warm, cold = ratio(ours, systems[path], "end_to_end"), ratio(ours, systems[path], "ttfi")
+            met = None if goal is None or warm is None else warm <= goal
+            figures.append({"vs": path, "label": label, "kind": "tiny / full", "end_to_end": warm, "ttfi": cold,
+                            "goal": goal, "at_most": True, "met": met})
+            continue
+        theirs = systems.get(other)
+        warm, cold = ratio(theirs, ours, "end_to_end"), ratio(theirs, ours, "ttfi")
+        figures.append({"vs": other, "label": label, "kind": "speedup", "end_to_end": warm, "ttfi": cold, "goal": goal,
+                        "at_most": False, "met": None if goal is None or warm is None else warm >= goal})
+    return {"system": path, "row": path + TINY_SUFFIX, "precision": ours["info"].get("precision"),
+            "chosen_by": "named" if chosen in paths else "lowest end-to-end median of the latentrt paths' tiny-VAE rows",
+            "end_to_end": ours["end_to_end"], "ttfi": ours.get("ttfi"), "figures": figures}
+
+
+def tiny_vae_lines(tiny: dict | None) -> list[str]:
+    """The few-step table: the fastest path with the tiny VAE against its full VAE and what a user picks instead."""
+    if not tiny:
+        return []
+
+    def x(value: float | None) -> str:
+        return "not run" if value is None else f"{value:.2f}x"
+
+    lines = [
+        f"**Tiny VAE, fastest latentrt path: `{tiny['row']}`** ({tiny['precision'] or 'fp32'}; {tiny['chosen_by']}): "
+        f"end to end {_seconds(tiny['end_to_end'])}"
+        + (f", time to first image {_seconds(tiny['ttfi'])}" if tiny.get("ttfi") else "") + ". First row: its time / "
+        "the same path's with the full VAE (< 1: the tiny VAE saves); the others: their time / its (> 1: latentrt "
+        "faster). Warm = end to end per image in a loaded process; cold = time to first image (a fresh process to "
+        "the PNG). The goals (reported, not asserted) are on the warm figure.",
+        "",
+        "| against | warm (end to end) | cold start (time to first image) | goal |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for f in tiny["figures"]:
+        goal = "–" if f["goal"] is None else (f"{'≤' if f['at_most'] else '≥'} {f['goal']:g}x: "
+                                              + ("not run" if f["met"] is None else "met" if f["met"] else "missed"))
+        lines.append(f"| {f['label']} (`{f['vs']}`) | {x(f['end_to_end'])} | {x(f['ttfi'])} | {goal} |")
+    return [*lines, ""]
 
 
 def target_figures(ratios: dict, roof: dict) -> dict[str, Any]:
@@ -260,7 +328,8 @@ def _embedding_lines(report: dict) -> list[str]:
         "after the row's timed run, the load cache warm: `latentrt generate` for latentrt rows (the commands are in "
         "the JSON, `embedding.ttfi_commands`), a script doing the folder's pipeline class' `from_pretrained` "
         f"({_diffusers_pipeline(report)}) + one "
-        "pipeline call + the PNG for diffusers; not measured for the peers. Peak RSS, TTFI process: that process's "
+        "pipeline call + the PNG for diffusers (and optimum-intel: its pipeline class, reshaped and compiled as in its "
+        "timed runs); not measured for optimum. Peak RSS, TTFI process: that process's "
         f"ru_maxrss. Ratios: the row's figure / the reference's ({ref}; < 1: faster, or less memory).",
         "",
     ]
@@ -354,6 +423,7 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
                       f"{name} {_fmt_s(value)}{'' if _fmt_s(value).endswith('ms') else ' s'}" for name, value in first.items()) + ".", ""]
     lines += _embedding_lines(report)
     lines += fast_path_lines(report.get("fast_path"))
+    lines += tiny_vae_lines(report.get("tiny_vae"))
     roof = report["roof"]
     if roof.get("unet_flops_per_call"):
         g = roof["gemm"]

@@ -136,7 +136,7 @@ from latentrt.bench.machine import harness_versions, machine_info
 from latentrt.bench.processes import (interpreter, merge_cache, read_through, run_roof, run_ttfi, run_worker, ttfi_command,
                                       uses_load_cache, worker_env)
 from latentrt.bench.report import (PSNR_CAP_DB, embedding_figures, fast_path_figures, json_default, save_png,
-                                   speedup_ratios, summary, target_figures)
+                                   speedup_ratios, summary, target_figures, tiny_vae_figures)
 from latentrt.bench.settings import (LATENTRT_PATHS, REFERENCE, TTFI_SYSTEMS, BenchConfig, BenchError, bench_rows,
                                      resolve_settings, row_modes, slug, task_inputs, task_metrics, unet_flops)
 
@@ -148,8 +148,8 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
 
     started = time.time()
     settings = resolve_settings(cfg)
-    rows = bench_rows(cfg.systems, cfg.modes, cfg.cache_intervals)
-    modes = row_modes(cfg)  # a latentrt row's mode label -> its worker's mode and cache interval
+    rows = bench_rows(cfg.systems, cfg.modes, cfg.cache_intervals, cfg.vaes)
+    modes = row_modes(cfg)  # a row's mode label -> its worker's mode, cache interval and VAE
     src = Path(cfg.src).resolve()
     key_dir = cache_root(cfg.cache) / source_key(src)
     folders = ensure_exports(cfg, key_dir)
@@ -172,6 +172,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "batch": settings["batch"],
         "warmup": 1,
         "optimum_intel_model_cache": cfg.optimum_intel_model_cache,
+        "tiny_vae": str(Path(cfg.tiny_vae).resolve()) if cfg.tiny_vae is not None and "tiny" in cfg.vaes else None,
     }
     load_before = os.getloadavg()
     first_loads: dict[str, float] = {}
@@ -187,11 +188,11 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     warm = load_cache / "warm"
     try:
         if cfg.warmup_round:
-            for row, system, _ in rows:
+            for row, system, mode in rows:
                 if system in LATENTRT_PATHS:
                     continue  # their first process is the cold-cache load below
                 cfg.progress(f"warm-up round: {system} (load only)")
-                first_loads[row] = run_worker(system, {**worker_cfg, "load_only": True}, workdir, "warmup")["load"]
+                first_loads[row] = run_worker(system, {**worker_cfg, **modes[mode], "load_only": True}, workdir, "warmup")["load"]
                 cfg.progress(f"warm-up round: {system:<17} load {first_loads[row]:.2f} s (first process, discarded)")
         latentrt_rows = [(row, system, mode) for row, system, mode in rows if system in LATENTRT_PATHS]
         if latentrt_rows:
@@ -207,7 +208,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             if uses_cache and not written:
                 raise BenchError(f"{row}: its cold load wrote no load cache into {empty} (see {workdir / slug(system, mode)}.log)")
             cold[row] = {"load_cold": report["load"], "load_cache_written_mb": written / 2**20 if uses_cache else None,
-                         "cache_fill_after_load_s": report.get("fill_cache_s") if mode != "default" else None}
+                         "cache_fill_after_load_s": report.get("fill_cache_s") if modes[mode]["mode"] != "default" else None}
             cfg.progress(f"cold load cache: {row:<38} load {report['load']:.2f} s"
                          + (f" ({written / 2**20:,.0f} MB of cache written)" if uses_cache else " (no load cache)"))
 
@@ -222,7 +223,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
                 row, system, mode = entry
                 stem = slug(system, mode)
                 cache_dir = warm if uses_load_cache(system) else None
-                row_cfg = {**worker_cfg, **modes[mode], "cache_dir": str(cache_dir) if cache_dir else None} if system in LATENTRT_PATHS else worker_cfg
+                row_cfg = {**worker_cfg, **modes[mode], **({"cache_dir": str(cache_dir) if cache_dir else None} if system in LATENTRT_PATHS else {})}
                 image = workdir / f"{stem}-run{r}.npy"
                 report = run_worker(system, {**row_cfg, "image_out": str(image), "run": r}, workdir, f"run{r}")
                 report["image"] = str(image)
@@ -258,6 +259,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         systems[row] = {
             "system": system,
             "mode": mode,
+            "vae": modes[mode]["vae"],
             **{m: stats[m]["median"] for m in metrics},
             "peak_rss_mb": rss["max"],
             "min": {**{m: stats[m]["min"] for m in metrics}, "peak_rss_mb": rss["min"]},
@@ -343,6 +345,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "ratios": ratios,  # against `latentrt` (ONNX Runtime fp32)
         "ratios_by_latentrt_path": ratios_by_path,
         "fast_path": fast_path_figures(systems, ratios_by_path, cfg.fast_path),
+        "tiny_vae": tiny_vae_figures(systems, cfg.fast_path),
         "embedding": embedding_figures(systems, ttfi_shown),
         "roof": roof,
         "targets": target_figures(ratios, roof),

@@ -24,8 +24,13 @@ LATENTRT_PATHS = ("latentrt", "latentrt-openvino", "latentrt-int8", "latentrt-op
 # interval N (--cache-interval, an int end to end): the default mode with one full UNet call in N (the export then
 # includes the shallow UNet), its row's mode labelled "cacheN" in the report
 MODES = ("default", "low_memory")
+# --vae: each system runs once per VAE, as a row of its own: "full" (the model's AutoencoderKL) and "tiny" (a tiny
+# autoencoder, diffusers' AutoencoderTiny: TAESD / TAESDXL; latentrt's vae_decoder_tiny/, diffusers' pipe.vae
+# replaced, optimum-intel's vae_decoder replaced by its OpenVINO IR as FastSD CPU does)
+VAES = ("full", "tiny")
+TINY_VAE_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16", "optimum-intel")
 # systems whose time to first image is measured (latentrt's CLI; diffusers' worker with --first-image)
-TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16", "optimum-intel")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
 # --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS)
@@ -33,8 +38,8 @@ TASKS = ("txt2img", "img2img", "inpaint")
 IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end")
 # the systems whose workers run the image tasks (the peers' workers do text to image only)
 IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
-# the systems whose workers run an SDXL folder (the peers' workers load SD 1.x/2.x pipeline classes only)
-SDXL_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
+# the systems whose workers run an SDXL folder (optimum's worker loads SD 1.x/2.x pipeline classes only)
+SDXL_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16", "optimum-intel")
 INIT_IMAGE, MASK_IMAGE = "init.png", "mask.png"  # the image tasks' inputs, beside latents.npy in the run folder
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse on the moon, detailed, sharp focus"
 DEFAULT_NEGATIVE = "blurry, low quality"
@@ -59,6 +64,8 @@ class BenchConfig:
     systems: tuple[str, ...] = ("latentrt", "diffusers")
     modes: tuple[str, ...] = ("default",)  # MODES: each latentrt path runs once per mode; other systems ignore them
     cache_intervals: tuple[int, ...] = ()  # DeepCache: each latentrt path also runs once per interval N >= 2
+    vaes: tuple[str, ...] = ("full",)  # VAES: every row runs once per VAE ("tiny": the tiny autoencoder)
+    tiny_vae: Path | None = None  # the AutoencoderTiny folder of the "tiny" rows (a latentrt SRC holds its own)
     prompt: str = DEFAULT_PROMPT
     negative: str = DEFAULT_NEGATIVE
     seed: int = 0
@@ -90,36 +97,51 @@ def cache_mode(cache_interval: int) -> str:
     return f"cache{cache_interval}"
 
 
-def row_name(system: str, mode: str = "default", cache_interval: int = 1) -> str:
-    """A row's name in the report and the tables: the path for the default mode, else "path (mode)"."""
+def vae_mode(mode: str, vae: str = "full") -> str:
+    """The mode label of a row with the tiny VAE: "tiny" for the default mode, else "mode+tiny" (written, never parsed)."""
+    if vae == "full":
+        return mode
+    return vae if mode == "default" else f"{mode}+{vae}"
+
+
+def row_name(system: str, mode: str = "default", cache_interval: int = 1, vae: str = "full") -> str:
+    """A row's name in the report and the tables: the path for the default mode, else "path (mode)"; " + tiny VAE"
+    for the tiny VAE's rows."""
+    suffix = "" if vae == "full" else f" + {vae} VAE"
     if cache_interval > 1:
-        return f"{system} (cache interval {cache_interval})"
-    return system if mode == "default" else f"{system} ({mode})"
+        return f"{system} (cache interval {cache_interval}){suffix}"
+    return (system if mode == "default" else f"{system} ({mode})") + suffix
 
 
-def slug(system: str, mode: str = "default", cache_interval: int = 1) -> str:
-    """A row's file-name stem in the workdir: the system, with `.mode` for the other modes (`.cacheN` for DeepCache)."""
-    mode = cache_mode(cache_interval) if cache_interval > 1 else mode
+def slug(system: str, mode: str = "default", cache_interval: int = 1, vae: str = "full") -> str:
+    """A row's file-name stem in the workdir: the system, with `.mode` for the other modes (`.cacheN` for DeepCache),
+    `.tiny` for the tiny VAE."""
+    mode = vae_mode(cache_mode(cache_interval) if cache_interval > 1 else mode, vae)
     return system if mode == "default" else f"{system}.{mode}"
 
 
-def bench_rows(systems: Sequence[str], modes: Sequence[str], cache_intervals: Sequence[int] = ()) -> list[tuple[str, str, str]]:
-    """(row, system, mode) in --systems order: each latentrt path once per mode and once per DeepCache interval
-    (mode cache_mode(N)), every other system once."""
+def bench_rows(systems: Sequence[str], modes: Sequence[str], cache_intervals: Sequence[int] = (),
+               vaes: Sequence[str] = ("full",)) -> list[tuple[str, str, str]]:
+    """(row, system, mode label) in --systems order, then --vae order: each latentrt path once per mode and once per
+    DeepCache interval (mode cache_mode(N)), every other system once; each of those once per VAE (vae_mode)."""
     rows = []
     for system in systems:
-        if system not in LATENTRT_PATHS:
-            rows.append((system, system, "default"))
-            continue
-        rows += [(row_name(system, mode), system, mode) for mode in modes]
-        rows += [(row_name(system, "default", n), system, cache_mode(n)) for n in cache_intervals]
+        for vae in vaes:
+            if system not in LATENTRT_PATHS:
+                rows.append((row_name(system, vae=vae), system, vae_mode("default", vae)))
+                continue
+            rows += [(row_name(system, mode, vae=vae), system, vae_mode(mode, vae)) for mode in modes]
+            rows += [(row_name(system, "default", n, vae), system, vae_mode(cache_mode(n), vae)) for n in cache_intervals]
     return rows
 
 
 def row_modes(cfg: BenchConfig) -> dict[str, dict[str, Any]]:
-    """A latentrt row's mode label -> what its worker runs: the Pipeline mode and the DeepCache interval (an int)."""
-    return {**{mode: {"mode": mode, "cache_interval": 1} for mode in cfg.modes},
-            **{cache_mode(n): {"mode": "default", "cache_interval": n} for n in cfg.cache_intervals}}
+    """A row's mode label -> what its worker runs: the Pipeline mode, the DeepCache interval (an int) and the VAE
+    ("full" or "tiny"); the systems other than latentrt's read the VAE only."""
+    labels = {**{mode: {"mode": mode, "cache_interval": 1} for mode in cfg.modes},
+              **{cache_mode(n): {"mode": "default", "cache_interval": n} for n in cfg.cache_intervals}}
+    labels.setdefault("default", {"mode": "default", "cache_interval": 1})  # the other systems' rows
+    return {vae_mode(label, vae): {**what, "vae": vae} for label, what in labels.items() for vae in cfg.vaes}
 
 
 def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
@@ -171,6 +193,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
             raise BenchError(f"--{name} must be at least 1, got {value}")
     strength = check_task(cfg, src, model_folder)
     family = check_family(cfg, src)
+    check_vaes(cfg, src, model_folder)
     unet = read_json(src / "unet" / "config.json")
     vae = read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
     factor = 2 ** (len(vae["block_out_channels"]) - 1)
@@ -207,7 +230,8 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "warmup": "a discarded load-only round; in every run, one call of each component before timing",
         "systems": list(cfg.systems),
         "modes": [*cfg.modes, *map(cache_mode, cfg.cache_intervals)],
-        "rows": [row for row, _, _ in bench_rows(cfg.systems, cfg.modes, cfg.cache_intervals)],
+        "rows": [row for row, _, _ in bench_rows(cfg.systems, cfg.modes, cfg.cache_intervals, cfg.vaes)],
+        "vaes": list(cfg.vaes),
         "dtype": "float32",
         "device": "cpu",
         "downsampling": 2 ** (len(unet["block_out_channels"]) - 1),
@@ -225,13 +249,54 @@ def check_family(cfg: BenchConfig, src: Path) -> str:
     if unable:
         one = len(unable) == 1
         raise BenchError(f"{', '.join(unable)} cannot run {src}, an SDXL model: {'its worker runs' if one else 'their workers run'} "
-                         f"Stable Diffusion 1.x/2.x pipelines only (ORTStableDiffusionPipeline, OVStableDiffusionPipeline); "
+                         f"Stable Diffusion 1.x/2.x pipelines only (ORTStableDiffusionPipeline); "
                          f"leave {'it' if one else 'them'} out of --systems (SDXL runs {', '.join(SDXL_SYSTEMS)})")
     index = src / "model_index.json"
     if cfg.task == "txt2img" and index.is_file() and read_json(index).get("requires_aesthetics_score"):
         raise BenchError(f"{src} is an SDXL refiner (requires_aesthetics_score, no text-to-image pipeline): it runs "
                          "--task img2img or --task inpaint only")
     return family
+
+
+def check_vaes(cfg: BenchConfig, src: Path, model_folder: bool) -> None:
+    """--vae and --tiny-vae checked against the systems and the model: the tiny rows need an AutoencoderTiny folder
+    of the UNet's latent channels (a latentrt SRC: its own vae_decoder_tiny/)."""
+    bad = [v for v in cfg.vaes if v not in VAES]
+    if bad or not cfg.vaes:
+        raise BenchError(f"unknown VAE {bad[0] if bad else '(none)'!r}: --vae takes a comma-separated list of {', '.join(VAES)}")
+    if len(set(cfg.vaes)) != len(cfg.vaes):
+        raise BenchError(f"--vae names a VAE twice: {', '.join(cfg.vaes)}")
+    if "tiny" not in cfg.vaes:
+        if cfg.tiny_vae is not None:
+            raise BenchError("--tiny-vae gives the tiny rows' AutoencoderTiny: add --vae full,tiny (or --vae tiny)")
+        return
+    unable = [s for s in cfg.systems if s not in TINY_VAE_SYSTEMS]
+    if unable:
+        raise BenchError(f"{', '.join(unable)} has no tiny VAE row: leave it out of --systems or --vae tiny out "
+                         f"(the tiny VAE runs on {', '.join(TINY_VAE_SYSTEMS)})")
+    if cfg.task != "txt2img":
+        raise BenchError(f"--vae tiny times text to image only (the tiny VAE's decoder), not --task {cfg.task}")
+    unet = read_json(src / "unet" / "config.json")
+    if model_folder:
+        if not (src / "vae_decoder_tiny" / "model.onnx").is_file():
+            raise BenchError(f"{src} has no tiny VAE (vae_decoder_tiny/), which --vae tiny needs: add one with "
+                             "`latentrt add-tiny-vae MODEL TINY_VAE`, or give the diffusers folder and --tiny-vae")
+        return
+    if cfg.tiny_vae is None:
+        raise BenchError("--vae tiny needs --tiny-vae DIR: a local diffusers AutoencoderTiny folder (TAESD for SD 1.x/2.x, "
+                         "TAESDXL for SDXL)")
+    config_path = Path(cfg.tiny_vae) / "config.json"
+    try:
+        config = read_json(config_path)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--tiny-vae {cfg.tiny_vae} is not a diffusers AutoencoderTiny folder: cannot read its "
+                         f"config.json ({exc})") from None
+    if config.get("_class_name") != "AutoencoderTiny":
+        raise BenchError(f"--tiny-vae {cfg.tiny_vae} holds a {config.get('_class_name')!r}, not an AutoencoderTiny "
+                         "(TAESD, TAESDXL)")
+    if int(config.get("latent_channels", 4)) != int(unet["in_channels"]):
+        raise BenchError(f"--tiny-vae {cfg.tiny_vae} has {config.get('latent_channels', 4)} latent channels, the UNet of "
+                         f"{src} {unet['in_channels']}: give the tiny VAE made for this model family")
 
 
 def task_metrics(task: str) -> tuple[str, ...]:

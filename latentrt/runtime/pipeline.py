@@ -80,9 +80,9 @@ class Pipeline:
     cache takes about a second on ONNX Runtime, 11 s for SD 1.5's UNet with use_cache=False; OpenVINO compiles
     again each time). vae_tiling: decode in overlapping tiles (True), never (False), or only when the untiled
     decode would not fit in the memory available (None: tiling is not exact, and a VAE trained on small images
-    draws a frame in every tile); the tiny VAE always decodes whole. max_pixels: refuse images with more pixels (height x width) than this, for an
-    app that bounds its requests; every call is also refused when its estimated memory exceeds what the
-    machine has available (`latentrt.runtime.memory`). max_compiled_shapes (OpenVINO; default 8): the shapes each
+    draws a frame in every tile); the tiny VAE always decodes whole. max_pixels: refuse images with more pixels
+    (height x width) than this, for an app that bounds its requests; every call is also refused when its estimated
+    memory exceeds what the machine has available (`latentrt.runtime.memory`). max_compiled_shapes (OpenVINO; default 8): the shapes each
     network keeps compiled from calls, the least recently used released past it; those `compile` made are kept.
 
     ONNX Runtime only (see `latentrt.runtime.backend`): io_binding runs the UNet on IO binding (conditioning bound

@@ -5,6 +5,11 @@ Never imported by latentrt: `ENV.run_worker([...])` (env.py) runs it with that v
     worker.py export SRC OUT     `optimum-cli export openvino --model SRC --task text-to-image OUT`, with
                                  its defaults (fp32 IR; int8 weights only for a network over 1e9 parameters;
                                  tokenizers converted), atomically (OUT appears only when complete)
+    worker.py export-tiny-vae TINY OUT
+                                 the decoder of a diffusers AutoencoderTiny folder (TAESD, TAESDXL) as OpenVINO IR,
+                                 OUT/vae_decoder/openvino_model.xml + config.json (input latent_sample, output
+                                 sample, dynamic batch and size, fp32 weights): the folder FastSD CPU downloads
+                                 (deinferno/taesd-openvino, made with optimum's exporter), made here offline
     worker.py versions           (JSON: library versions)
 
 The bench system itself is latentrt/bench/systems/optimum_intel_worker.py (same venv).
@@ -48,6 +53,48 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(json.dumps({"out": str(out), "seconds": round(seconds, 3), "versions": versions(*PACKAGES)}))
 
 
+def cmd_export_tiny_vae(args: argparse.Namespace) -> None:
+    import shutil
+    import time
+
+    import openvino as ov
+    import torch
+    from diffusers import AutoencoderTiny
+
+    out = Path(args.out).resolve()
+    if out.exists():
+        raise SystemExit(f"{out} already exists: remove it or choose another output folder")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    taesd = AutoencoderTiny.from_pretrained(args.tiny).eval()
+    channels = int(taesd.config.latent_channels)
+
+    class Decoder(torch.nn.Module):  # what optimum's VaeDecoderOnnxConfig exports: decode(latent_sample).sample
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent_sample):
+            return self.vae.decode(latent_sample).sample
+
+    try:
+        with torch.no_grad():
+            model = ov.convert_model(Decoder(taesd), example_input=torch.zeros(1, channels, 64, 64),
+                                     input=[ov.PartialShape([-1, channels, -1, -1])])
+        model.inputs[0].get_tensor().set_names({"latent_sample"})
+        model.outputs[0].get_tensor().set_names({"sample"})
+        (tmp / "vae_decoder").mkdir(parents=True)
+        ov.save_model(model, tmp / "vae_decoder" / "openvino_model.xml", compress_to_fp16=False)
+        taesd.save_config(tmp / "vae_decoder")  # scaling_factor 1.0: the pipeline divides the latents by it
+        taesd.save_config(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(out)
+    print(json.dumps({"out": str(out), "seconds": round(time.perf_counter() - t0, 3), "versions": versions(*PACKAGES)}))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="worker.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("out")
     e.add_argument("extra", nargs="*", help="more optimum-cli options, after `--` (default: none, its defaults)")
     e.set_defaults(fn=cmd_export)
+    t = sub.add_parser("export-tiny-vae", help="a diffusers AutoencoderTiny's decoder as OpenVINO IR (FastSD CPU's TAESD folder)")
+    t.add_argument("tiny")
+    t.add_argument("out")
+    t.set_defaults(fn=cmd_export_tiny_vae)
     v = sub.add_parser("versions", help="library versions (JSON)")
     v.set_defaults(fn=lambda args: print(json.dumps(versions(*PACKAGES))))
     args = p.parse_args(argv)

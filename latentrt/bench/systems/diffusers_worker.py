@@ -91,6 +91,10 @@ class DiffusersSystem(System):
     def load(self) -> None:
         self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=getattr(self.torch, self.dtype),
                                              **LOAD_OPTIONS[self.family]).to(self.device)
+        if self.cfg.get("vae", "full") == "tiny":  # the tiny autoencoder, as diffusers' docs swap it in
+            from diffusers import AutoencoderTiny
+
+            self.pipe.vae = AutoencoderTiny.from_pretrained(self.cfg["tiny_vae"], torch_dtype=getattr(self.torch, self.dtype)).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
 
     def synchronize(self) -> None:
@@ -203,6 +207,7 @@ class DiffusersSystem(System):
             "torch_interop_threads": self.torch.get_num_interop_threads(),
             "mkldnn": self.torch.backends.mkldnn.is_available(),
             "scheduler": type(self.pipe.scheduler).__name__,
+            "vae": type(self.pipe.vae).__name__,
             "task": self.task,
             "family": self.family,
             "pipeline": type(self.pipe).__name__,
@@ -227,9 +232,10 @@ class DiffusersBf16System(DiffusersSystem):
 VARIANTS = {cls.name: cls for cls in (DiffusersSystem, DiffusersBf16System)}
 
 
-def first_image(cfg: dict, png: Path) -> None:
-    """One image, as a script would make it: load the pipeline, generate with the config's settings, save the PNG."""
-    system = VARIANTS[cfg.get("system", "diffusers")](cfg)  # imports torch and diffusers, sets the threads
+def first_image(cfg: dict, png: Path, variants: dict | None = None) -> None:
+    """One image, as a script would make it: load the pipeline, generate with the config's settings, save the PNG.
+    `variants`: system name -> class (the diffusers variants; optimum-intel's worker gives its own)."""
+    system = (variants or VARIANTS)[cfg.get("system", "diffusers")](cfg)  # imports torch and diffusers, sets the threads
     system.load()
     pipe, torch = system.pipe, system.torch
     pipe.scheduler = diffusers_scheduler(cfg["scheduler"], pipe.scheduler.config)
@@ -243,12 +249,17 @@ def first_image(cfg: dict, png: Path) -> None:
     image.save(png)
 
 
+def first_image_main(script: str, variants: dict | None = None) -> None:
+    """`script --first-image CONFIG.json OUT.png`: first_image with the config and PNG the command line names."""
+    import json
+
+    if len(sys.argv) != 4:
+        raise SystemExit(f"usage: {Path(script).name} --first-image CONFIG.json OUT.png")
+    first_image(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]), variants)
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--first-image"]:
-        import json
-
-        if len(sys.argv) != 4:
-            raise SystemExit("usage: diffusers_worker.py --first-image CONFIG.json OUT.png")
-        first_image(json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3]))
+        first_image_main(sys.argv[0])
     else:
         run(lambda cfg: VARIANTS[cfg.get("system", "diffusers")](cfg))

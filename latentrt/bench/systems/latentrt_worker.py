@@ -19,7 +19,9 @@ and the filled one after; None for OpenVINO, whose only cache is the opt-in comp
 harness's; `task` img2img / inpaint calls the pipeline with the harness's `image` (and `mask`), `strength` and
 `seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times the VAE encoder's calls
 as `vae_encode`; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
-cold load leaves the cache as filled as the default mode's.
+cold load leaves the cache as filled as the default mode's. `vae` "tiny": `Pipeline(..., vae="tiny")`, the folder's
+tiny autoencoder as the pipeline's default (load and compile open it, not the full decoder); the decode stage and
+the generation run with it.
 
 The GPU benchmark (benchmarks/gpu/bench.py) runs the `latentrt` path on its fp16 folder with two more keys: `provider`
 (in place of the path's: "cuda") and `pipeline_options` (Pipeline's io_binding, cuda_graph).
@@ -71,6 +73,8 @@ class LatentrtSystem(System):
         if self.mode not in MODES:
             raise SystemExit(f"unknown mode {self.mode!r}: one of {', '.join(MODES)}")
         self.cache_interval = int(cfg.get("cache_interval", 1))  # DeepCache: one full UNet call in N (1: none)
+        # the tiny VAE's rows name it; the full VAE's pass nothing (the pipeline's default)
+        self.vae_option = {"vae": cfg["vae"]} if cfg.get("vae", "full") != "full" else {}
         import numpy as np
 
         from latentrt import Pipeline
@@ -86,7 +90,8 @@ class LatentrtSystem(System):
         if cfg.get("cache_dir"):
             options["cache_dir"] = cfg["cache_dir"]
         self.pipe = self.Pipeline.from_folder(cfg["folders"][self.folder_key], provider=self.provider,
-                                              threads=cfg["threads"], low_memory=self.mode == "low_memory", **options)
+                                              threads=cfg["threads"], low_memory=self.mode == "low_memory",
+                                              **options, **self.vae_option)
         self.pipe.compile(cfg["height"], cfg["width"], int(cfg.get("batch", 1)), cfg["guidance"])  # low_memory: nothing
 
     def fill_cache(self) -> None:
@@ -128,7 +133,7 @@ class LatentrtSystem(System):
             unet(self.x_in, self.t)
 
     def vae_decode(self) -> None:
-        self.pipe.decode(self.latents)
+        self.pipe.decode(self.latents, **self.vae_option)
 
     def vae_encode(self) -> None:
         import time
@@ -148,7 +153,7 @@ class LatentrtSystem(System):
         result = self.pipe(
             cfg["prompt"], negative_prompt=cfg["negative"], steps=cfg["steps"], guidance_scale=cfg["guidance"],
             scheduler=cfg["scheduler"], height=cfg["height"], width=cfg["width"], cache_interval=self.cache_interval,
-            **inputs,
+            **inputs, **self.vae_option,
         )
         self.timings = result.timings
         self.unet_calls = result.unet_calls
@@ -171,6 +176,7 @@ class LatentrtSystem(System):
             "versions": versions("latentrt", "onnxruntime", "onnxruntime-gpu", "openvino", "numpy", "tokenizers"),
             "provider": self.provider,
             "mode": self.mode,
+            "vae": getattr(self.pipe, "vae", "full"),
             "low_memory": self.pipe.low_memory,
             "load_cache": "onnxruntime" if self.pipe.backend.cache is not None else None,
             "compiled_model_cache": self.pipe.backend.compiled_cache is not None,
