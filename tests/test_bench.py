@@ -253,11 +253,12 @@ def test_bench_sdxl(tiny_sdxl_src, tmp_path, guidance):
 
 
 def test_sdxl_refusals(tiny_sdxl_src, tmp_path):
-    """The peers' workers run SD 1.x/2.x pipelines only; an SDXL refiner has no text-to-image pipeline."""
+    """optimum's worker runs SD 1.x/2.x pipelines only (optimum-intel's runs SDXL too); an SDXL refiner has no
+    text-to-image pipeline."""
     from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
     from latentrt.export.tiny import build_tiny_pipeline
 
-    with pytest.raises(BenchError, match=r"optimum, optimum-intel cannot run .*an SDXL model: their workers run Stable "
+    with pytest.raises(BenchError, match=r"optimum cannot run .*an SDXL model: its worker runs Stable "
                                          r"Diffusion 1.x/2.x pipelines only"):
         resolve_settings(BenchConfig(src=tiny_sdxl_src, systems=("latentrt", "optimum", "optimum-intel")))
     settings = resolve_settings(BenchConfig(src=tiny_sdxl_src, systems=("latentrt", "diffusers-bf16"), task="inpaint"))
@@ -494,7 +495,7 @@ def test_cache_intervals_are_ints(tiny_src):
         ("diffusers", "diffusers", "default"),
     ]
     cfg = BenchConfig(src=tiny_src, systems=("latentrt",), cache_intervals=(3, 5))
-    assert row_modes(cfg)["cache5"] == {"mode": "default", "cache_interval": 5}  # what the worker gets: an int
+    assert row_modes(cfg)["cache5"] == {"mode": "default", "cache_interval": 5, "vae": "full"}  # what the worker gets: an int
     for bad in ((1,), ("3",), (3, 3)):
         with pytest.raises(BenchError, match="--cache-interval"):
             resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), cache_intervals=bad))
