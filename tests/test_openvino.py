@@ -1,4 +1,4 @@
-"""The OpenVINO backend: same folders, same images at fp32, bf16 where the CPU has it, a compiled-model cache.
+"""The OpenVINO backend: same folders, same images at fp32, bf16 where the CPU has it (its cache: test_openvino_ir_cache.py).
 
 Parity figures measured here on the tiny SD 1.x model and the shipped shapes model: fp32 under OpenVINO
 gives the same uint8 images as ONNX Runtime (PSNR inf on both); bf16 gives 54 dB on the shapes model.
@@ -6,13 +6,8 @@ gives the same uint8 images as ONNX Runtime (PSNR inf on both); bf16 gives 54 dB
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -28,10 +23,6 @@ HAS_BF16 = ov_backend.supports_bf16()
 needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 for OpenVINO (AMX or AVX512-BF16)")
 SHAPES_PROMPT = "a blue triangle at the bottom right on a gray background"
 BF16_MIN_PSNR_DB = 35.0  # measured 54 dB on the shapes model at its defaults
-
-
-def _blobs(cache: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted((cache / "openvino").glob("*.blob"))}
 
 
 def test_fp32_matches_onnxruntime(tiny_sd1, tmp_path):
@@ -65,72 +56,6 @@ def test_auto_picks_openvino_and_the_native_precision(tmp_path):
     pipe = Pipeline.default(provider="openvino", cache_dir=tmp_path)
     assert pipe.precision == ("bf16" if HAS_BF16 else "fp32")
     assert Pipeline.default(provider="cpu").precision == "fp32"  # ONNX Runtime: fp32 is its native precision
-
-
-def test_compiled_once_per_shape_and_reused_from_disk(tiny_sd1, tmp_path, monkeypatch):
-    kwargs = dict(steps=2, guidance_scale=1.0, seed=1)
-    first = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)
-    image = first("x", height=32, width=32, **kwargs).arrays
-    first("x", height=32, width=32, **kwargs)
-    assert len(first.unet._compiled) == 1  # the same shape: compiled once in the process
-    first("x", height=48, width=32, **kwargs)
-    assert len(first.unet._compiled) == 2
-    blobs = _blobs(tmp_path)
-    assert len(blobs) == 5  # the text encoder once (same shape), UNet and VAE decoder at each size
-
-    # A second pipeline (as a new process would) imports the blobs: compiling is not allowed any more.
-    def no_compile(*args, **kwargs):
-        raise AssertionError("compiled although a cached compiled model exists")
-
-    monkeypatch.setattr(ov_backend.core(), "compile_model", no_compile, raising=False)
-    second = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)
-    assert np.array_equal(second("x", height=32, width=32, **kwargs).arrays, image)
-
-
-def test_cache_key_changes_with_precision_and_model(tiny_sd1, tmp_path):
-    if not HAS_BF16:
-        pytest.skip("needs bf16 to compile a second precision")
-    for precision in ("fp32", "bf16"):
-        Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision=precision, cache_dir=tmp_path).compile(32, 32, 1, 1.0)
-    Pipeline.default(provider="openvino", precision="fp32", cache_dir=tmp_path).compile(guidance_scale=1.0)
-    names = list(_blobs(tmp_path))
-    # 3 components per tiny-folder precision, 4 for the shipped model (its DeepCache shallow UNet too):
-    # no entry shared between precisions or models
-    assert len(names) == len(set(names)) == 3 + 3 + 4
-
-
-def test_corrupt_cache_entry_is_rebuilt_with_a_warning(tiny_sd1, tmp_path, caplog):
-    kwargs = dict(steps=2, guidance_scale=1.0, seed=2, height=32, width=32)
-    expected = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)("x", **kwargs).arrays
-    for blob in (tmp_path / "openvino").glob("*.blob"):
-        blob.write_bytes(b"not a compiled model" * 10)
-    with caplog.at_level(logging.WARNING, logger="latentrt"):
-        again = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path)("x", **kwargs)
-    assert np.array_equal(again.arrays, expected)
-    assert sum("cannot be used" in r.getMessage() for r in caplog.records) == 3
-    assert all(len(b) > 1000 for b in _blobs(tmp_path).values())  # rewritten with real compiled models
-
-
-def test_no_cache_writes_nothing(tiny_sd1, tmp_path):
-    pipe = Pipeline.from_folder(tiny_sd1[1], provider="openvino", precision="fp32", cache_dir=tmp_path, use_cache=False)
-    pipe("x", steps=1, guidance_scale=1.0, height=32, width=32, seed=0)
-    assert not (tmp_path / "openvino").exists()
-
-
-def test_two_processes_fill_the_same_cache_at_once(tiny_sd1, tmp_path):
-    script = (
-        "import sys; from latentrt import Pipeline; "
-        "p = Pipeline.from_folder(sys.argv[1], provider='openvino', precision='fp32', cache_dir=sys.argv[2]); "
-        "r = p('x', steps=2, guidance_scale=1.0, height=32, width=32, seed=5); print(int(r.arrays.sum()))"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tiny_sd1[1]), str(tmp_path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
-    assert outputs[0][0] == outputs[1][0]
-    assert len(_blobs(tmp_path)) == 3
-    assert not list((tmp_path / "openvino").glob(".*.tmp"))  # no half-written entry left behind
 
 
 def test_precision_in_png_and_cli(tmp_path):
@@ -174,11 +99,3 @@ def test_info_says_what_auto_runs(tiny_sd1):
     assert runtime["auto"] == {"provider": "cpu", "precision": "fp32"}  # a tiny UNet: OpenVINO's compile would dominate
     assert "small model" in runtime["auto_reason"]
     assert runtime["exact"] == {"provider": "cpu", "precision": "fp32"} and runtime["bf16"] == HAS_BF16
-
-
-def test_compiled_model_cache_is_opt_in(tiny_sd1, tmp_path, monkeypatch):
-    monkeypatch.delenv("LATENTRT_CACHE", raising=False)
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.compiled_cache is None
-    monkeypatch.setenv("LATENTRT_CACHE", str(tmp_path))
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino").backend.compiled_cache == tmp_path / "openvino"
-    assert Pipeline.from_folder(tiny_sd1[1], provider="openvino", use_cache=False).backend.compiled_cache is None

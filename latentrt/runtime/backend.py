@@ -19,8 +19,8 @@ used released past it, so that a process that sees many sizes stays flat in memo
 
 Caching (`cache_dir=`, `$LATENTRT_CACHE`, default `~/.cache/latentrt`; `use_cache=False` for none): ONNX Runtime's
 CPU sessions always cache their optimized graph with prepacked weights there (session.optimized_copy: a load
-of SD 1.5's UNet goes from 11 s to about 1 s); OpenVINO's compiled models only when a folder is named
-explicitly (`compiled_model_cache`: measured slower than compiling on CPU).
+of SD 1.5's UNet goes from 11 s to about 1 s); OpenVINO its graph as IR and each shape's compiled model without
+weights (`compiled_model_cache`, backends/openvino.py).
 
 A folder exported with `--precision fp16` (for GPUs) runs on the CPU too: ONNX Runtime's CPU provider inserts
 Casts around each node it has no fp16 kernel for, and OpenVINO converts the graph to its inference precision;
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,15 +61,8 @@ BOUND_NETWORKS = ("unet", "unet_shallow")  # the networks the denoising loop cal
 
 
 def compiled_model_cache(cache_dir: str | Path | None, use_cache: bool) -> Path | None:
-    """OpenVINO's compiled-model folder, or None: opt-in, with `cache_dir=` or $LATENTRT_CACHE.
-
-    Not on by default because it does not pay on CPU: measured on SD 1.5's UNet (OpenVINO 2026.4, 2 vCPUs),
-    importing its 3.4 GB compiled blob took 10-15 s where compiling it from model.onnx took 4-9 s (the CPU
-    plugin re-packs the weights either way, and its blob stores them at fp32), at 3.9 GB of disk per shape.
-    """
-    if not use_cache or (cache_dir is None and not os.environ.get("LATENTRT_CACHE")):
-        return None
-    return cache_root(cache_dir) / "openvino"
+    """OpenVINO's cache folder (IR and weightless compiled models, backends/openvino.py), or None with use_cache=False."""
+    return cache_root(cache_dir) / "openvino" if use_cache else None
 
 
 def openvino_installed() -> bool:
@@ -83,7 +75,7 @@ class Backend:
     precision: str  # "fp32" or "bf16": the precision of the float computations
     threads: int | None = None
     cache: Path | None = None  # the cache root (ONNX Runtime's optimized copies); None: no cache
-    compiled_cache: Path | None = None  # OpenVINO's compiled-model folder; None: none (opt-in)
+    compiled_cache: Path | None = None  # OpenVINO's cache folder (IR, compiled models); None: none
     io_binding: bool = False  # ONNX Runtime's IO binding for BOUND_NETWORKS
     cuda_graph: bool = False  # BOUND_NETWORKS captured in a CUDA graph (with io_binding)
     provider_options: dict[str, Any] | None = None  # for the first ONNX Runtime provider of the chain

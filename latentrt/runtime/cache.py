@@ -2,7 +2,7 @@
 
 The root is `cache_dir=` / `--cache-dir`, else `$LATENTRT_CACHE`, else `~/.cache/latentrt`. Each backend has
 its folder under it (`MODEL_CACHES`): `onnxruntime/` holds ONNX Runtime's optimized models with their
-prepacked weights (session.py), `openvino/` OpenVINO's compiled models (opt-in, backends/openvino.py).
+prepacked weights (session.py), `openvino/` OpenVINO's IR and weightless compiled models (backends/openvino.py).
 An entry's key hashes everything that could make it stale: the model files (the manifest's sha256, or path,
 size and mtime for folders without one), the backend's version, its options and the CPU (model name and
 instruction-set flags), so that a stale entry is never found. Writes are atomic (a temporary file or folder
