@@ -64,8 +64,8 @@ def generate(
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads (default: all cores)."),
     cache_dir: Optional[Path] = typer.Option(
         None, "--cache-dir",
-        help="Cache of optimized models, which makes the next load fast (default: $LATENTRT_CACHE, else ~/.cache/latentrt); "
-        "OpenVINO's compiled models are cached only when this or $LATENTRT_CACHE is given.",
+        help="Cache of optimized and compiled models, which makes the next load fast (default: $LATENTRT_CACHE, else "
+        "~/.cache/latentrt).",
     ),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the cache."),
     low_memory: bool = typer.Option(False, "--low-memory", help="Keep one network in memory at a time (slower: each is loaded when needed)."),
