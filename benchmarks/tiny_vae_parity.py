@@ -41,7 +41,8 @@ def _uint8(decoded: np.ndarray) -> np.ndarray:
 
 def build(work: Path) -> dict[str, Path]:
     """Export random-weight TAESD and TAESDXL (and SD 1.5's full VAE decoder) into ``work``; reuse earlier builds."""
-    from latentrt.export.tiny_vae import build_tiny_autoencoder, check_tiny_vae, export_tiny_components
+    from latentrt.export.exporter import export_tiny_components
+    from latentrt.export.tiny_vae import build_tiny_autoencoder, check_tiny_vae
 
     folders = {}
     for name, seed in KINDS:

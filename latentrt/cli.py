@@ -227,7 +227,7 @@ def add_tiny_vae(
     nothing is changed unless all of it succeeds."""
     _setup_logging(verbose)
     try:
-        from latentrt.export.tiny_vae import add_tiny_vae as add
+        from latentrt.export.tiny_vae_folder import add_tiny_vae as add
         from latentrt.export.validate import ValidationError
     except ImportError as exc:
         _fail(f"add-tiny-vae needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")

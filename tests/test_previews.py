@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from latentrt import Pipeline
-from latentrt.export.tiny_vae import add_tiny_vae, build_tiny_autoencoder
+from latentrt.export.tiny_vae import build_tiny_autoencoder
+from latentrt.export.tiny_vae_folder import add_tiny_vae
 from latentrt.runtime.observers import NETWORK
 from latentrt.runtime.previews import SD_LATENT_RGB, SDXL_LATENT_RGB, Previews, approximate_rgb
 

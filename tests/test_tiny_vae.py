@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from latentrt import Pipeline
 from latentrt.cli import app
-from latentrt.export.tiny_vae import TINY_COMPONENTS, TinyVaeError, add_tiny_vae, build_tiny_autoencoder
+from latentrt.export.tiny_vae import TINY_COMPONENTS, TinyVaeError, build_tiny_autoencoder
+from latentrt.export.tiny_vae_folder import add_tiny_vae
 from latentrt.export.validate import IMAGE_MIN_PSNR_DB, image_psnr
 from latentrt.runtime.folder import file_sha256
 from latentrt.runtime.images import read_parameters
@@ -239,7 +240,7 @@ def test_a_failure_after_the_export_leaves_the_folder_as_it_was(tiny_folder, tin
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr("latentrt.export.tiny_vae.os.replace", failing_replace)
+    monkeypatch.setattr("latentrt.export.tiny_vae_folder.os.replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         add_tiny_vae(folder, tiny_vae_dir, force=True)
     assert snapshot(folder) == before

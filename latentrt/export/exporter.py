@@ -211,8 +211,6 @@ def export_pipeline(
         if defaults:
             manifest["defaults"] = defaults
         if tiny is not None:
-            from latentrt.export.tiny_vae import export_tiny_components
-
             entries = export_tiny_components(tiny, tmp, opset, validate, report, result.comparisons)
             manifest["components"].update(entries)
             result.sizes.update({name: sum(f["bytes"] for f in e["files"].values()) for name, e in entries.items()})
@@ -235,6 +233,39 @@ def _check_tiny_source(src: Path, tiny_vae: Path):
         return source
     except TinyVaeError as exc:
         raise ExportError(f"--tiny-vae: {exc}") from exc
+
+
+def export_tiny_components(source, folder: Path, opset: int, validate: bool = True,
+                           report: Callable[[str], None] = logger.info, comparisons: dict | None = None) -> dict[str, dict]:
+    """Trace, save and validate both tiny components into ``folder``/vae_decoder_tiny and vae_encoder_tiny (which
+    must not exist); return their manifest entries. ``comparisons`` collects the validation per component."""
+    from latentrt.export.tiny_vae import TINY_CLASS, TINY_VAE_SPECS, load_tiny_vae
+
+    model = load_tiny_vae(source)
+    entries = {}
+    for spec in TINY_VAE_SPECS:
+        module = spec.wrap(model).eval()
+        reference = _torch_reference(spec, module) if validate else None
+        t0 = time.perf_counter()
+        target = Path(folder) / spec.name
+        _trace_component(spec, module, target, opset)
+        files, _ = _rewrite_and_save(target, {})
+        seconds = time.perf_counter() - t0
+        shutil.copyfile(source.path / "config.json", target / "config.json")
+        checked = validate_component(spec, reference, target / "model.onnx") if validate else []
+        entry = _manifest_entry(spec, target, files, opset)
+        entry["export_seconds"] = round(seconds, 2)
+        entry["source"] = {"path": str(source.path.resolve()), "class_name": TINY_CLASS}
+        if validate:
+            entry["validation"] = [c.as_dict() for c in checked]
+            if comparisons is not None:
+                comparisons[spec.name] = checked
+            for c in checked:
+                report(f"  {c}")
+        size = sum(f["bytes"] for f in entry["files"].values())
+        report(f"{spec.name}: exported in {seconds:.1f} s, {size / 1e6:.2f} MB")
+        entries[spec.name] = entry
+    return entries
 
 
 def check_defaults(defaults: dict | None) -> dict | None:

@@ -8,20 +8,16 @@ a manifest entry with their files, sha256, inputs/outputs and validation figures
 divided by the tiny VAE's own `scaling_factor` (1.0 for TAESD and TAESDXL), as diffusers' pipelines feed an
 AutoencoderTiny; the runtime does that scaling (runtime/folder.py `ModelFolder.tiny_vae`).
 
-`export_pipeline(..., tiny_vae=DIR)` adds them to a new folder; `add_tiny_vae(MODEL, DIR)` adds them to an existing
-one (ours, optimum's or a legacy one), building both in a hidden folder inside MODEL, moving them into place and
-then replacing manifest.json in one rename: a failure leaves MODEL as it was.
+This module describes and checks them; exporter.py exports them (`export_tiny_components`, also for
+`export_pipeline(..., tiny_vae=DIR)`), and tiny_vae_folder.py adds them to an existing folder (`add_tiny_vae`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from torch import nn
@@ -33,7 +29,6 @@ logger = logging.getLogger(__name__)
 TINY_DECODER, TINY_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"
 TINY_COMPONENTS = (TINY_DECODER, TINY_ENCODER)
 TINY_CLASS = "AutoencoderTiny"
-ADD_HINT = "`latentrt add-tiny-vae MODEL TAESD_DIR` (or `latentrt export SRC OUT --tiny-vae TAESD_DIR`)"
 
 
 class TinyVaeError(ValueError):
@@ -188,99 +183,6 @@ class _quiet:
 
     def __exit__(self, *exc):
         logging.getLogger("diffusers").setLevel(self.level)
-
-
-# --- export --------------------------------------------------------------------------------------------------
-
-
-def export_tiny_components(source: TinyVaeSource, folder: Path, opset: int, validate: bool = True,
-                           report: Callable[[str], None] = logger.info, comparisons: dict | None = None) -> dict[str, dict]:
-    """Trace, save and validate both tiny components into ``folder``/vae_decoder_tiny and vae_encoder_tiny (which
-    must not exist); return their manifest entries. ``comparisons`` collects the validation per component."""
-    import time
-
-    from latentrt.export.exporter import _manifest_entry, _rewrite_and_save, _torch_reference, _trace_component
-    from latentrt.export.validate import validate_component
-
-    model = load_tiny_vae(source)
-    entries = {}
-    for spec in TINY_VAE_SPECS:
-        module = spec.wrap(model).eval()
-        reference = _torch_reference(spec, module) if validate else None
-        t0 = time.perf_counter()
-        target = Path(folder) / spec.name
-        _trace_component(spec, module, target, opset)
-        files, _ = _rewrite_and_save(target, {})
-        seconds = time.perf_counter() - t0
-        shutil.copyfile(source.path / "config.json", target / "config.json")
-        checked = validate_component(spec, reference, target / "model.onnx") if validate else []
-        entry = _manifest_entry(spec, target, files, opset)
-        entry["export_seconds"] = round(seconds, 2)
-        entry["source"] = {"path": str(source.path.resolve()), "class_name": TINY_CLASS}
-        if validate:
-            entry["validation"] = [c.as_dict() for c in checked]
-            if comparisons is not None:
-                comparisons[spec.name] = checked
-            for c in checked:
-                report(f"  {c}")
-        size = sum(f["bytes"] for f in entry["files"].values())
-        report(f"{spec.name}: exported in {seconds:.1f} s, {size / 1e6:.2f} MB")
-        entries[spec.name] = entry
-    return entries
-
-
-def add_tiny_vae(model: Path, tiny_vae: Path, opset: int | None = None, force: bool = False, validate: bool = True,
-                 report: Callable[[str], None] = logger.info) -> dict[str, dict]:
-    """Add vae_decoder_tiny/ and vae_encoder_tiny/ to the model folder ``model`` (returns their manifest entries).
-
-    Both are built and validated in a hidden folder inside ``model``, then moved into place, then manifest.json is
-    replaced by its updated copy in one rename (a folder without one, optimum's or a legacy one, gets a manifest.json
-    that lists the tiny components only: its other graphs are still read as they are). Any failure removes what was
-    built and leaves ``model`` as it was; existing tiny components are replaced only with ``force``."""
-    from latentrt.export.exporter import DEFAULT_OPSET
-    from latentrt.runtime.folder import ModelFolder, ModelFolderError
-
-    model = Path(model)
-    try:
-        folder = ModelFolder.open(model)
-    except ModelFolderError as exc:
-        raise TinyVaeError(str(exc)) from exc
-    source = check_tiny_vae(tiny_vae, folder.vae.latent_channels, folder.vae.scale_factor, folder.unet.in_channels,
-                            where=str(model))
-    present = [name for name in TINY_COMPONENTS if (model / name).exists()]
-    if present and not force:
-        raise FileExistsError(f"{model} already has {', '.join(present)}: pass --force to replace the tiny VAE")
-    opset = opset or int((folder.manifest or {}).get("opset") or DEFAULT_OPSET)
-    staging = model / f".tiny-vae.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    moved: list[tuple[Path, Path | None]] = []  # (component now in place, the old one moved aside or None)
-    try:
-        entries = export_tiny_components(source, staging, opset, validate, report)
-        manifest = json.loads(json.dumps(folder.manifest)) if folder.manifest is not None else {}
-        manifest.setdefault("components", {}).update(entries)
-        new_manifest = staging / "manifest.json"
-        new_manifest.write_text(json.dumps(manifest, indent=2) + "\n")
-        for name in TINY_COMPONENTS:
-            target, old = model / name, None
-            if target.exists():
-                old = model / f".{name}.old-{os.getpid()}"
-                target.rename(old)
-            (staging / name).rename(target)
-            moved.append((target, old))
-        os.replace(new_manifest, model / "manifest.json")  # the one step that makes the folder list them
-    except BaseException:
-        for target, old in reversed(moved):  # put back what was there
-            shutil.rmtree(target, ignore_errors=True)
-            if old is not None:
-                old.rename(target)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    for _, old in moved:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    return entries
 
 
 # --- random-weight configs (tests and benchmarks) --------------------------------------------------------------
