@@ -112,6 +112,24 @@ def test_export_with_tiny_vae(tiny_sd1, tiny_vae_dir, tmp_path):
     assert pipe("a fox", steps=2, seed=0).parameters[0].vae == "tiny"
 
 
+def test_add_tiny_vae_to_a_legacy_folder_without_a_manifest(tiny_sd1, tiny_vae_dir, tmp_path):
+    """diffusers' legacy layout (no manifest.json; optimum's folders have none either): the tiny components are added
+    with a manifest.json that lists them only, and the folder's other graphs are read as before."""
+    from test_legacy_folder import _legacy_copy
+
+    legacy = tmp_path / "legacy"
+    _legacy_copy(tiny_sd1[1], legacy)
+    latents = np.random.default_rng(2).standard_normal((1, 4, 16, 16), dtype=np.float32)
+    before = Pipeline.from_folder(legacy, provider="cpu")(PROMPT, steps=3, latents=latents)
+    result = runner.invoke(app, ["add-tiny-vae", str(legacy), str(tiny_vae_dir)])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((legacy / "manifest.json").read_text())["components"]) == set(TINY_COMPONENTS)
+    pipe = Pipeline.from_folder(legacy, provider="cpu")
+    np.testing.assert_array_equal(pipe(PROMPT, steps=3, latents=latents).arrays, before.arrays)
+    tiny = pipe(PROMPT, steps=3, latents=latents, vae="tiny")
+    assert image_psnr(tiny.arrays, diffusers_decode(tiny_vae_dir, tiny.latents)) >= IMAGE_MIN_PSNR_DB
+
+
 # --- runtime -------------------------------------------------------------------------------------------------
 def test_generate_tiny_equals_diffusers_decode_of_the_same_latents(tiny_folder, tiny_vae_dir, tmp_path):
     """Python API (per call and as the pipeline's default) and CLI: the image is diffusers' AutoencoderTiny decode of
