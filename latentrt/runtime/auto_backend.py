@@ -19,7 +19,7 @@ kept; docs/backends.md says so. The kind of CPU comes from its flags (/proc/cpui
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from latentrt.runtime.cache import cpu_signature
@@ -81,11 +81,13 @@ class AutoChoice:
     reason: str  # one line: what was measured to decide it
 
 
-def auto_choice(folder: ModelFolder | None, openvino: bool, bf16: bool, flags: Iterable[str] | None = None) -> AutoChoice:
+def auto_choice(folder: ModelFolder | None, openvino: bool, bf16: bool | Callable[[], bool],
+                flags: Iterable[str] | None = None) -> AutoChoice:
     """The provider `auto` picks for `folder` (None: a full-size fp32 folder) on a CPU with `flags`.
 
-    `openvino`: the extra is installed; `bf16`: OpenVINO's CPU plugin runs bf16 here (both are checked by the
-    caller, so tests can simulate any CPU)."""
+    `openvino`: the extra is installed; `bf16`: OpenVINO's CPU plugin runs bf16 here, or a function that says so,
+    called only when the answer matters (it imports OpenVINO: 0.2 s that a small model's generation would pay).
+    Both come from the caller, so tests can simulate any CPU."""
     kind = cpu_kind(flags)
     int8 = folder is not None and any(c.quantized for c in folder.components.values())
     what = "int8 folder" if int8 else "float folder"
@@ -96,10 +98,11 @@ def auto_choice(folder: ModelFolder | None, openvino: bool, bf16: bool, flags: I
         if small:
             return AutoChoice("cpu", f"ONNX Runtime: small model ({size}): OpenVINO's compilation would be most of "
                                      "each generation")
-    if kind in BF16_KINDS and bf16:
+    if kind not in BF16_KINDS:
+        return AutoChoice("cpu", f"ONNX Runtime: {CPU_KINDS[kind]}, {what}: without bf16 OpenVINO was no faster "
+                                 "(measured on AVX2) and compiles at load")
+    if bf16() if callable(bf16) else bf16:
         return AutoChoice("openvino", f"OpenVINO bf16: {CPU_KINDS[kind]}, {what}: measured fastest per UNet call "
                                       "on a bf16 CPU")
-    if kind in BF16_KINDS:  # the flags say bf16, OpenVINO does not run it (a VM hiding it, an old plugin)
-        return AutoChoice("cpu", f"ONNX Runtime: {CPU_KINDS[kind]} in the CPU flags, but OpenVINO runs no bf16 here")
-    return AutoChoice("cpu", f"ONNX Runtime: {CPU_KINDS[kind]}, {what}: without bf16 OpenVINO was no faster "
-                             "(measured on AVX2) and compiles at load")
+    # the flags say bf16 and OpenVINO does not run it (a VM hiding it, an old plugin)
+    return AutoChoice("cpu", f"ONNX Runtime: {CPU_KINDS[kind]} in the CPU flags, but OpenVINO runs no bf16 here")

@@ -181,13 +181,12 @@ def _auto_provider(folder: ModelFolder | None, precision: str, onnxruntime_optio
         return "cpu", f"ONNX Runtime: {' and '.join(onnxruntime_options)} asked"
     if precision == "bf16":  # only OpenVINO runs bf16 (an error below on a CPU without it)
         return ("openvino", "OpenVINO: bf16 asked") if openvino_installed() else ("cpu", "bf16 asked")
-    installed = openvino_installed()
-    bf16 = False
-    if installed:
+    def bf16() -> bool:  # imports OpenVINO: asked only where the rule needs it
         from latentrt.runtime.backends.openvino import supports_bf16
 
-        bf16 = supports_bf16()
-    choice = auto_choice(folder, installed, bf16)
+        return supports_bf16()
+
+    choice = auto_choice(folder, openvino_installed(), bf16)
     if precision == "fp32" and choice.provider == "openvino":  # fp32 asked where the rule picked OpenVINO bf16
         return "openvino", choice.reason.replace("OpenVINO bf16", "OpenVINO (fp32 asked)", 1)
     return choice.provider, choice.reason
