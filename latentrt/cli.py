@@ -1,4 +1,4 @@
-"""The `latentrt` command: generate, export, quantize, info, cache, demo-model, bench, serve."""
+"""The `latentrt` command: generate, export, add-tiny-vae, quantize, info, cache, demo-model, bench, serve."""
 
 from __future__ import annotations
 
