@@ -120,18 +120,21 @@ def generate(
             typer.echo(f"LoRA: {report['layers']} layers adapted" + (
                 f", {report['unmatched']} keys matched no layer (e.g. {', '.join(report['examples'][:2])})"
                 if report["unmatched"] else ""), err=True)
+        request = Request(
+            prompt, negative, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
+            height=height, width=width, num_images=num_images, image=image, strength=strength, mask_image=mask,
+            padding_mask_crop=mask_padding, clip_skip=clip_skip, cache_interval=cache_interval,
+            cache_schedule=cache_schedule,
+        )
+        if pipe.provider == "openvino" and image is None and num_images == 1:  # checked, then the networks compiled
+            pipe.check(request)  # in parallel, not one by one as the call reaches them (benchmarks/results/load_time.md)
+            pipe.compile(height, width, guidance_scale=guidance)
         with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:
                 bar.length = total
                 bar.update(1)
 
-            request = Request(
-                prompt, negative, steps=steps, guidance_scale=guidance, scheduler=scheduler, seed=seed,
-                height=height, width=width, num_images=num_images, image=image, strength=strength, mask_image=mask,
-                padding_mask_crop=mask_padding, clip_skip=clip_skip, cache_interval=cache_interval,
-                cache_schedule=cache_schedule,
-            )
             result = pipe.run(request, progress=progress)
     except (ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
         _fail(str(exc))
