@@ -151,10 +151,10 @@ def ttfi_command(system: str, settings: dict, row_cfg: dict, cfg_path: Path, png
                    "--scheduler", settings["scheduler"], *(["--low-memory"] if mode == "low_memory" else []),
                    *(["--cache-interval", interval] if interval > 1 else []),
                    *(["--vae", row_cfg["vae"]] if row_cfg.get("vae", "full") != "full" else [])]
-        cache = ["--cache-dir", cache_dir] if cache_dir is not None else []
+        cache = ["--cache-dir", cache_dir] if cache_dir is not None else (["--no-cache"] if provider == "openvino" else [])
         cmd = [*latentrt_command(), "generate", settings["prompt"], "-m", folder, "-o", png, *options, *cache]
         shown = ["latentrt", "generate", settings["prompt"], "-m", f"<{folder_key} folder>", "-o", "<out>.png", *options,
-                 *(["--cache-dir", "<load cache, filled>"] if cache else [])]
+                 *(["--cache-dir", "<load cache, filled>"] if cache_dir is not None else cache)]
         return [str(c) for c in cmd], [str(c) for c in shown]
     python, _ = interpreter(system)
     cmd = [python, WORKERS[system], "--first-image", cfg_path, png]

@@ -89,6 +89,8 @@ class LatentrtSystem(System):
         options = {**self.pipeline_options, **({} if self.precision is None else {"precision": self.precision})}
         if cfg.get("cache_dir"):
             options["cache_dir"] = cfg["cache_dir"]
+        elif self.provider == "openvino":  # the harness gives OpenVINO rows no load cache: none read or written
+            options["use_cache"] = False
         self.pipe = self.Pipeline.from_folder(cfg["folders"][self.folder_key], provider=self.provider,
                                               threads=cfg["threads"], low_memory=self.mode == "low_memory",
                                               **options, **self.vae_option)
