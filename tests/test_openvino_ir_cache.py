@@ -157,3 +157,16 @@ def test_cache_info_lists_and_clear_removes_the_entries(tiny_sd1, tmp_path):
     result = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0 and "removed" in result.output
     assert entries(tmp_path) == {}
+
+
+def test_parallel_compiles_from_the_cache_keep_the_process_locale(tmp_path):
+    """Compiling the networks at once from a warm cache once left the process in the "C" locale (Python's default
+    text encoding then ASCII); the backend puts the locale back."""
+    import locale
+
+    start = locale.setlocale(locale.LC_ALL)
+    for _ in range(4):
+        with Pipeline.default(provider="openvino", precision="fp32", cache_dir=tmp_path) as pipe:
+            pipe.compile(64, 64)
+            pipe.compile(48, 32, batch=2)
+        assert locale.setlocale(locale.LC_ALL) == start

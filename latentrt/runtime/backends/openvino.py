@@ -22,10 +22,12 @@ again by OpenVINO, each with a warning. Measured numbers: docs/backends.md, "Loa
 from __future__ import annotations
 
 import json
+import locale
 import logging
 import shutil
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,14 +59,32 @@ def import_openvino():
 
 
 _CORE = None
+_LOCALE: str | None = None  # the process's locale before OpenVINO first ran
 
 
 def core():
     """One OpenVINO Core per process (it owns the plugins; creating one costs ~0.1 s)."""
-    global _CORE
+    global _CORE, _LOCALE
     if _CORE is None:
+        _LOCALE = locale.setlocale(locale.LC_ALL)
         _CORE = import_openvino().Core()
     return _CORE
+
+
+@contextmanager
+def keeping_locale():
+    """Put the process's locale back after an OpenVINO compile or import. Measured: compiling several networks at
+    once from the cache (threads) left the process in the "C" locale, so that Python's default text encoding became
+    ASCII (OpenVINO sets and restores the locale around its work, and concurrent calls restore each other's "C").
+    The last call to finish restores the locale the process had."""
+    try:
+        yield
+    finally:
+        if _LOCALE is not None and locale.setlocale(locale.LC_ALL) != _LOCALE:
+            try:
+                locale.setlocale(locale.LC_ALL, _LOCALE)
+            except locale.Error:  # the process changed it to one this libc cannot set again: leave it
+                pass
 
 
 def version() -> str:
@@ -190,7 +210,8 @@ class OpenVinoModel:
             if key not in self._compiled:
                 if not pin:  # released before compiling: the new copy takes the old one's memory
                     self._evict(keep=self.max_shapes - 1)
-                self._compiled[key] = self._load_or_compile(dict(key))
+                with keeping_locale():
+                    self._compiled[key] = self._load_or_compile(dict(key))
             self._compiled.move_to_end(key)
             if pin:
                 self._pinned.add(key)
