@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -93,10 +96,27 @@ def generate(
     vae: Optional[str] = typer.Option(
         None, "--vae", help="full (the model's VAE, default) or tiny (its tiny autoencoder, TAESD: `latentrt "
         "add-tiny-vae`; much faster to decode, a little softer); --vae-tiling applies to the full VAE only."),
+    control: Optional[list[str]] = typer.Option(
+        None, "--control", help="NAME=IMAGE[:SCALE]: condition on IMAGE with the folder's ControlNet NAME (exported "
+        "with `latentrt export --controlnet`), scale 1 by default; IMAGE[:SCALE] alone when the folder has one; "
+        "repeat for several."),
+    preprocess: Optional[list[str]] = typer.Option(
+        None, "--preprocess", help="With --control: turn the image into the control map first: canny (edges) or none; "
+        "one for every --control, or one per --control in their order. The map is saved as <output>.control-NAME.png."),
+    canny_low: int = typer.Option(100, "--canny-low", help="With --preprocess canny: the low threshold (cv2.Canny's)."),
+    canny_high: int = typer.Option(200, "--canny-high", help="With --preprocess canny: the high threshold."),
+    control_start: float = typer.Option(
+        0.0, "--control-start", help="With --control: the fraction of the steps at which the ControlNets start acting."),
+    control_end: float = typer.Option(
+        1.0, "--control-end", help="With --control: the fraction of the steps after which they stop acting."),
+    guess_mode: bool = typer.Option(
+        False, "--guess-mode", help="With --control: diffusers' guess mode (the ControlNets see the conditional half "
+        "only, their residuals ramped from 0.1 to 1 by depth): the control image alone can carry the picture."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
-    """Generate images from a prompt (and, with --image, from a starting picture; with --mask too, inpaint it)."""
+    """Generate images from a prompt (and, with --image, from a starting picture; with --mask too, inpaint it;
+    with --control, conditioned by ControlNets)."""
     from latentrt.runtime.backend import parse_provider_options
     from latentrt.runtime.images import save_png
     from latentrt.runtime.pipeline import Pipeline
@@ -104,6 +124,12 @@ def generate(
 
     _setup_logging(verbose)
     outputs = [output] if num_images == 1 else [output.with_name(f"{output.stem}_{i + 1}{output.suffix}") for i in range(num_images)]
+    try:
+        controls = parse_controls(control or [], preprocess or [])
+    except ValueError as exc:
+        _fail(str(exc))
+    if not controls and (preprocess or guess_mode or control_start != 0.0 or control_end != 1.0):
+        _fail("--preprocess, --guess-mode, --control-start and --control-end apply to --control NAME=IMAGE: add one")
     existing = [str(p) for p in outputs if p.exists()]
     if existing and not force:
         _fail(f"{', '.join(existing)} already exists: choose another --output or pass --force to overwrite")
@@ -125,6 +151,7 @@ def generate(
             height=height, width=width, num_images=num_images, image=image, strength=strength, mask_image=mask,
             padding_mask_crop=mask_padding, clip_skip=clip_skip, cache_interval=cache_interval,
             cache_schedule=cache_schedule,
+            **control_fields(controls, canny_low, canny_high, control_start, control_end, guess_mode),
         )
         if pipe.provider == "openvino" and image is None and num_images == 1:  # checked, then the networks compiled
             pipe.check(request)  # in parallel, not one by one as the call reaches them (benchmarks/results/load_time.md)
@@ -140,11 +167,96 @@ def generate(
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):
         save_png(image, path, params, force=force)
+    for name, control_map in control_maps(controls, result, pipe):
+        path = output.with_name(f"{output.stem}.control-{name}.png")
+        control_map.save(path)
+        typer.echo(f"{path}  (the control map of {name})")
         typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     t = result.timings
     calls = result.unet_calls
     shallow = f"; DeepCache: {calls['full']} full UNet calls, {calls['shallow']} shallow" if calls.get("shallow") else ""
     typer.echo(f"text encoder {t['text_encoder']:.2f} s, denoise {t['denoise']:.2f} s ({t['unet_step'] * 1000:.0f} ms/step{shallow}), VAE decode {t['vae_decode']:.2f} s")
+
+
+@dataclass
+class ControlArgument:
+    """One --control: the ControlNet's name (None: the folder's only one), the image, the scale, the preprocessor."""
+
+    name: str | None
+    image: Path
+    scale: float
+    preprocess: str | None = None
+
+
+_CONTROL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # a ControlNet's name in a model folder
+
+
+def parse_control(text: str) -> ControlArgument:
+    """NAME=IMAGE[:SCALE] or IMAGE[:SCALE]; an IMAGE that exists as given is taken whole (its name may hold = or :)."""
+    if Path(text).is_file():
+        return ControlArgument(None, Path(text), 1.0)
+    name, sep, rest = text.partition("=")
+    if not sep or not _CONTROL_NAME.match(name):
+        name, rest = None, text
+    image, colon, scale = rest.rpartition(":")
+    if colon and not Path(rest).is_file():
+        try:
+            value = float(scale)
+        except ValueError:
+            value = None
+        if value is not None:
+            if not math.isfinite(value):
+                raise ValueError(f"--control {text}: the scale must be a finite number, got {scale!r}")
+            return ControlArgument(name, Path(image), value)
+    if not rest:
+        raise ValueError(f"--control {text}: give NAME=IMAGE[:SCALE] (or IMAGE[:SCALE] with one ControlNet in the folder)")
+    return ControlArgument(name, Path(rest), 1.0)
+
+
+def parse_controls(controls: list[str], preprocess: list[str]) -> list[ControlArgument]:
+    """Every --control with its --preprocess (one for all, or one each in order)."""
+    parsed = [parse_control(text) for text in controls]
+    if preprocess and len(preprocess) not in (1, len(parsed)):
+        raise ValueError(f"--preprocess is given {len(preprocess)} times for {len(parsed)} --control: give one for all "
+                         "of them or one per --control, in their order")
+    for argument, name in zip(parsed, preprocess * len(parsed) if len(preprocess) == 1 else preprocess):
+        argument.preprocess = name
+    if len(parsed) > 1 and any(a.name is None for a in parsed):
+        raise ValueError("with several --control, name the ControlNet of each: --control NAME=IMAGE[:SCALE] "
+                         "(`latentrt info MODEL` lists the folder's)")
+    return parsed
+
+
+def control_fields(controls: list[ControlArgument], canny_low: int, canny_high: int, start: float, end: float,
+                   guess_mode: bool) -> dict:
+    """The Request's ControlNet fields for the parsed --control options (none without them)."""
+    if not controls:
+        return {}
+    one = len(controls) == 1
+    names = [c.name for c in controls]
+    fields = {
+        "controlnet": names[0] if one else names,
+        "control_image": controls[0].image if one else [c.image for c in controls],
+        "controlnet_conditioning_scale": controls[0].scale if one else [c.scale for c in controls],
+        "control_guidance_start": start, "control_guidance_end": end, "guess_mode": guess_mode,
+    }
+    if any(c.preprocess for c in controls):
+        fields.update(control_preprocess=controls[0].preprocess if one else [c.preprocess for c in controls],
+                      canny_low_threshold=canny_low, canny_high_threshold=canny_high)
+    return fields
+
+
+def control_maps(controls: list[ControlArgument], result, pipe) -> list[tuple[str, object]]:
+    """(ControlNet name, control map) of each --control whose preprocessor ran (not "none"): what is saved beside
+    the output."""
+    maps = getattr(result, "control_images", None) or []
+    folder_names = sorted(getattr(pipe.folder, "controlnets", None) or {})
+    saved = []
+    for argument, image in zip(controls, maps):
+        if argument.preprocess and argument.preprocess.strip().lower() != "none":
+            name = argument.name or (folder_names[0] if len(folder_names) == 1 else "controlnet")
+            saved.append((name, image))
+    return saved
 
 
 @app.command()
@@ -179,6 +291,10 @@ def export(
         False, "--int8", help="Then quantize the UNet to int8 as `latentrt quantize` does (its defaults: calibrated on "
         "the model's own generations; SD 1.5: about 11 more minutes): the fastest CPU path. OUT holds the int8 UNet "
         "only (LoRAs need an export without --int8)."),
+    controlnet: Optional[list[str]] = typer.Option(
+        None, "--controlnet", help="[NAME=]DIR: a local diffusers ControlNetModel folder, exported as controlnet/NAME/ "
+        "(NAME: the folder's name by default); repeatable. The UNet then also takes their residuals "
+        "(unet/model_controlnet.onnx, sharing unet/model.onnx's weights file)."),
     verbose: bool = typer.Option(False, "-v", "--verbose"),
 ) -> None:
     """Export a diffusers folder to an ONNX model folder, validating every component against PyTorch."""
@@ -190,7 +306,8 @@ def export(
         _fail(f"the exporter needs the export extra ({exc.name} is missing): pip install 'latentrt[export]'")
     defaults = {"steps": default_steps, "guidance_scale": default_guidance, "scheduler": default_scheduler}
     options = dict(opset=opset, compact_weights=compact_weights, defaults=defaults, fused_attention=fused_attention,
-                   cache_branch=cache_branch if deepcache else None, precision=precision, tiny_vae=tiny_vae)
+                   cache_branch=cache_branch if deepcache else None, precision=precision, tiny_vae=tiny_vae,
+                   controlnets=controlnet or None)
     if int8:
         return _export_int8(src, out, force, options)
     try:

@@ -28,9 +28,11 @@ from latentrt.export.compact import store_exact_fp16
 from latentrt.export.flops import component_flops
 from latentrt.export.fuse_attention import fuse_attention
 from latentrt.export.folder_io import EXTERNAL_DATA_NAME, save_component_model, staged_folder
+from latentrt.export import controlnet as cn
 from latentrt.export import deepcache, fp16
-from latentrt.export.specs import (VAE_COMPONENTS, ComponentSpec, text_encoder_spec, to_torch, unet_shallow_spec,
-                                   unet_spec)
+from latentrt.export.specs import (VAE_COMPONENTS, ComponentSpec, controlnet_spec, residual_channels,
+                                   residual_downsamples, text_encoder_spec, to_torch, unet_controlnet_spec,
+                                   unet_shallow_spec, unet_spec)
 from latentrt.export.torch_models import load_component
 from latentrt.export.validate import Comparison, validate_component
 from latentrt.export.weight_map import fingerprint, locate, rename_compacted, weight_map
@@ -173,6 +175,7 @@ def export_pipeline(
     cache_branch: int | None = None,
     precision: str = "fp32",
     tiny_vae: Path | None = None,
+    controlnets: list | None = None,
 ) -> ExportReport:
     """Export ``src`` to ``out``.
 
@@ -186,6 +189,9 @@ def export_pipeline(
     too unless its config says force_upcast.
     ``tiny_vae``: a local diffusers AutoencoderTiny folder (TAESD, TAESDXL) exported beside the VAE as
     vae_decoder_tiny/ and vae_encoder_tiny/ (tiny_vae.py; always fp32: it is 1.2 M parameters per half).
+    ``controlnets``: local diffusers ControlNetModel folders, each ``"NAME=DIR"``, ``DIR`` or ``(name, DIR)``
+    (controlnet.py): each exported as controlnet/<name>/, and the UNet also as unet/model_controlnet.onnx (its
+    residual inputs) over the same weights file as unet/model.onnx.
     """
     src, out = Path(src), Path(out)
     index = check_source(src)
@@ -202,12 +208,14 @@ def export_pipeline(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     tiny = _check_tiny_source(src, tiny_vae) if tiny_vae is not None else None  # before any work
+    sources = _check_controlnet_sources(src, controlnets or [], precision)
     started = time.perf_counter()
     with staged_folder(out) as tmp:
         tmp.mkdir()
         result = ExportReport(out=out, seconds=0.0)
         rewrites = {"fused_attention": fused_attention, "compact_weights": compact_weights}
-        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch, precision)
+        manifest = _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch, precision,
+                          sources)
         if defaults:
             manifest["defaults"] = defaults
         if tiny is not None:
@@ -217,6 +225,23 @@ def export_pipeline(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _check_controlnet_sources(src: Path, requested: list, precision: str) -> list[cn.ControlNetSource]:
+    """The --controlnet folders checked against SRC's UNet and VAE before any work (controlnet.py)."""
+    if not requested:
+        return []
+    if precision != "fp32":
+        raise ExportError(f"--controlnet is exported in fp32 only for now: leave out --precision {precision}, or "
+                          "export the fp16 folder without --controlnet")
+    from latentrt.runtime.tiling import vae_scale_factor
+
+    vae = _config(src, "vae")
+    try:
+        return cn.check_controlnets(requested, _config(src, "unet"), int(vae.get("latent_channels", 4)),
+                                    vae_scale_factor(vae.get("block_out_channels") or [0, 0, 0, 0]))
+    except cn.ControlNetError as exc:
+        raise ExportError(str(exc)) from exc
 
 
 def _check_tiny_source(src: Path, tiny_vae: Path):
@@ -296,7 +321,8 @@ def check_defaults(defaults: dict | None) -> dict | None:
     return checked or None
 
 
-def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch=None, precision="fp32") -> dict:
+def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cache_branch=None, precision="fp32",
+           controlnets: list[cn.ControlNetSource] = ()) -> dict:
     from latentrt.export.tokenizer import export_tokenizer
 
     encoders = _text_encoders(src, index, kind)
@@ -309,6 +335,7 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         # DeepCache's shallow UNet first: the torch UNet is freed after the last component that reads it (SDXL)
         specs += [unet_shallow_spec(unet_config, text_embeds, cache_branch)] if cache_branch is not None else []
         specs += [unet_spec(unet_config, text_embeds, cache_branch), *VAE_COMPONENTS]
+        residual_spec = unet_controlnet_spec(unet_config, text_embeds, cache_branch) if controlnets else None
     except (KeyError, ValueError) as exc:
         raise ExportError(f"{src}: {exc}") from exc
     time_ids = next((t.axes[-1] for t in specs[len(encoders)].inputs if t.name == "time_ids"), None)
@@ -332,9 +359,12 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
             split_info = _deepcache_entry(module.split)
         flops = component_flops(spec.name, model, text_embeds)  # {"flops": ...} for unet, vae_decoder
         reference = _torch_reference(spec, module) if validate else None  # validation's torch side, run now
+        residual = residual_spec.wrap(model).eval() if spec.name == "unet" and residual_spec is not None else None
+        residual_reference = _torch_reference(residual_spec, residual) if residual is not None and validate else None
         t0 = time.perf_counter()
         folder = tmp / spec.name
-        _trace_component(spec, module, folder, opset)
+        # with ControlNets the UNet is traced WITH its residual inputs; the plain graph is derived from that one
+        _trace_component(residual_spec if residual is not None else spec, residual or module, folder, opset)
         files = spec.extra_files(folder, model) if spec.extra_files is not None else []
         prints = None
         if spec.name in LORA_COMPONENTS:  # the LoRA map, matched after the trace
@@ -344,10 +374,11 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
             # weights is loaded and before ONNX Runtime validates. The weights are then never held twice
             # (torch + ONNX), which is what lets SDXL's 10 GB fp32 UNet export on a 24 GB machine
             # (benchmarks/results/full_size_exports.md).
-            del model, module
+            del model, module, residual
             loaded.clear()
             prints_of.clear()
-        saved, rewritten = _rewrite_and_save(folder, rewrites, prints)
+        save = _shared_unet_saver(residual_spec) if spec.name == "unet" and residual_spec is not None else None
+        saved, rewritten = _rewrite_and_save(folder, rewrites, prints, save)
         files = saved + files
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", folder / "config.json")
@@ -358,6 +389,10 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
             upcast = spec.source == "unet" and bool(unet_config.get("upcast_attention"))  # SD 2.x
             files, islands = _convert_fp16(folder, files, rewritten, upcast)
             comparisons = validate_component(spec, reference, folder / "model.onnx", precision="fp16") if validate else []
+        if save is not None:  # the residual graph: its own entry, the same data file
+            files = [f for f in files if f != cn.RESIDUAL_GRAPH]
+            components["unet_controlnet"] = _residual_entry(residual_spec, residual_reference, folder, opset, rewritten,
+                                                            report if validate else None, result)
         entry = _manifest_entry(spec, folder, files, opset, "fp16" if islands is not None else "fp32")
         entry.update(rewritten)
         if islands is not None:
@@ -378,6 +413,13 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         report(f"{spec.name}: exported in {seconds:.1f} s, {size / 1e6:.1f} MB")
         components[spec.name] = entry
     loaded.clear()
+    if controlnets:
+        from latentrt.runtime.tiling import vae_scale_factor
+
+        vae_scale = vae_scale_factor(_config(src, "vae").get("block_out_channels") or [0, 0, 0, 0])
+    for source in controlnets:
+        components[f"controlnet/{source.name}"] = _export_controlnet(source, tmp, unet_config, text_embeds, vae_scale,
+                                                                     opset, validate, rewrites, result, report)
 
     for _, tokenizer, _ in encoders:
         export_tokenizer(src / tokenizer, tmp / tokenizer)
@@ -397,6 +439,84 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
     if split_info is not None:
         manifest["deepcache"] = split_info
     return manifest
+
+
+def _shared_unet_saver(residual_spec: ComponentSpec) -> Callable:
+    """save_component_model's replacement for a UNet traced with residual inputs: model_controlnet.onnx, model.onnx
+    (the plain UNet derived from it) and ONE model.onnx_data that both read."""
+    names = [t.name for t in residual_spec.inputs if "_additional_residual" in t.name]
+    return lambda model, folder: cn.save_shared_unet(model, folder, names)
+
+
+def _residual_entry(spec: ComponentSpec, reference, folder: Path, opset: int, rewritten: dict,
+                    report: Callable[[str], None] | None, result: ExportReport) -> dict:
+    """The manifest's `unet_controlnet`: the residual graph, validated against PyTorch with random residuals."""
+    files = [cn.RESIDUAL_GRAPH, EXTERNAL_DATA_NAME]
+    entry = _manifest_entry(spec, folder, files, opset, file=cn.RESIDUAL_GRAPH)
+    entry["shares_weights_with"] = "unet"  # the same model.onnx_data: the weights are stored once
+    entry.update({k: v for k, v in rewritten.items() if k != "weights"})  # LoRA's map: the unet entry's (same file)
+    if report is not None:
+        comparisons = validate_component(spec, reference, folder / cn.RESIDUAL_GRAPH)
+        result.comparisons[spec.name] = comparisons
+        entry["validation"] = [c.as_dict() for c in comparisons]
+        for c in comparisons:
+            report(f"  {c}")
+    return entry
+
+
+def _export_controlnet(source: cn.ControlNetSource, tmp: Path, unet_config: dict, text_embeds: int | None, vae_scale: int,
+                       opset: int, validate: bool, rewrites: dict, result: ExportReport,
+                       report: Callable[[str], None]) -> dict:
+    """One ControlNet as controlnet/<name>/ (model.onnx + its config.json), validated against PyTorch."""
+    import torch
+    from diffusers import ControlNetModel
+
+    spec = controlnet_spec(source.name, source.config, unet_config, text_embeds, vae_scale)
+    model = ControlNetModel.from_pretrained(source.path, torch_dtype=torch.float32).eval()
+    module = spec.wrap(model).eval()
+    reference = _torch_reference(spec, module) if validate else None
+    if reference is not None:
+        _check_residual_shapes(source, unet_config, reference)
+    t0 = time.perf_counter()
+    folder = tmp / "controlnet" / source.name
+    _trace_component(spec, module, folder, opset)
+    del model, module
+    files, rewritten = _rewrite_and_save(folder, rewrites)
+    seconds = time.perf_counter() - t0
+    shutil.copyfile(source.path / "config.json", folder / "config.json")
+    entry = _manifest_entry(spec, folder, files, opset)
+    entry.update(rewritten)
+    entry["export_seconds"] = round(seconds, 2)
+    entry["source"] = {"path": str(source.path.resolve()), "class_name": cn.CONTROLNET_CLASS}
+    if validate:
+        comparisons = validate_component(spec, reference, folder / "model.onnx")
+        result.comparisons[spec.name] = comparisons
+        entry["validation"] = [c.as_dict() for c in comparisons]
+        for c in comparisons:
+            report(f"  {c}")
+    size = sum(f["bytes"] for f in entry["files"].values())
+    result.sizes[spec.name] = size
+    report(f"{spec.name}: exported in {seconds:.1f} s, {size / 1e6:.1f} MB")
+    return entry
+
+
+def _check_residual_shapes(source: cn.ControlNetSource, unet_config: dict, reference) -> None:
+    """The ControlNet's outputs have the UNet's skip samples' channels and sides (the configs were checked; this is
+    the same fact on real tensors)."""
+    channels, mid = residual_channels(unet_config)
+    halvings = residual_downsamples(unet_config) + [len(unet_config["block_out_channels"]) - 1]
+    side = reference.sample_inputs["sample"].shape[2:]
+    for i, (tensor, c, times) in enumerate(zip(reference.outputs, channels + [mid], halvings)):
+        expected = [c, *(_halve(s, times) for s in side)]
+        if list(tensor.shape[1:]) != expected:
+            raise ExportError(f"ControlNet {source.name!r} ({source.path}) gives residual {i} of shape "
+                              f"{list(tensor.shape[1:])} where the UNet's skip sample is {expected}")
+
+
+def _halve(side: int, times: int) -> int:
+    for _ in range(times):
+        side = (side + 1) // 2
+    return side
 
 
 def _deepcache_entry(split: deepcache.Split) -> dict:
@@ -461,9 +581,11 @@ def _trace_component(spec: ComponentSpec, module, folder: Path, opset: int) -> N
         )
 
 
-def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) -> tuple[list[str], dict]:
+def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None,
+                      save: Callable | None = None) -> tuple[list[str], dict]:
     """Load the traced graph from ``folder``/.scratch, rewrite it and save it into ``folder``; with ``prints``
-    (weight_map.fingerprint of the torch model), also map its weights to their initializers (``weights``)."""
+    (weight_map.fingerprint of the torch model), also map its weights to their initializers (``weights``);
+    ``save`` (model, folder) -> file names replaces save_component_model (the UNet with ControlNet residuals)."""
     import onnx
 
     scratch = folder / ".scratch"
@@ -477,7 +599,7 @@ def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None) 
         rewritten["fp16_stored_weights"] = store_exact_fp16(model)
     if weights is not None:
         weights = rename_compacted(weights, model)
-    files = save_component_model(model, folder)
+    files = (save or save_component_model)(model, folder)
     del model
     if weights is not None:
         rewritten["weights"] = locate(folder, weights)  # where each weight's bytes are: the runtime reads no protobuf
@@ -534,13 +656,14 @@ def _torch_reference(spec: ComponentSpec, module, seed: int = 0) -> _RecordedOut
     return _RecordedOutputs(module.model.config, inputs, outputs)
 
 
-def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int, precision: str = "fp32") -> dict:
+def _manifest_entry(spec: ComponentSpec, folder: Path, files: list[str], opset: int, precision: str = "fp32",
+                    file: str = "model.onnx") -> dict:
     import onnx
 
     # the graph's own inputs: the tracer drops one the graph does not use (a shallow UNet with no attention)
-    taken = {i.name for i in onnx.load(str(folder / "model.onnx"), load_external_data=False).graph.input}
+    taken = {i.name for i in onnx.load(str(folder / file), load_external_data=False).graph.input}
     return {
-        "file": "model.onnx",
+        "file": file,
         "external_data": EXTERNAL_DATA_NAME if EXTERNAL_DATA_NAME in files else None,
         "files": {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)} for name in files},
         "inputs": [{"name": t.name, "dtype": t.dtype, "axes": list(t.axes)} for t in spec.inputs if t.name in taken],

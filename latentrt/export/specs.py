@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -169,6 +170,13 @@ def _unet_inputs(model: nn.Module, rng: np.random.Generator, extra: tuple[Tensor
         "timestep": np.array([981.0, 21.0], dtype=np.float32),
         "encoder_hidden_states": rng.standard_normal((2, SAMPLE_SEQUENCE_LENGTH, cfg.cross_attention_dim), dtype=np.float32),
     }
+    inputs.update(_extra_inputs(rng, extra, h, w))
+    return inputs
+
+
+def _extra_inputs(rng: np.random.Generator, extra: tuple[TensorSpec, ...], h: int, w: int) -> dict[str, np.ndarray]:
+    """Sample values of the UNet's extra inputs (SDXL's text_embeds and time_ids, LCM's timestep_cond), batch 2."""
+    inputs = {}
     for tensor in extra:
         width = tensor.axes[-1]
         if tensor.name == "time_ids" and width in (5, 6):
@@ -310,6 +318,159 @@ def unet_shallow_spec(unet_config: Mapping[str, Any], text_embeds_width: int | N
         outputs=(_UNET_OUTPUT,),
         wrap=functools.partial(_ShallowUNet, extra=tuple(t.name for t in extra), cache_branch=cache_branch),
         sample_inputs=functools.partial(_shallow_inputs, extra=extra, cache_branch=cache_branch),
+    )
+
+
+# --- ControlNet: the ControlNet graph and the UNet that takes its residuals ---------------------------------------
+
+RESIDUAL_DOWN = "down_block_additional_residual_{}"
+RESIDUAL_MID = "mid_block_additional_residual"
+CONTROL_DOWN = "down_block_res_sample_{}"
+CONTROL_MID = "mid_block_res_sample"
+
+
+def residual_channels(unet_config: Mapping[str, Any]) -> tuple[list[int], int]:
+    """The channels of the UNet's down-block skip samples, in diffusers' order (conv_in's output, then each down
+    resnet's, then each downsampler's), and of its mid block: what a ControlNet's residuals must match. Their
+    sides: the latent's, halved (rounding up) by every downsampler before them (`residual_downsamples`)."""
+    blocks = list(unet_config["block_out_channels"])
+    layers = unet_config.get("layers_per_block", 2)
+    layers = [int(layers)] * len(blocks) if isinstance(layers, int) else [int(n) for n in layers]
+    channels = [blocks[0]]
+    for i, width in enumerate(blocks):
+        channels += [width] * layers[i] + ([width] if i < len(blocks) - 1 else [])
+    return channels, blocks[-1]
+
+
+def residual_downsamples(unet_config: Mapping[str, Any]) -> list[int]:
+    """How many times each down residual's sides are halved from the latent's (the mid residual: len(blocks) - 1)."""
+    blocks = list(unet_config["block_out_channels"])
+    layers = unet_config.get("layers_per_block", 2)
+    layers = [int(layers)] * len(blocks) if isinstance(layers, int) else [int(n) for n in layers]
+    halvings = [0]
+    for i in range(len(blocks)):
+        halvings += [i] * layers[i] + ([i + 1] if i < len(blocks) - 1 else [])
+    return halvings
+
+
+def _halved(side: int, times: int) -> int:
+    for _ in range(times):
+        side = (side + 1) // 2  # a stride-2 convolution with padding 1
+    return side
+
+
+def _residual_tensors(unet_config: Mapping[str, Any], down: str, mid: str) -> tuple[TensorSpec, ...]:
+    channels, mid_channels = residual_channels(unet_config)
+    tensors = tuple(TensorSpec(down.format(i), "float32", ("batch_size", c, f"{down.format(i)}_height", f"{down.format(i)}_width"))
+                    for i, c in enumerate(channels))
+    return tensors + (TensorSpec(mid, "float32", ("batch_size", mid_channels, f"{mid}_height", f"{mid}_width")),)
+
+
+class _ResidualUNet(_UNet):
+    """The UNet taking a ControlNet's residuals: (sample, timestep, encoder_hidden_states, *extra, down residuals...,
+    mid residual) -> out_sample (+ deepcache_feature), diffusers' down_block_additional_residuals and
+    mid_block_additional_residual."""
+
+    def __init__(self, model: nn.Module, extra: tuple[str, ...] = (), cache_branch: int | None = None, residuals: int = 0):
+        super().__init__(model, extra, cache_branch)
+        self.residuals = residuals  # how many down residuals
+
+    def forward(self, sample, timestep, encoder_hidden_states, *rest):
+        extra, down, mid = rest[: -self.residuals - 1], rest[-self.residuals - 1 : -1], rest[-1]
+        keywords = dict(self.keywords(tuple(extra)), down_block_additional_residuals=tuple(down),
+                        mid_block_additional_residual=mid, return_dict=False)
+        if self.split is None:
+            return self.model(sample, timestep, encoder_hidden_states, **keywords)[0]
+        with deepcache.FeatureTap(self.model, self.split) as tap:
+            out = self.model(sample, timestep, encoder_hidden_states, **keywords)[0]
+        return out, tap.value
+
+
+RESIDUAL_SAMPLE_STD = 0.5  # random residuals of about a trained ControlNet's size at scale 1 (order of the skips')
+
+
+def _residual_unet_inputs(model: nn.Module, rng: np.random.Generator, extra: tuple[TensorSpec, ...]) -> dict[str, np.ndarray]:
+    inputs = _unet_inputs(model, rng, extra)
+    batch, _, h, w = inputs["sample"].shape
+    channels, mid_channels = residual_channels(model.config)
+    halvings = residual_downsamples(model.config)
+    for i, (c, times) in enumerate(zip(channels, halvings)):
+        shape = (batch, c, _halved(h, times), _halved(w, times))
+        inputs[RESIDUAL_DOWN.format(i)] = (RESIDUAL_SAMPLE_STD * rng.standard_normal(shape)).astype(np.float32)
+    times = len(model.config.block_out_channels) - 1
+    shape = (batch, mid_channels, _halved(h, times), _halved(w, times))
+    inputs[RESIDUAL_MID] = (RESIDUAL_SAMPLE_STD * rng.standard_normal(shape)).astype(np.float32)
+    return inputs
+
+
+def unet_controlnet_spec(unet_config: Mapping[str, Any], text_embeds_width: int | None = None,
+                         cache_branch: int | None = None) -> ComponentSpec:
+    """The UNet with a ControlNet's residuals as extra inputs (unet/model_controlnet.onnx); its outputs are the
+    plain UNet's."""
+    plain = unet_spec(unet_config, text_embeds_width, cache_branch)
+    extra = unet_extra_inputs(unet_config, text_embeds_width)
+    residuals = _residual_tensors(unet_config, RESIDUAL_DOWN, RESIDUAL_MID)
+    return ComponentSpec(
+        name="unet_controlnet",
+        source="unet",
+        inputs=plain.inputs + residuals,
+        outputs=plain.outputs,
+        wrap=functools.partial(_ResidualUNet, extra=tuple(t.name for t in extra), cache_branch=cache_branch,
+                               residuals=len(residuals) - 1),
+        sample_inputs=functools.partial(_residual_unet_inputs, extra=extra),
+    )
+
+
+class _ControlNet(nn.Module):
+    """ControlNetModel -> its down residuals and mid residual, UNSCALED (conditioning_scale 1, no guess mode: the
+    runtime scales them); SDXL's text_embeds and time_ids go in added_cond_kwargs."""
+
+    def __init__(self, model: nn.Module, extra: tuple[str, ...] = ()):
+        super().__init__()
+        self.model = model
+        self.extra = extra
+
+    def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, *extra):
+        added = dict(zip(self.extra, extra)) or None
+        down, mid = self.model(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale=1.0,
+                               added_cond_kwargs=added, guess_mode=False, return_dict=False)
+        return (*down, mid)
+
+
+def _controlnet_inputs(model: nn.Module, rng: np.random.Generator, extra: tuple[TensorSpec, ...], vae_scale: int,
+                       unet_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The UNet's sample inputs (the ControlNet's latent channels) and an RGB control image in [0, 1] at the pixel
+    size (a ControlNet config has no sample_size: the UNet's sizes the latents)."""
+    cfg = model.config
+    h, w = _latent_hw(SimpleNamespace(block_out_channels=unet_config["block_out_channels"],
+                                      sample_size=_first(unet_config.get("sample_size", 64))))
+    inputs = {
+        "sample": rng.standard_normal((2, cfg.in_channels, h, w), dtype=np.float32),
+        "timestep": np.array([981.0, 21.0], dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, SAMPLE_SEQUENCE_LENGTH, cfg.cross_attention_dim), dtype=np.float32),
+        "controlnet_cond": rng.uniform(0.0, 1.0, size=(2, cfg.conditioning_channels, h * vae_scale, w * vae_scale)).astype(np.float32),
+    }
+    inputs.update(_extra_inputs(rng, extra, h, w))
+    return inputs
+
+
+def _first(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def controlnet_spec(name: str, controlnet_config: Mapping[str, Any], unet_config: Mapping[str, Any],
+                    text_embeds_width: int | None, vae_scale: int) -> ComponentSpec:
+    """A ControlNet (controlnet/<name>/model.onnx): the UNet's inputs and the control image -> its residuals."""
+    extra = tuple(t for t in unet_extra_inputs(unet_config, text_embeds_width) if t.name != "timestep_cond")
+    cond = TensorSpec("controlnet_cond", "float32", ("batch_size", int(controlnet_config.get("conditioning_channels", 3)),
+                                                     "image_height", "image_width"))
+    return ComponentSpec(
+        name=f"controlnet/{name}",
+        source="controlnet",
+        inputs=_UNET_INPUTS[:3] + (cond,) + extra,
+        outputs=_residual_tensors(unet_config, CONTROL_DOWN, CONTROL_MID),
+        wrap=functools.partial(_ControlNet, extra=tuple(t.name for t in extra)),
+        sample_inputs=functools.partial(_controlnet_inputs, extra=extra, vae_scale=vae_scale, unet_config=dict(unet_config)),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,9 @@ REQUIRED_COMPONENTS = ("unet", "vae_decoder")  # and a text encoder: text_encode
 OPTIONAL_COMPONENTS = ("text_encoder", "text_encoder_2", "vae_encoder", "unet_shallow", "vae_decoder_tiny", "vae_encoder_tiny")
 TINY_DECODER, TINY_ENCODER = "vae_decoder_tiny", "vae_encoder_tiny"  # the tiny autoencoder (TAESD, AutoencoderTiny)
 REEXPORT_HINT = "re-export the model with `latentrt export SRC OUT`"
+CONTROLNET_HINT = "export the model with `latentrt export SRC OUT --controlnet [NAME=]CONTROLNET_DIR`"
+CONTROLNET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+RESIDUAL_UNET = "model_controlnet.onnx"  # unet/model_controlnet.onnx: the UNet taking ControlNet residuals
 TINY_VAE_HINT = ("add one with `latentrt add-tiny-vae MODEL TAESD_DIR`, or export with `latentrt export SRC OUT "
                  "--tiny-vae TAESD_DIR` (TAESD_DIR: a local diffusers AutoencoderTiny folder, e.g. madebyollin/taesd)")
 
@@ -149,6 +153,11 @@ class ModelFolder:
     vae: VaeConfig
     text_encoder: TextEncoderConfig
     defaults: Defaults = field(default_factory=Defaults)
+    # ControlNets (`latentrt export --controlnet`): name -> controlnet/<name>/ (ComponentFiles.name
+    # "controlnet/<name>"), sorted by name; and the UNet taking their residuals, unet/model_controlnet.onnx
+    # (ComponentFiles.name "unet": the UNet whichever graph is open; its manifest entry is `unet_controlnet`)
+    controlnets: dict[str, ComponentFiles] = field(default_factory=dict)
+    unet_controlnet: ComponentFiles | None = None
 
     @property
     def name(self) -> str:
@@ -233,7 +242,41 @@ class ModelFolder:
             vae=VaeConfig.from_dict(components["vae_decoder"].config),
             text_encoder=TextEncoderConfig.from_dict(components.get("text_encoder", components.get("text_encoder_2")).config),
             defaults=Defaults.from_dict((manifest or {}).get("defaults", {})),
+            **_controlnet_parts(path, manifest, components["unet"]),
         )
+
+
+def _controlnet_parts(path: Path, manifest: dict[str, Any] | None, unet: ComponentFiles) -> dict[str, Any]:
+    """controlnet/<name>/ folders and unet/model_controlnet.onnx, checked against each other and the manifest."""
+    listed = (manifest or {}).get("components", {})
+    controlnets = {}
+    root = path / "controlnet"
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not (folder / "model.onnx").is_file():
+            continue
+        if not CONTROLNET_NAME.fullmatch(folder.name):
+            raise ModelFolderError(f"{folder}: {folder.name!r} is not a ControlNet name (letters, digits, '_', '.', '-'); "
+                                   "rename the folder")
+        entry = listed.get(f"controlnet/{folder.name}")
+        if entry is not None:
+            _check_sizes(folder, entry)
+        config_path = folder / "config.json"
+        config = _read_json(config_path) if config_path.is_file() else {}
+        controlnets[folder.name] = ComponentFiles(f"controlnet/{folder.name}", folder / "model.onnx", config, entry)
+    missing = sorted(n.split("/", 1)[1] for n in listed if n.startswith("controlnet/") and n.split("/", 1)[1] not in controlnets)
+    if missing:
+        raise ModelFolderError(f"{path}'s manifest lists the ControlNet(s) {', '.join(missing)} but controlnet/"
+                               f"{missing[0]}/model.onnx is missing; {REEXPORT_HINT} --controlnet ...")
+    residual = path / "unet" / RESIDUAL_UNET
+    entry = listed.get("unet_controlnet")
+    if not residual.is_file():
+        if controlnets or entry is not None:
+            raise ModelFolderError(f"{path} has ControlNets but no unet/{RESIDUAL_UNET} (the UNet taking their residuals); "
+                                   f"{CONTROLNET_HINT}")
+        return {"controlnets": controlnets, "unet_controlnet": None}
+    if entry is not None:
+        _check_sizes(path / "unet", entry)
+    return {"controlnets": controlnets, "unet_controlnet": ComponentFiles("unet", residual, unet.config, entry)}
 
 
 def _side(value: Any) -> int:
