@@ -32,6 +32,7 @@ class GenerationParameters:
     cache_interval: int = 1  # DeepCache: one full UNet call in this many (1: no caching)
     cache_schedule: str = "uniform"
     vae: str = "full"  # "tiny": the folder's tiny autoencoder (TAESD) decoded the image
+    controlnet: tuple[str, ...] = ()  # one unit text per ControlNet (controlnet.Control.infotext), written as A1111 does
 
     def a1111(self) -> str:
         """The text AUTOMATIC1111 writes in a PNG's `parameters` chunk (and reads back)."""
@@ -47,7 +48,8 @@ class GenerationParameters:
         ] + ([f"Denoising strength: {self.strength:g}"] if self.strength is not None else []) + (
             ["Inpaint area: Only masked", f"Masked area padding: {self.mask_padding}"] if self.mask_padding is not None else []) + (
             [f"DeepCache interval: {self.cache_interval}", f"DeepCache schedule: {self.cache_schedule}"] if self.cache_interval > 1 else []) + (
-            ["VAE: tiny (TAESD)"] if self.vae == "tiny" else [])
+            ["VAE: tiny (TAESD)"] if self.vae == "tiny" else []) + [
+            f'ControlNet {i}: "{unit}"' for i, unit in enumerate(self.controlnet)]
         return f"{self.prompt}\nNegative prompt: {self.negative_prompt}\n" + ", ".join(settings)
 
 

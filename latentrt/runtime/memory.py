@@ -19,14 +19,23 @@ benchmarks/results/memory_guard.md has the estimate against whole generations):
   channels at 512 and 1024 px), never tiled;
 - weights: the component files' sizes, all resident by default, one network at a time with `low_memory`;
   a backend that compiles per shape (OpenVINO) adds a compiled copy of the UNet for a new size.
+- ControlNets (a call with control_image): each one's weights when it is not open yet (opened at first use, then
+  resident; with low_memory held beside the UNet for the denoise), and a compiled copy with the UNet's; its
+  activations as the UNet's (`UNET_BYTES_PER_VALUE`: a ControlNet is the UNet's encoder half at the same sizes, and
+  the backend's allocator keeps its buffers while the UNet runs; not measured apart), plus the residual tensors
+  (`RESIDUAL_COPIES` float32 copies of the UNet's skip samples: each ControlNet's scaled outputs, their sum, the feed).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from latentrt.runtime.controlnet import NETWORK_PREFIX, residual_shapes
 from latentrt.runtime.folder import ModelFolder
 
 UNET_BYTES_PER_VALUE = 110  # measured: see the module docstring
@@ -36,6 +45,7 @@ TINY_VAE_BYTES_PER_VALUE = 18  # measured: see the module docstring
 ATTENTION_BYTES = 4  # one float32 score
 TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
 RUNTIME_OVERHEAD = 256 << 20  # allocator slack and per-call copies (latents, noise, images)
+RESIDUAL_COPIES = 3  # the ControlNet residuals held at once besides each ControlNet's outputs (see the docstring)
 
 
 @dataclass(frozen=True)
@@ -57,18 +67,24 @@ class MemoryEstimate:
 
 
 def component_bytes(folder: ModelFolder, name: str) -> int:
-    model = folder.components[name].model
+    return _files_bytes(folder.components[name].model)
+
+
+def _files_bytes(model: Path) -> int:
+    """A graph file's bytes with its external data (model.onnx*)."""
     return sum(p.stat().st_size for p in model.parent.glob(model.name + "*") if p.is_file())
 
 
 def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: int, *,
              low_memory: bool = False, vae_tile: int | None = None, compiles: bool = False,
-             encodes: bool = False, vae: str = "full") -> MemoryEstimate:
+             encodes: bool = False, vae: str = "full", controlnets: Sequence[str] = (),
+             resident: Collection[str] = ()) -> MemoryEstimate:
     """Memory one call adds: `texts` UNet batch rows (2 per image with CFG), `images` decoded images.
 
     compiles: the backend compiles the networks for this shape (OpenVINO at a size it has not seen).
     encodes: the call encodes an image first (image to image, inpainting: one image at a time).
     vae: "full", or "tiny" (the folder's tiny autoencoder decodes, and encodes; vae_tile does not apply to it).
+    controlnets: the ControlNets the call runs (names in folder.controlnets); resident: the networks open now.
     """
     unet_cfg = folder.components["unet"].config
     vae_cfg = folder.components["vae_decoder"].config
@@ -80,6 +96,16 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
         unet += ATTENTION_BYTES * texts * _largest_attention_map(unet_cfg, lh, lw)
     if compiles:
         unet += component_bytes(folder, "unet")
+    control_weights = 0
+    if controlnets:
+        unique = sorted(set(controlnets))
+        residual_values = sum(int(np.prod(shape)) for shape in residual_shapes(unet_cfg, texts, lh, lw))
+        unet += 4 * residual_values * (RESIDUAL_COPIES + len(controlnets))
+        unet += UNET_BYTES_PER_VALUE * texts * channels[0] * lh * lw  # its activations (see the docstring)
+        sizes = {name: _files_bytes(folder.controlnets[name].model) for name in unique}
+        control_weights = sum(size for name, size in sizes.items() if low_memory or NETWORK_PREFIX + name not in resident)
+        if compiles:
+            unet += sum(sizes.values())
     tiny = vae == "tiny"
     vae_tile = None if tiny else vae_tile
     th, tw = (min(lh, vae_tile), min(lw, vae_tile)) if vae_tile else (lh, lw)
@@ -107,8 +133,11 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
         if encodes:
             networks["vae_encoder"] = "vae_encoder_tiny" if tiny else "vae_encoder"
         weights = {phase: component_bytes(folder, name) for phase, name in networks.items()}
+        weights["unet"] += control_weights
         encoders = [name for name in folder.components if name.startswith("text_encoder")]  # SDXL: one after the other
         weights["text_encoder"] = max(component_bytes(folder, name) for name in encoders)
+    elif control_weights:  # ControlNets opened by this call stay resident: loaded in the denoise phase
+        weights = {"unet": control_weights}
     return MemoryEstimate(TEXT_ENCODER_ACTIVATIONS, int(unet), int(decoding), weights, int(encoder))
 
 

@@ -9,6 +9,7 @@ and stage.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import time
@@ -24,9 +25,11 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
+from latentrt.runtime.controlnet import (NETWORK_PREFIX, ControlStep, ResidualZeros, check_control, check_crop,
+                                         check_residual_count, residual_inputs, residual_shapes)
 from latentrt.runtime.deepcache import CACHE_SCHEDULES, check_cache_interval, full_calls
 from latentrt.runtime.families import family_for, guidance_embedding
-from latentrt.runtime.folder import REEXPORT_HINT, TINY_DECODER, TINY_ENCODER, TINY_VAE_HINT, ModelFolder
+from latentrt.runtime.folder import REEXPORT_HINT, TINY_DECODER, TINY_ENCODER, TINY_VAE_HINT, ComponentFiles, ModelFolder
 from latentrt.runtime.image_inputs import as_pil, resize_fill, to_pixels
 from latentrt.runtime.images import GenerationParameters, decoded_to_uint8, to_pil
 from latentrt.runtime.lora import LORA_COMPONENTS, Lora, LoraError, build_patch, read_weight
@@ -54,6 +57,7 @@ class PipelineResult:
     latents: NDArray[np.float32]  # final latents, (B, C, H/f, W/f)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
     unet_calls: dict[str, int] = field(default_factory=dict)  # {"full": n, "shallow": m} (shallow: DeepCache)
+    control_images: list[Image.Image] = field(default_factory=list)  # what conditioned the image, one per ControlNet
 
     @property
     def arrays(self) -> NDArray[np.uint8]:
@@ -124,7 +128,8 @@ class Pipeline:
         # DeepCache's shallow UNet (a small graph) is resident with the rest where the folder has one
         self.networks = self.family.text_encoders + ("unet", decoder_name(self.vae)) + (("unet_shallow",) if folder.deepcache else ())
         self._models: dict[str, object] = {}
-        self._users = dict.fromkeys(folder.components, 0)  # the three networks, and vae_encoder where there is one
+        # the three networks, vae_encoder where there is one, and the ControlNets ("controlnet/<name>", opened at first use)
+        self._users = dict.fromkeys([*folder.components, *(NETWORK_PREFIX + name for name in folder.controlnets)], 0)
         self._lock = threading.Lock()  # guards _models and _users (networks opened and released across threads)
         self._closed = False
         self._warned_lcm = False  # the LCM-UNet-with-another-scheduler notice is logged once
@@ -186,9 +191,18 @@ class Pipeline:
         self.lora_report = {"layers": patch.matched, "unmatched": len(patch.unmatched), "examples": patch.unmatched[:5]}
         return loras, patch.weights
 
+    def _files(self, name: str) -> ComponentFiles:
+        """The files of network `name`: a folder with ControlNets opens the UNet graph that takes their residuals
+        (the same weights; still named "unet"), and "controlnet/<name>" is a ControlNet."""
+        if name.startswith(NETWORK_PREFIX):
+            return self.folder.controlnets[name[len(NETWORK_PREFIX):]]
+        if name == "unet" and self.folder.unet_controlnet is not None:
+            return dataclasses.replace(self.folder.unet_controlnet, name="unet")
+        return self.folder.components[name]
+
     def _open(self, name: str):
         start = time.perf_counter()
-        network = self.backend.open(self.folder.components[name], self._lora_weights.get(name))
+        network = self.backend.open(self._files(name), self._lora_weights.get(name))
         self._observers.emit(Event(OPEN, name, time.perf_counter() - start))
         return network
 
@@ -238,13 +252,16 @@ class Pipeline:
         self.close()
 
     def compile(self, height: int | None = None, width: int | None = None, batch: int = 1,
-                guidance_scale: float | None = None, image: bool = False) -> None:
+                guidance_scale: float | None = None, image: bool = False,
+                controlnet: str | Sequence[str] | None = None) -> None:
         """Compile every network for one call's shapes now (OpenVINO compiles per shape; ONNX Runtime needs nothing).
 
         `batch` is the number of prompts of that call (with num_images=1). A server or benchmark calls it after
         loading, so that the first generation at this size does not pay for compilation. `image=True` also opens
         (ONNX Runtime) and compiles the VAE encoder that image to image and inpainting use, which a pipeline
-        otherwise opens at its first such call (OpenVINO: about 5 s for SD 1.5 at 512x512).
+        otherwise opens at its first such call (OpenVINO: about 5 s for SD 1.5 at 512x512). `controlnet` (a name or a
+        list) opens those ControlNets and compiles them for the call's batch (guess mode with guidance runs them on
+        half of it: that shape compiles at its first call).
         """
         encoder_name = encoder_name_for(self.vae)
         if image and encoder_name in self.folder.components and not self.low_memory:
@@ -267,6 +284,8 @@ class Pipeline:
             "timestep": () if timestep.rank == 0 else ((timestep.shape[0] if isinstance(timestep.shape[0], int) else texts),),
             **unet_shapes,
         }
+        residuals = residual_inputs(self.unet.inputs)  # a folder with ControlNets: the UNet takes their residuals
+        unet_shapes.update(zip(residuals, residual_shapes(self.folder.components["unet"].config, texts, *latent[1:])))
         decoder = self._get(decoder_name(self.vae))  # the default VAE's (the full one stays closed with vae="tiny")
         jobs = [
             (self.unet, unet_shapes),
@@ -280,6 +299,12 @@ class Pipeline:
         if image and encoder_name in self._models:  # one image at a time, as the call encodes it
             encoder = self._models[encoder_name]
             jobs.append((encoder, {next(iter(encoder.inputs)): (1, 3, height, width)}))
+        for name in ([controlnet] if isinstance(controlnet, str) else list(controlnet or [])):
+            if name not in self.folder.controlnets:
+                raise ValueError(f"unknown ControlNet {name!r}: this folder has {', '.join(self.folder.controlnets) or 'none'}")
+            network = self._get(NETWORK_PREFIX + name)  # opened, and resident from now on
+            shapes = {"controlnet_cond": (texts, 3, height, width), **{k: v for k, v in unet_shapes.items() if k in network.inputs}}
+            jobs.append((network, shapes))
         with ThreadPoolExecutor(len(jobs)) as pool:  # OpenVINO compiles in native code: the three overlap
             list(pool.map(lambda job: job[0].compile(job[1]), jobs))
 
@@ -291,7 +316,9 @@ class Pipeline:
         `options` are the fields of `latentrt.runtime.request.Request`: height, width, steps, guidance_scale,
         scheduler, seed, num_images, latents, image, strength, mask_image, padding_mask_crop, clip_skip,
         original_size, crops_coords_top_left, target_size, aesthetic_score, negative_aesthetic_score,
-        cache_interval, cache_schedule, vae, preview_every. Randomness comes from `rng`, else from `seed` (a random one,
+        cache_interval, cache_schedule, vae, preview_every, control_image, controlnet, controlnet_conditioning_scale,
+        control_guidance_start, control_guidance_end, guess_mode, control_preprocess, canny_low_threshold,
+        canny_high_threshold. Randomness comes from `rng`, else from `seed` (a random one,
         written in the images' parameters, when neither is given); `progress(done, total)` is called after every UNet
         call.
 
@@ -334,6 +361,17 @@ class Pipeline:
         cache_interval=N (DeepCache; a folder exported with `--deepcache`): one UNet call in N runs the full UNet
         and caches its deep feature, the others run only the shallow UNet on it (`cache_schedule`: "uniform", or
         "nonuniform" as the paper's 1:N strategy; see runtime/deepcache.py). 1 (the default) is no caching.
+
+        ControlNet (a folder exported with `--controlnet`), as diffusers' StableDiffusion(XL)ControlNet pipelines and
+        their img2img and inpaint variants: control_image (an image, or a list of one per ControlNet; `image=` stays
+        img2img's source) conditions the ControlNet `controlnet` names (a name or a list; None: the folder's only one).
+        Each control image is preprocessed (control_preprocess: "canny" with canny_low/high_threshold, or "none") and
+        resized to the output size (Lanczos); without height/width and without `image`, the output takes the first
+        control image's size (rounded down to the model's multiple), as diffusers. controlnet_conditioning_scale
+        multiplies each ControlNet's residuals, which are summed; control_guidance_start/end (fractions of the UNet
+        calls, one value or one per ControlNet) bound the calls a ControlNet runs at; guess_mode runs the ControlNets on
+        the conditional half of the guidance batch only, their residuals ramped from 0.1x (shallowest) to 1x (deepest).
+        DeepCache's shallow calls run no ControlNet. `result.control_images` are the images the ControlNets saw.
         """
         return self.run(Request(prompt, negative_prompt, **options), rng=rng, progress=progress)
 
@@ -358,9 +396,10 @@ class Pipeline:
         with self._observers.stage("vae_encode", timings) if task.encodes else nullcontext():
             x, timesteps = task.start(self, plan, sampler, rng)  # (B, C, H/f, W/f)
 
-        # 4. denoise
+        # 4. denoise (control images: preprocessed and resized to the output size, the inpainted crop cut like the image)
+        control_images = plan.control.images(plan.height, plan.width, task.crop)
         with self._observers.stage("denoise", timings):
-            x, unet_calls = self._denoise(plan, task, sampler, x, timesteps, conditioning, rng, progress)
+            x, unet_calls = self._denoise(plan, task, sampler, x, timesteps, conditioning, rng, progress, control_images)
         timings["unet_step"] = timings["denoise"] / max(len(timesteps), 1)
 
         # 5. decode (and the task's last touch: an inpainted crop pasted back into its image)
@@ -369,7 +408,7 @@ class Pipeline:
 
         # 6. package
         return PipelineResult(images=images, parameters=self._parameters(plan, task, seed), latents=x,
-                              timings=timings, unet_calls=unet_calls)
+                              timings=timings, unet_calls=unet_calls, control_images=control_images)
 
     def check(self, request: Request) -> Plan:
         """The request checked against this folder and pipeline, its defaults resolved: ValueError (or
@@ -383,7 +422,10 @@ class Pipeline:
         vae = self._check_vae(self.vae if r.vae is None else r.vae)
         preview_every = check_preview_every(r.preview_every)
         task, height, width = task_for(self, r)
-        height, width = self.check_size(height, width)
+        control = check_control(self.folder, r)
+        if control.units and task.crop is not None:
+            check_crop(control, task.source.size)
+        height, width = self.check_size(*control.size(height, width, self.folder.size_multiple))
         steps = check_steps(defaults.steps if r.steps is None else r.steps,
                             int(self.folder.scheduler_config.get("num_train_timesteps", 1000)))
         check_positive_int("num_images", r.num_images)
@@ -394,12 +436,12 @@ class Pipeline:
                 f"raise strength to at least {1 / steps:.3g} or use more steps"
             )
         do_cfg = self._uses_cfg(guidance_scale)  # the unconditional half is skipped otherwise, like diffusers
-        tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes, vae)
+        tiled = self._check_memory(height, width, len(prompts) * r.num_images, do_cfg, task.encodes, vae, control.names)
         task.check_inputs(height, width)  # after the memory guard: nothing is resized for a request too large
         scheduler = self._sampler(r.scheduler if r.scheduler is not None else defaults.scheduler).name
         return Plan(request=r, prompts=tuple(prompts), negatives=tuple(negatives), height=height, width=width, steps=steps,
                     guidance_scale=guidance_scale, do_cfg=do_cfg, scheduler=scheduler, task=task,
-                    cache_interval=cache_interval, tiled=tiled, vae=vae, preview_every=preview_every)
+                    cache_interval=cache_interval, tiled=tiled, vae=vae, preview_every=preview_every, control=control)
 
     # --- the stages, public for tools that run them one at a time (the bench's warm-up, calibration, tests) ---
     def encode_prompt(self, plan: Plan) -> dict[str, NDArray[np.float32]]:
@@ -413,11 +455,28 @@ class Pipeline:
     def denoiser(self, conditioning: dict[str, NDArray], shallow: bool = False) -> Iterator["UNetCalls"]:
         """One generation's UNet calls with this conditioning: the UNet (and DeepCache's shallow UNet when `shallow`)
         resident for the whole block (also with low_memory), the conditioning fed to each call or bound once on the
-        device (io_binding). Yields a `UNetCalls`: `unet(sample, t)` and `unet.shallow(sample, t, feature)`."""
+        device (io_binding). Yields a `UNetCalls`: `unet(sample, t, residuals=None)` (a folder with ControlNets: zeros
+        for residuals left out) and `unet.shallow(sample, t, feature)`."""
         with ExitStack() as stack:
             full = stack.enter_context(self._conditioned("unet", conditioning))
             small = stack.enter_context(self._conditioned("unet_shallow", conditioning)) if shallow else None
-            yield UNetCalls(full, small, (self.folder.deepcache or {}).get("feature"), self._observers)
+            zeros = ResidualZeros(full[0].inputs, self.folder.components["unet"].config)
+            yield UNetCalls(full, small, (self.folder.deepcache or {}).get("feature"), self._observers, zeros)
+
+    @contextmanager
+    def control_step(self, plan: Plan, images: list[Image.Image], conditioning: dict[str, NDArray],
+                     calls: int) -> Iterator[ControlStep]:
+        """One generation's ControlNets (the plan's, with their prepared `images`): each resident for the block, its
+        image and conditioning bound once. Yields a `ControlStep`: `residuals(i, sample, t)` per UNet call (always None
+        for a plan without ControlNet)."""
+        with ExitStack() as stack:
+            names = residual_inputs(self._get("unet").inputs) if plan.control.units else []
+            step = ControlStep(plan.control, images, plan.batch, plan.do_cfg, calls, names, self._observers, unet_timestep)
+            for index, unit in enumerate(plan.control.units):
+                network = stack.enter_context(self._conditioned(unit.network, step.constants(index, conditioning)))
+                check_residual_count(names, network[0], unit.name)
+                step.attach(network)
+            yield step
 
     def decode(self, latents: NDArray[np.float32], tiled: bool = False, vae: str = "full") -> NDArray[np.float32]:
         """The VAE decoder's images for UNet latents: (B, 3, H, W) in about [-1, 1]; `tiled` in overlapping tiles (the
@@ -511,22 +570,26 @@ class Pipeline:
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def _denoise(self, plan: Plan, task, sampler, x: NDArray[np.float32], timesteps: NDArray,
-                 conditioning: dict[str, NDArray], rng: np.random.Generator,
-                 progress: ProgressCallback | None) -> tuple[NDArray[np.float32], dict[str, int]]:
+                 conditioning: dict[str, NDArray], rng: np.random.Generator, progress: ProgressCallback | None,
+                 control_images: list[Image.Image]) -> tuple[NDArray[np.float32], dict[str, int]]:
         """The one denoise loop: the UNet (DeepCache: or the shallow UNet on the cached feature, where the plan says
-        so), classifier-free guidance, the sampler's step, the task's hooks around them."""
+        so) with the ControlNets' residuals on its full calls, classifier-free guidance, the sampler's step, the task's
+        hooks around them."""
         full = full_calls(len(timesteps), plan.cache_interval, plan.request.cache_schedule)
         if plan.cache_interval > len(timesteps):
             logger.warning("cache_interval %d is more than the %d UNet calls of this generation: only the first runs the "
                            "full UNet, every other call reuses its deep feature", plan.cache_interval, len(timesteps))
         feature, guidance = None, np.float32(plan.guidance_scale)
         previews = Previews(self, plan) if plan.preview_every and progress is not None else None
-        with self.denoiser(conditioning, shallow=not all(full)) as unet:
+        with (self.denoiser(conditioning, shallow=not all(full)) as unet,
+              self.control_step(plan, control_images, conditioning, len(timesteps)) as control):
             for i, t in enumerate(timesteps):
                 x_in = np.concatenate([x, x]) if plan.do_cfg else x  # (2B, C, h, w) with CFG
-                x_in = task.model_input(sampler.scale_model_input(x_in, t)).astype(np.float32, copy=False)
+                scaled = sampler.scale_model_input(x_in, t).astype(np.float32, copy=False)
+                x_in = task.model_input(scaled)  # (2B, C', h, w): 9-channel inpainting adds the mask's channels
                 if full[i]:
-                    noise, feature = unet(x_in, t, keep_feature=plan.cache_interval > 1)
+                    residuals = control.residuals(i, scaled, t)  # the ControlNets' (None: none runs at this call)
+                    noise, feature = unet(x_in, t, keep_feature=plan.cache_interval > 1, residuals=residuals)
                 else:
                     noise = unet.shallow(x_in, t, feature)
                 check_finite("unet" if full[i] else "unet_shallow", noise, f" at UNet call {i + 1} of {len(timesteps)}")
@@ -560,18 +623,26 @@ class Pipeline:
                 width=plan.width, height=plan.height, model=self.folder.name, backend=self.provider,
                 precision=self.precision, strength=task.strength, task=task.name, mask_padding=task.mask_padding,
                 cache_interval=plan.cache_interval, cache_schedule=r.cache_schedule, vae=plan.vae,
+                controlnet=plan.control.infotext(),
             )
             for i in range(plan.batch)
         ]
 
     # --- checks -------------------------------------------------------------------------------------------
     def check_fits(self, height: int | None = None, width: int | None = None, num_images: int = 1,
-                   guidance_scale: float | None = None, vae: str | None = None) -> None:
+                   guidance_scale: float | None = None, vae: str | None = None,
+                   controlnet: str | Sequence[str] = ()) -> None:
         """Raise what a text-to-image call of this size would raise before allocating anything: ValueError for a
-        size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available."""
+        size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available
+        (`controlnet`: with these ControlNets)."""
         height, width = self.check_size(height, width)
         guidance = self.folder.defaults.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
-        self._check_memory(height, width, num_images, self._uses_cfg(guidance), vae=self._check_vae(vae or self.vae))
+        names = [controlnet] if isinstance(controlnet, str) else list(controlnet)
+        unknown = [name for name in names if name not in self.folder.controlnets]
+        if unknown:
+            raise ValueError(f"unknown ControlNet {unknown[0]!r}: this folder has {', '.join(self.folder.controlnets) or 'none'}")
+        self._check_memory(height, width, num_images, self._uses_cfg(guidance), vae=self._check_vae(vae or self.vae),
+                           controlnets=names)
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
@@ -596,7 +667,7 @@ class Pipeline:
         return sides[0], sides[1]
 
     def _check_memory(self, height: int, width: int, images: int, do_cfg: bool, encodes: bool = False,
-                      vae: str = "full") -> bool:
+                      vae: str = "full", controlnets: Sequence[str] = ()) -> bool:
         """Refuse a call that cannot fit (before anything is allocated); returns whether to decode in tiles (the full
         VAE only: the tiny one's memory is counted whole)."""
         if self.max_pixels is not None and height * width > self.max_pixels:
@@ -614,9 +685,12 @@ class Pipeline:
         sample = (texts, self.folder.unet.in_channels, height // f, width // f)
         compiles = self.provider == "openvino" and not (unet is not None and unet.compiled_for("sample", sample))
 
+        resident = set(self._models)  # ControlNets already open add no weights
+
         def need(h: int, w: int, tile: bool) -> int:
             return estimate(self.folder, h, w, texts, images, low_memory=self.low_memory,
-                            vae_tile=self.vae_tile if tile else None, compiles=compiles, encodes=encodes, vae=vae).peak
+                            vae_tile=self.vae_tile if tile else None, compiles=compiles, encodes=encodes, vae=vae,
+                            controlnets=controlnets, resident=resident).peak
 
         available = available_memory()
         peak = need(height, width, tiled)
@@ -681,14 +755,24 @@ class Pipeline:
 class UNetCalls:
     """One generation's UNet calls (from `Pipeline.denoiser`): the conditioning is bound; each call is observed."""
 
-    def __init__(self, full, shallow, feature: str | None, observers: Observers):
+    def __init__(self, full, shallow, feature: str | None, observers: Observers, zeros: ResidualZeros):
         self._full, self._shallow, self._feature, self._observers = full, shallow, feature, observers
+        self._zeros = zeros
+        self._bound_zeros = None  # with IO binding: the zero residuals the device buffers hold now (not fed again)
 
-    def __call__(self, sample: NDArray[np.float32], t, keep_feature: bool = False):
+    def __call__(self, sample: NDArray[np.float32], t, keep_feature: bool = False,
+                 residuals: dict[str, NDArray[np.float32]] | None = None):
         """The UNet's noise prediction (a NumPy array) and, with keep_feature (DeepCache), the deep feature the
-        shallow UNet reuses (on the device with io_binding), else None."""
+        shallow UNet reuses (on the device with io_binding), else None. `residuals`: the ControlNets' (ControlStep);
+        a UNet graph that takes residuals gets zeros without them, a plain one nothing."""
         unet, run, constants = self._full
-        out = self._observers.network("unet", run, {"sample": sample, "timestep": unet_timestep(unet, t, sample)}, constants)
+        feeds = {"sample": sample, "timestep": unet_timestep(unet, t, sample)}
+        extra = residuals if residuals is not None else self._zeros(sample.shape)
+        bound = getattr(unet, "binding", None) is not None
+        if not (bound and extra is self._bound_zeros):  # IO binding keeps the zeros it was given last call
+            feeds.update(extra)
+        self._bound_zeros = extra if bound and residuals is None else None
+        out = self._observers.network("unet", run, feeds, constants)
         return to_host(next(iter(out.values()))), (out[self._feature] if keep_feature else None)
 
     def shallow(self, sample: NDArray[np.float32], t, feature) -> NDArray[np.float32]:

@@ -56,6 +56,16 @@ class Request:
     cache_schedule: str = "uniform"
     vae: str | None = None  # "full" or "tiny" (the folder's tiny autoencoder); None: the pipeline's default
     preview_every: int | None = None  # a preview image to the progress callback every N UNet calls
+    # ControlNet (diffusers' names; a folder exported with --controlnet): see latentrt.runtime.controlnet
+    control_image: ImageInput | Sequence[ImageInput] | None = None  # one per ControlNet
+    controlnet: str | Sequence[str] | None = None  # None: the folder's one ControlNet
+    controlnet_conditioning_scale: float | Sequence[float] = 1.0
+    control_guidance_start: float | Sequence[float] = 0.0  # fractions of the UNet calls
+    control_guidance_end: float | Sequence[float] = 1.0
+    guess_mode: bool = False
+    control_preprocess: str | Sequence[str | None] | None = None  # "canny", "none" (control_preprocess.PREPROCESSORS)
+    canny_low_threshold: float = 100
+    canny_high_threshold: float = 200
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +86,7 @@ class Plan:
     tiled: bool  # decode the VAE in tiles (the full VAE only)
     vae: str = "full"  # "full" or "tiny": decodes, and encodes an image to image's source
     preview_every: int | None = None
+    control: Any = None  # a latentrt.runtime.controlnet.Control (no unit without ControlNet)
 
     @property
     def batch(self) -> int:

@@ -31,6 +31,7 @@ class Task:
     strength: float | None = None
     encodes = False  # encodes an image with the VAE (the memory guard counts the encoder)
     mask_padding: int | None = None
+    crop: tuple[int, int, int, int] | None = None  # inpainting's padded box (padding_mask_crop): control images are cut alike
 
     def check_inputs(self, height: int, width: int) -> None:
         """The checks that need the inputs at the output size (inpainting's mask), made by `Pipeline.check` once the
