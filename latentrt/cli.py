@@ -141,6 +141,9 @@ def generate(
                        loras=[Lora.parse(text) for text in lora or []], io_binding=io_binding, cuda_graph=cuda_graph,
                        provider_options=parse_provider_options(provider_option), vae=vae or "full")
         pipe = Pipeline.from_folder(model, **options) if model else Pipeline.default(**options)
+        taken = [str(path) for path in control_map_paths(controls, output, pipe) if path.exists()]
+        if taken and not force:
+            _fail(f"{', '.join(taken)} already exists: choose another --output or pass --force to overwrite")
         if pipe.lora_report is not None:
             report = pipe.lora_report
             typer.echo(f"LoRA: {report['layers']} layers adapted" + (
@@ -167,10 +170,9 @@ def generate(
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):
         save_png(image, path, params, force=force)
-    for name, control_map in control_maps(controls, result, pipe):
-        path = output.with_name(f"{output.stem}.control-{name}.png")
+    for path, control_map in zip(control_map_paths(controls, output, pipe), control_maps(controls, result)):
         control_map.save(path)
-        typer.echo(f"{path}  (the control map of {name})")
+        typer.echo(f"{path}  (the control map that conditioned the image)")
         typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     t = result.timings
     calls = result.unet_calls
@@ -246,17 +248,22 @@ def control_fields(controls: list[ControlArgument], canny_low: int, canny_high: 
     return fields
 
 
-def control_maps(controls: list[ControlArgument], result, pipe) -> list[tuple[str, object]]:
-    """(ControlNet name, control map) of each --control whose preprocessor ran (not "none"): what is saved beside
-    the output."""
-    maps = getattr(result, "control_images", None) or []
+def _preprocessed(argument: ControlArgument) -> bool:
+    return bool(argument.preprocess) and argument.preprocess.strip().lower() != "none"
+
+
+def control_map_paths(controls: list[ControlArgument], output: Path, pipe) -> list[Path]:
+    """Where the control map of each --control whose preprocessor runs (not "none") is saved:
+    <output stem>.control-<ControlNet name>.png beside the output."""
     folder_names = sorted(getattr(pipe.folder, "controlnets", None) or {})
-    saved = []
-    for argument, image in zip(controls, maps):
-        if argument.preprocess and argument.preprocess.strip().lower() != "none":
-            name = argument.name or (folder_names[0] if len(folder_names) == 1 else "controlnet")
-            saved.append((name, image))
-    return saved
+    names = [c.name or (folder_names[0] if len(folder_names) == 1 else "controlnet") for c in controls if _preprocessed(c)]
+    return [output.with_name(f"{output.stem}.control-{name}.png") for name in names]
+
+
+def control_maps(controls: list[ControlArgument], result) -> list:
+    """The control maps (result.control_images: preprocessed and resized to the output) of those --control."""
+    maps = getattr(result, "control_images", None) or []
+    return [image for argument, image in zip(controls, maps) if _preprocessed(argument)]
 
 
 @app.command()

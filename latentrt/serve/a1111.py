@@ -4,7 +4,11 @@ sd-models, with A1111's field names and its sampler names mapped to latentrt's s
 Differences from A1111, by design: width/height/steps/cfg_scale default to the model's own settings rather than
 512/512/20/7; image i of a request uses seed + i as in A1111; `mask_blur` is ignored (the mask is binarised at 0.5,
 as diffusers does); `resize_mode` is always "just resize"; hires fix, restore faces, scripts and alwayson_scripts
-are not run (accepted and ignored, like every field latentrt does not read).
+other than ControlNet are not run (accepted and ignored, like every field latentrt does not read).
+
+ControlNet: the ControlNet extension's API (`alwayson_scripts.controlnet.args`, `GET /controlnet/model_list` and
+`/controlnet/module_list`): serve/controlnet.py. As the extension does, each unit's control map (when a preprocessor
+ran) is appended to `images` after the generated ones.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from latentrt.runtime.images import png_bytes
 from latentrt.runtime.pipeline import PipelineResult
 from latentrt.runtime.request import Request as GenerationRequest
 
+from .controlnet import ControlUnits, a1111_units, folder_controlnets, map_b64
 from .generation import make_seeds, run_job
 from .inputs import Text, Upload
 from .jobs import Job
@@ -87,6 +92,7 @@ class Txt2ImgRequest(BaseModel):
     n_iter: int = Field(1, ge=1)
     cache_interval: int = Field(1, ge=1)  # latentrt's extension: DeepCache, one full UNet call in N
     vae: Literal["full", "tiny"] | None = None  # latentrt's extension: the tiny autoencoder (None: the server's --vae)
+    alwayson_scripts: dict[str, Any] | None = None  # the ControlNet extension's units ("controlnet"); others ignored
 
 
 class Img2ImgRequest(Txt2ImgRequest):
@@ -98,15 +104,30 @@ class Img2ImgRequest(Txt2ImgRequest):
     inpaint_full_res_padding: int = Field(32, ge=0)
 
 
-def _job(request: Request, body: Txt2ImgRequest, **image_task: Any) -> Job:
+def _controlnet(request: Request, body: Txt2ImgRequest, init_image: str | None = None) -> ControlUnits:
+    """The request's enabled ControlNet units (none without alwayson_scripts.controlnet)."""
+    if not body.alwayson_scripts:
+        return ControlUnits([], [], [], [], [])
+    state = server_state(request)
+    state.ready()  # the units are matched against the loaded folder's ControlNets
+    return a1111_units(body.alwayson_scripts, state.pipe, init_image)
+
+
+def _job(request: Request, body: Txt2ImgRequest, control: ControlUnits, **image_task: Any) -> Job:
     generation = GenerationRequest(
         body.prompt, body.negative_prompt, width=body.width, height=body.height, steps=body.steps,
         guidance_scale=body.cfg_scale, scheduler=scheduler_for(body.sampler_name or body.sampler_index, body.scheduler),
-        cache_interval=body.cache_interval, vae=body.vae, **image_task)
+        cache_interval=body.cache_interval, vae=body.vae, **control.request_fields(), **image_task)
     return Job(generation, seeds=make_seeds(request, body.seed, body.batch_size * body.n_iter))
 
 
-def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, **echo: Any) -> dict:
+def _control_maps(result: PipelineResult, control: ControlUnits) -> list[str]:
+    """The control maps the extension returns after the images: those of units whose preprocessor ran."""
+    maps = getattr(result, "control_images", None) or []
+    return [map_b64(image) for image, keep in zip(maps, control.keep_maps or []) if keep]
+
+
+def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, control: ControlUnits, **echo: Any) -> dict:
     state = server_state(request)
     p = result.parameters
     info = {
@@ -119,16 +140,17 @@ def _response(request: Request, body: Txt2ImgRequest, result: PipelineResult, **
     }
     return {
         "images": [base64.b64encode(png_bytes(image, parameters)).decode("ascii")
-                   for image, parameters in zip(result.images, p)],
-        "parameters": body.model_dump() | echo,
+                   for image, parameters in zip(result.images, p)] + _control_maps(result, control),
+        "parameters": body.model_dump(exclude={"alwayson_scripts"}) | echo,
         "info": json.dumps(info),
     }
 
 
 @router.post("/sdapi/v1/txt2img")
 async def txt2img(body: Txt2ImgRequest, request: Request) -> dict:
-    result = await run_job(request, _job(request, body), "/sdapi/v1/txt2img")
-    return _response(request, body, result)
+    control = _controlnet(request, body)
+    result = await run_job(request, _job(request, body, control), "/sdapi/v1/txt2img")
+    return _response(request, body, result, control)
 
 
 @router.post("/sdapi/v1/img2img")
@@ -140,10 +162,11 @@ async def img2img(body: Img2ImgRequest, request: Request) -> dict:
         mask = Upload(body.mask, "mask", "L", invert=bool(body.inpainting_mask_invert))
     elif body.inpaint_full_res:
         raise ApiError(422, "validation", "inpaint_full_res (only masked) needs a mask")
-    job = _job(request, body, image=image, mask_image=mask, strength=body.denoising_strength,
+    control = _controlnet(request, body, init_image=body.init_images[0])  # a unit without image: the init image
+    job = _job(request, body, control, image=image, mask_image=mask, strength=body.denoising_strength,
                padding_mask_crop=body.inpaint_full_res_padding if (mask is not None and body.inpaint_full_res) else None)
     result = await run_job(request, job, "/sdapi/v1/img2img")
-    return _response(request, body, result, init_images=None, mask=None)  # A1111 does not echo the images back
+    return _response(request, body, result, control, init_images=None, mask=None)  # A1111 does not echo the images back
 
 
 @router.get("/sdapi/v1/samplers")
@@ -161,3 +184,19 @@ async def sd_models(request: Request) -> list[dict]:
     short = sha256[:10] if sha256 else None
     return [{"title": f"{folder.name} [{short}]" if short else folder.name, "model_name": folder.name,
              "hash": short, "sha256": sha256, "filename": folder.name, "config": None}]  # a name, not a path
+
+
+@router.get("/controlnet/model_list")
+async def controlnet_model_list(request: Request) -> dict:
+    """The ControlNet extension's model list: the served folder's ControlNet names (what a unit's `model` takes)."""
+    state = server_state(request)
+    state.ready()
+    return {"model_list": folder_controlnets(state.pipe)}
+
+
+@router.get("/controlnet/module_list")
+async def controlnet_module_list() -> dict:
+    """The ControlNet extension's preprocessor list (a unit's `module`)."""
+    from latentrt.runtime.control_preprocess import PREPROCESSORS
+
+    return {"module_list": list(PREPROCESSORS)}

@@ -204,10 +204,10 @@ class _Guard:
     counts every answer in the metrics. (Headers that never complete are the transport's: `GuardedProtocol`.)"""
 
     ROUTES = frozenset({"/v1/images/generations", "/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/samplers",
-                        "/sdapi/v1/sd-models", "/health", "/metrics"})
+                        "/sdapi/v1/sd-models", "/controlnet/model_list", "/controlnet/module_list", "/health", "/metrics"})
     # routes whose bodies carry no images: a few text fields of at most 4000 characters fit in far less, and a
     # body refused here is never parsed (A1111's txt2img stays at max_body_bytes: clients send alwayson_scripts
-    # with images in it, accepted and ignored)
+    # with images in it). The OpenAI route carries images only to a model with ControlNets (its `controlnet` field).
     TEXT_BODY_BYTES = {"/v1/images/generations": 256 * 1024}
 
     def __init__(self, app, state: ServerState):
@@ -262,7 +262,11 @@ class _Guard:
                 response = error_response(path, 401, "unauthorized", "missing or invalid API key: send "
                                           "'Authorization: Bearer <key>'", {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, counted_send)
-        limit = min(options.max_body_bytes, self.TEXT_BODY_BYTES.get(path, options.max_body_bytes))
+        text_only = self.TEXT_BODY_BYTES.get(path, options.max_body_bytes)
+        pipe = self.state.pipe
+        if pipe is not None and getattr(pipe.folder, "controlnets", None):  # control images in the body
+            text_only = options.max_body_bytes
+        limit = min(options.max_body_bytes, text_only)
         too_large = f"the request body is larger than {limit} bytes" + (
             " (this route takes text fields only)" if limit < options.max_body_bytes else "")
         length = headers.get("content-length")

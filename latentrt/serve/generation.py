@@ -49,7 +49,15 @@ def admit(state: ServerState, job: Job) -> None:
                            f"(--max-steps), got {steps}: ask for fewer steps")
         uploads = {name: value for name in ("image", "mask_image") if isinstance(value := getattr(r, name), Upload)}
         headers = {name: upload.open(options.max_input_pixels) for name, upload in uploads.items()}  # nothing decoded
+        controls = getattr(r, "control_image", None)  # ControlNet: a list, one image per unit
+        controls = list(controls) if isinstance(controls, (list, tuple)) else []
+        for upload in controls:
+            if isinstance(upload, Upload):
+                upload.open(options.max_input_pixels)
         source = headers.get("image", r.image)
+        if not isinstance(source, Image.Image) and controls:  # ControlNet text to image: the first control image's
+            first = controls[0]
+            source = first.open(options.max_input_pixels) if isinstance(first, Upload) else first
         if isinstance(source, Image.Image):  # the output's size: as asked, else the image's (from its header)
             height, width = pipe.image_size(source, r.height, r.width)
         else:
@@ -60,10 +68,13 @@ def admit(state: ServerState, job: Job) -> None:
             side = largest_side(height, width, pipe.folder.size_multiple, lambda h, w: h * w <= limit)
             raise ApiError(422, "too_large", f"{width}x{height} is {height * width:,} pixels, over this server's "
                            f"--max-pixels={limit:,}: the largest size that fits at this aspect ratio is {side}")
-        if uploads:  # the memory guard, still from the header only
+        if uploads or controls:  # the memory guard, still from the header only
             pipe.check_fits(height, width, 1, r.guidance_scale, r.vae)
-            job.request = dataclasses.replace(r, **{name: upload.decode(options.max_input_pixels)
-                                                    for name, upload in uploads.items()})
+            decoded = {name: upload.decode(options.max_input_pixels) for name, upload in uploads.items()}
+            if controls:  # each decoded and passed through its unit's preprocessor (serve/controlnet.py)
+                decoded["control_image"] = [c.decode(options.max_input_pixels) if isinstance(c, Upload) else c
+                                            for c in controls]
+            job.request = dataclasses.replace(r, **decoded)
     except ImageTooLargeError as error:
         raise ApiError(422, "too_large", str(error)) from None
     except ValueError as error:

@@ -117,10 +117,11 @@ class JobQueue:
     # --- the worker --------------------------------------------------------------------------------------
     def _key(self, job: Job) -> tuple | None:
         """Jobs with equal keys can share one pipeline call; None: the job runs alone (an image task, or a
-        scheduler whose step draws noise from the call's generator: a batch would mix the jobs' noise)."""
+        scheduler whose step draws noise from the call's generator: a batch would mix the jobs' noise; a ControlNet
+        request)."""
         r = job.request
         scheduler = r.scheduler or self.pipe.folder.defaults.scheduler
-        if r.image is not None or self._stochastic(scheduler):
+        if r.image is not None or getattr(r, "control_image", None) is not None or self._stochastic(scheduler):
             return None
         return (r.width, r.height, r.steps, r.guidance_scale, scheduler, r.negative_prompt is None, r.cache_interval,
                 r.cache_schedule, r.clip_skip, r.vae)
@@ -223,8 +224,8 @@ class JobQueue:
 
 
 def _joined(results: list[PipelineResult]) -> PipelineResult:
-    """Several one-image results as one."""
-    return PipelineResult(images=[image for r in results for image in r.images],
-                          parameters=[p for r in results for p in r.parameters],
-                          latents=np.concatenate([r.latents for r in results]),
-                          timings=results[-1].timings)
+    """Several one-image results as one (the last one's other fields: timings, the control maps, which every image of
+    a request shares)."""
+    return dataclasses.replace(results[-1], images=[image for r in results for image in r.images],
+                               parameters=[p for r in results for p in r.parameters],
+                               latents=np.concatenate([r.latents for r in results]))
