@@ -48,6 +48,9 @@ def export_int8(src: str | Path, out: str | Path, *, force: bool = False, report
     if export_options.get("precision", "fp32") != "fp32":
         raise ValueError(f"--int8 quantizes an fp32 export: leave out --precision {export_options['precision']} "
                          "(fp16 folders are for GPUs, int8 for CPUs)")
+    if export_options.get("controlnets"):
+        raise ValueError("--int8 does not combine with --controlnet yet (a ControlNet folder runs its residual UNet, which "
+                         "latentrt quantize does not quantize): export without --int8, or without --controlnet")
     if out.exists() and not force:  # fail before minutes of export
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     started = time.perf_counter()

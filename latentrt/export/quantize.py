@@ -151,6 +151,14 @@ def check_model(model: str | Path) -> ModelFolder:
         folder = ModelFolder.open(model)
     except ModelFolderError as exc:
         raise QuantizeError(str(exc)) from exc
+    if folder.controlnets or folder.unet_controlnet is not None:
+        # the runtime runs such a folder's residual UNet (unet/model_controlnet.onnx) only; an int8 copy of the plain
+        # UNet would never run, and calibrating the residual graph needs ControlNet generations: not done yet
+        raise QuantizeError(
+            f"{model} has ControlNets ({', '.join(folder.controlnets) or 'unet/model_controlnet.onnx'}): latentrt quantize "
+            "does not quantize a ControlNet folder yet; use it in fp32 (or bf16 on OpenVINO), or quantize a folder "
+            "exported without --controlnet"
+        )
     unet_precision = folder.components["unet"].precision
     if "quantization" in (folder.manifest or {}) or folder.components["unet"].quantized:
         raise QuantizeError(

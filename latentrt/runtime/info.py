@@ -19,24 +19,11 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
     folder = ModelFolder.open(path)
     family = family_for(folder)
     manifest = folder.manifest or {}
-    components = {}
-    for name, files in folder.components.items():
-        entry = files.manifest
-        if entry is None:  # optimum's or diffusers' folder: read the graph's declared IO
-            model = OnnxModel(name, files.model, ["CPUExecutionProvider"])
-            io = {
-                "inputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.inputs.values()],
-                "outputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.outputs.values()],
-            }
-            sizes = {p.name: p.stat().st_size for p in files.model.parent.glob("model.onnx*")}
-            precision = "unknown (no manifest)"
-        else:
-            io = {"inputs": entry["inputs"], "outputs": entry["outputs"]}
-            sizes = {k: v["bytes"] for k, v in entry["files"].items()}
-            precision = entry.get("precision", "?")
-            if verify:
-                _verify(files.model.parent, entry)
-        components[name] = {**io, "bytes": sizes, "precision": precision}
+    networks = dict(folder.components)
+    if folder.unet_controlnet is not None:  # the UNet taking ControlNet residuals (its weights: unet's file)
+        networks["unet_controlnet"] = folder.unet_controlnet
+    networks.update({files.name: files for files in folder.controlnets.values()})
+    components = {name: _component(name, files, verify) for name, files in networks.items()}
     return {
         "path": str(folder.path),
         "format": manifest.get("format", "optimum/diffusers (no manifest)"),
@@ -53,6 +40,7 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "defaults": manifest.get("defaults"),
         "deepcache": folder.deepcache,  # None: no shallow UNet (`latentrt export --deepcache`)
         "tiny_vae": [name for name in ("vae_decoder_tiny", "vae_encoder_tiny") if name in folder.components],
+        "controlnets": list(folder.controlnets),
         "components": components,
         "verified": verify and folder.manifest is not None,
         "schedulers": available_schedulers(),
@@ -60,6 +48,27 @@ def describe(path: Path, verify: bool = False) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "runtime": runtime_choices(folder),
     }
+
+
+def _component(name: str, files, verify: bool) -> dict[str, Any]:
+    """One network's inputs, outputs, file sizes and precision: from the manifest, or read from the graph."""
+    entry = files.manifest
+    if entry is None:  # optimum's or diffusers' folder: read the graph's declared IO
+        model = OnnxModel(name, files.model, ["CPUExecutionProvider"])
+        io = {
+            "inputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.inputs.values()],
+            "outputs": [{"name": t.name, "dtype": str(t.dtype), "axes": list(t.shape)} for t in model.outputs.values()],
+        }
+        sizes = {p.name: p.stat().st_size for p in files.model.parent.glob(f"{files.model.name}*")}
+        precision = "unknown (no manifest)"
+    else:
+        io = {"inputs": entry["inputs"], "outputs": entry["outputs"]}
+        sizes = {k: v["bytes"] for k, v in entry["files"].items()}
+        precision = entry.get("precision", "?")
+        if verify:
+            _verify(files.model.parent, entry)
+    return {**io, "bytes": sizes, "precision": precision, **({"shares_weights_with": entry["shares_weights_with"]}
+                                                           if entry and entry.get("shares_weights_with") else {})}
 
 
 def _tasks(folder: ModelFolder, family) -> list[str]:
@@ -114,10 +123,17 @@ def render(d: dict[str, Any]) -> str:
         lines.append(f"tiny VAE      {', '.join(d['tiny_vae'])}: --vae tiny (generate, serve), previews decoded by it")
     else:
         lines.append("tiny VAE      no (latentrt add-tiny-vae MODEL TAESD_DIR adds one; previews use a linear approximation)")
+    if d.get("controlnets"):
+        lines.append(f"ControlNet    {', '.join(d['controlnets'])} (controlnet/<name>/; the UNet as unet/model_controlnet.onnx "
+                     "takes their residuals)")
+    else:
+        lines.append("ControlNet    no (export with --controlnet [NAME=]DIR)")
     lines.append("components")
     for name, c in d["components"].items():
-        mb = sum(c["bytes"].values()) / 1e6
-        lines.append(f"  {name:<13} {mb:8.1f} MB  {c['precision']}  files: {', '.join(c['bytes'])}")
+        shared = c.get("shares_weights_with")
+        mb = sum(size for file, size in c["bytes"].items() if not shared or not file.endswith("_data")) / 1e6
+        note = f" (weights: {shared}'s file)" if shared else ""
+        lines.append(f"  {name:<16} {mb:8.1f} MB  {c['precision']}  files: {', '.join(c['bytes'])}{note}")
         for kind in ("inputs", "outputs"):
             for t in c[kind]:
                 axes = ", ".join(str(a) for a in t["axes"])
