@@ -523,3 +523,49 @@ def test_the_package_imports_nothing_from_the_checkout():
             found += [f"{path.relative_to(package.parent)}: {name}" for name in names
                       if name.split(".")[0] in ("benchmarks", "training", "tests")]
     assert found == []
+
+
+@pytest.mark.slow  # about 3 minutes: the export of the tiny model with its ControlNet, validated, then both systems
+def test_bench_controlnet(tmp_path):
+    """--task controlnet: one ControlNet (exported with the model) for latentrt, StableDiffusionControlNetPipeline for
+    diffusers, the same control map; the ControlNet's calls timed beside the UNet's; the images agree."""
+    from controlnet_models import build_controlnet_source
+    from PIL import Image
+
+    source = build_controlnet_source(tmp_path / "src", "sd1", ("edges",))
+    report = _bench(source.src, tmp_path, "latentrt,diffusers", "--task", "controlnet", "--controlnet",
+                    str(source.controlnets["edges"]), steps=3)
+    settings = report["settings"]
+    assert (settings["task"], settings["controlnet"]) == ("controlnet", "edges")
+    assert settings["metrics"] == ["load", "text_encoder", "controlnet_step", "unet_step", "vae_decode", "end_to_end"]
+    for name in ("latentrt", "diffusers"):
+        system = report["systems"][name]
+        _check_system(system)
+        assert 0 < system["min"]["controlnet_step"] <= system["controlnet_step"] <= system["max"]["controlnet_step"]
+        assert system["controlnet_calls_per_image"] == system["unet_calls_per_image"] == 4  # pndm: steps + 1
+        assert system["ttfi"] is None
+    assert report["systems"]["latentrt"]["info"]["controlnet"] == "edges"
+    assert report["systems"]["diffusers"]["info"]["pipeline"] == "StableDiffusionControlNetPipeline"
+    assert report["systems"]["latentrt"]["modules_imported"] == []
+    assert report["psnr_vs_reference_db"] >= IMAGE_MIN_PSNR_DB
+    assert set(report["ratios"]["diffusers"]["speedup"]) == set(settings["metrics"])
+    control = Image.open(Path(report["workdir"]) / "control.png")
+    assert control.size == (64, 64) and set(control.getextrema()[0]) == {0, 255}  # edges on black
+    assert "controlnet/edges" in json.loads((Path(report["folders"]["latentrt"]) / "manifest.json").read_text())["components"]
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "**Task: controlnet**" in markdown and "| ControlNet call |" in markdown and "A ControlNet step" in markdown
+
+
+def test_bench_controlnet_refusals(tiny_src, tmp_path):
+    from latentrt.bench.settings import BenchConfig, BenchError, resolve_settings
+
+    with pytest.raises(BenchError, match="--task controlnet needs --controlnet DIR"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), task="controlnet"))
+    with pytest.raises(BenchError, match="--controlnet gives --task controlnet its ControlNet: add --task controlnet"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), controlnet=tmp_path))
+    with pytest.raises(BenchError, match="latentrt-int8 cannot run --task controlnet"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt", "latentrt-int8"), task="controlnet", controlnet=tmp_path))
+    with pytest.raises(BenchError, match="is not a diffusers ControlNetModel folder"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), task="controlnet", controlnet=tmp_path))
+    with pytest.raises(BenchError, match="--strength applies to the image tasks only"):
+        resolve_settings(BenchConfig(src=tiny_src, systems=("latentrt",), task="controlnet", controlnet=tmp_path, strength=0.5))

@@ -76,8 +76,13 @@ def bench(
         "txt2img", "--task",
         help="txt2img, img2img or inpaint (the plain UNet, known region blended): the image tasks start from an init "
         "image (and a centred rectangle mask) the harness renders, also time the VAE encode, and run on the latentrt "
-        "paths, diffusers and diffusers-bf16 only.",
+        "paths, diffusers and diffusers-bf16 only; controlnet: text to image with one ControlNet (--controlnet), "
+        "conditioned on the canny edges of that picture, its calls timed too (latentrt, latentrt-openvino, diffusers "
+        "and diffusers-bf16: StableDiffusionControlNetPipeline).",
     ),
+    controlnet: Optional[str] = typer.Option(
+        None, "--controlnet", help="With --task controlnet: a local diffusers ControlNetModel folder (exported with the "
+        "model, `latentrt export --controlnet`); a latentrt model folder as SRC: the name of one of its ControlNets."),
     strength: Optional[float] = typer.Option(
         None, "--strength", help=f"The image tasks' strength, in (0, 1] ({strength_help()}): int(steps x strength) steps run."
     ),
@@ -122,7 +127,7 @@ def bench(
         threads=threads, systems=_split(systems), modes=_split(modes), cache_intervals=_intervals(cache_intervals),
         vaes=_split(vaes), tiny_vae=tiny_vae,
         prompt=DEFAULT_PROMPT if prompt is None else prompt, negative=DEFAULT_NEGATIVE if negative is None else negative,
-        seed=seed, batch=batch, task=task, strength=strength, cache=cache, warmup_round=warmup_round,
+        seed=seed, batch=batch, task=task, strength=strength, controlnet=controlnet, cache=cache, warmup_round=warmup_round,
         optimum_folder=optimum_folder, optimum_intel_model_cache=optimum_intel_model_cache, fast_path=fast_path,
         ttfi=ttfi, command=command, note=note, progress=lambda message: typer.echo(message, err=True),
     )

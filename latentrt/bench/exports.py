@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from latentrt.bench.processes import WORKER_TIMEOUT_S, require_peer, run_logged
-from latentrt.bench.settings import LATENTRT_PATHS, BenchConfig, BenchError, is_model_folder, missing_modules
+from latentrt.bench.settings import (LATENTRT_PATHS, BenchConfig, BenchError, controlnet_name, is_model_folder,
+                                     missing_modules)
 
 TINY_COMPONENTS = ("vae_decoder_tiny", "vae_encoder_tiny")
 
@@ -39,7 +40,7 @@ def source_key(src: Path) -> str:
 _EXPORT = (
     "import sys; from latentrt.export.exporter import export_pipeline; "
     "r = export_pipeline(sys.argv[1], sys.argv[2], report=print, cache_branch=0 if sys.argv[3] == 'deepcache' else None, "
-    "tiny_vae=sys.argv[4] or None); "
+    "tiny_vae=sys.argv[4] or None, **({'controlnets': [sys.argv[5]]} if sys.argv[5:6] != [''] else {})); "
     "print(f'exported in {r.seconds:.1f} s')"
 )
 _ADD_TINY_VAE = "import sys; from latentrt.cli import app; app(['add-tiny-vae', *sys.argv[1:], '--force'])"
@@ -78,14 +79,15 @@ def _networks_digests(fp32: Path) -> tuple[str, str]:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest(), hashlib.sha256(raw).hexdigest()
 
 
-def _current_export(out: Path, deepcache: bool = False) -> bool:
+def _current_export(out: Path, deepcache: bool = False, controlnet: str | None = None) -> bool:
     """A finished export made with today's default rewrites (fused attention) and, when `deepcache`, with the
-    shallow UNet; else it is redone."""
+    shallow UNet, and with the ControlNet `controlnet`; else it is redone."""
     try:
         manifest = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("rewrites", {}).get("fused_attention") is True and (not deepcache or "deepcache" in manifest)
+    return (manifest.get("rewrites", {}).get("fused_attention") is True and (not deepcache or "deepcache" in manifest)
+            and (controlnet is None or f"controlnet/{controlnet}" in manifest.get("components", {})))
 
 
 def _peer_export(cfg: BenchConfig, system: str, out: Path, log: Path) -> None:
@@ -154,9 +156,11 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
     if is_model_folder(cfg.src):  # a latentrt model folder: run as it is (resolve_settings allows only latentrt paths)
         folders["latentrt"] = Path(cfg.src).resolve()
     elif {*LATENTRT_PATHS, "optimum"} & set(cfg.systems):
-        out = folder / "latentrt"
+        # with a ControlNet a folder of its own: a folder with ControlNets runs the UNet graph that takes their residuals
+        controlnet = controlnet_name(cfg)
+        out = folder / ("latentrt" if controlnet is None else f"latentrt-controlnet-{controlnet}")
         deepcache = bool(cfg.cache_intervals)
-        if not _current_export(out, deepcache):
+        if not _current_export(out, deepcache, controlnet):
             missing = missing_modules(EXPORT_MODULES)
             if missing:
                 raise BenchError(f"exporting {cfg.src} needs the export extra ({', '.join(missing)} missing): "
@@ -165,7 +169,8 @@ def ensure_exports(cfg: BenchConfig, folder: Path) -> dict[str, Path]:
             shutil.rmtree(out, ignore_errors=True)  # a folder without manifest is not a finished export
             # in a process of its own: the harness itself never imports torch; the tiny VAE with it when asked
             tiny = Path(cfg.tiny_vae).resolve() if tiny_rows else ""
-            run_logged([sys.executable, "-c", _EXPORT, cfg.src, out, "deepcache" if deepcache else "-", tiny],
+            spec = f"{controlnet}={Path(cfg.controlnet).resolve()}" if controlnet is not None else ""
+            run_logged([sys.executable, "-c", _EXPORT, cfg.src, out, "deepcache" if deepcache else "-", tiny, spec],
                        folder / "export.log")
             if tiny_rows:
                 (out / TINY_VAE_STAMP).write_text(tiny_vae_key(cfg.tiny_vae) + "\n")

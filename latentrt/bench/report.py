@@ -9,12 +9,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from latentrt.bench.settings import IMAGE_METRICS, INIT_IMAGE, LATENTRT_PATHS, MASK_IMAGE, METRICS, REFERENCE, BenchError
+from latentrt.bench.settings import (ALL_METRICS, CONTROL_IMAGE, INIT_IMAGE, LATENTRT_PATHS, MASK_IMAGE, METRICS,
+                                     REFERENCE, BenchError)
 
 METRIC_LABELS = {
     "load": "load",
     "text_encoder": "text encoder",
     "vae_encode": "VAE encode",
+    "controlnet_step": "ControlNet call",
     "unet_step": "UNet call",
     "vae_decode": "VAE decode",
     "end_to_end": "end to end",
@@ -119,7 +121,7 @@ def speedup_ratios(systems: dict[str, dict], ours_name: str = "latentrt") -> dic
         if other == ours_name:
             continue
         out[other] = {
-            "speedup": {m: theirs[m] / ours[m] for m in IMAGE_METRICS if m in ours and m in theirs and ours[m] > 0},
+            "speedup": {m: theirs[m] / ours[m] for m in ALL_METRICS if m in ours and m in theirs and ours[m] > 0},
             "peak_rss_ratio": ours["peak_rss_mb"] / theirs["peak_rss_mb"],
         }
     return out
@@ -367,6 +369,19 @@ def _task_line(s: dict, systems: dict[str, dict]) -> str:
     task = s.get("task", "txt2img")
     if task == "txt2img":
         return ""
+    if task == "controlnet":
+        def seconds(value: float) -> str:
+            text = _fmt_s(value)
+            return text if text.endswith("ms") else f"{text} s"
+
+        steps = "; ".join(f"{name} {seconds(system['controlnet_step'] + system['unet_step'])}"
+                          for name, system in systems.items() if "controlnet_step" in system)
+        return (f"**Task: controlnet**, text to image with one ControlNet ({s.get('controlnet')}) at scale 1 over every "
+                "step, on both CFG halves (StableDiffusionControlNetPipeline for diffusers). Control map: the canny edges "
+                f"(100/200) of a synthetic picture rendered by the harness at {s['width']}x{s['height']} ({CONTROL_IMAGE} "
+                "in the run folder), the same for every system. `ControlNet call` = median of the ControlNet's calls, "
+                "`UNet call` = median of the UNet's calls (taking the residuals). A ControlNet step (their sum): "
+                f"{steps}. Time to first image is measured for txt2img only.")
     xl = "XL" if s.get("family") == "sdxl" else ""
     what = (f"image to image (StableDiffusion{xl}Img2ImgPipeline for diffusers)" if task == "img2img" else
             f"inpainting with the plain 4-channel UNet (StableDiffusion{xl}InpaintPipeline for diffusers; the unmasked region "

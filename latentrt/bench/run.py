@@ -70,6 +70,19 @@ one inpainting call per run:
 - Only IMAGE_TASK_SYSTEMS run them: the latentrt paths, diffusers, diffusers-bf16; asking a peer (optimum,
   optimum-intel) for an image task is a clear error. Time to first image is measured for txt2img only.
 
+ControlNet (`--task controlnet --controlnet DIR`; CONTROLNET_SYSTEMS): text to image with one ControlNet at scale 1
+over every step, guess mode off, CFG on both halves as diffusers runs it:
+- latentrt's export of SRC with `--controlnet NAME=DIR` (NAME: DIR's folder name) in a folder of its own
+  (latentrt-controlnet-NAME: a folder with ControlNets runs the UNet graph that takes their residuals); the latentrt
+  paths call `pipe(..., control_image=..., controlnet=NAME)`. diffusers loads StableDiffusionControlNetPipeline with
+  ControlNetModel.from_pretrained(DIR). latentrt's int8 folders and the peers have no ControlNet row.
+- The control map: the canny edges (latentrt's NumPy cv2.Canny, thresholds 100/200) of the image tasks' synthetic
+  picture at the bench's size (control.png in the run folder); every system gets the same map, already made (the
+  preprocessor is not timed).
+- Stages: `controlnet_step` (the median of the ControlNet's calls: the observer's "controlnet/NAME" network events,
+  diffusers' controlnet.forward) beside `unet_step` (the UNet's calls, each taking the residuals); a ControlNet step
+  costs their sum. Time to first image is not measured (text to image only).
+
 SDXL (issue 12; SDXL_SYSTEMS): SRC may be a StableDiffusionXLPipeline folder (the family is read from the folder,
 protocol.model_family: a UNet with addition_embed_type "text_time" or an XL pipeline class; settings["family"]).
 - latentrt's export handles it (two text encoders; the UNet takes text_embeds and time_ids); the latents' shape
@@ -138,7 +151,8 @@ from latentrt.bench.processes import (interpreter, merge_cache, read_through, ru
 from latentrt.bench.report import (PSNR_CAP_DB, embedding_figures, fast_path_figures, json_default, save_png,
                                    speedup_ratios, summary, target_figures, tiny_vae_figures)
 from latentrt.bench.settings import (LATENTRT_PATHS, REFERENCE, TTFI_SYSTEMS, BenchConfig, BenchError, bench_rows,
-                                     resolve_settings, row_modes, slug, task_inputs, task_metrics, unet_flops)
+                                     is_model_folder, resolve_settings, row_modes, slug, task_inputs, task_metrics,
+                                     unet_flops)
 
 def run_bench(cfg: BenchConfig) -> dict[str, Any]:
     import numpy as np
@@ -173,6 +187,9 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
         "warmup": 1,
         "optimum_intel_model_cache": cfg.optimum_intel_model_cache,
         "tiny_vae": str(Path(cfg.tiny_vae).resolve()) if cfg.tiny_vae is not None and "tiny" in cfg.vaes else None,
+        # --task controlnet: the ControlNet's name in latentrt's folder, and its diffusers folder (diffusers' rows)
+        "controlnet": settings["controlnet"],
+        "controlnet_dir": str(Path(cfg.controlnet).resolve()) if cfg.controlnet is not None and not is_model_folder(src) else None,
     }
     load_before = os.getloadavg()
     first_loads: dict[str, float] = {}
@@ -280,6 +297,7 @@ def run_bench(cfg: BenchConfig) -> dict[str, Any]:
             # DeepCache rows: the calls that ran only the shallow UNet on the cached feature
             "shallow_unet_calls_per_image": (runs[-1]["info"].get("unet_calls") or {}).get("shallow", 0),
             "vae_encode_calls_per_image": len(runs[-1]["stage_calls"].get("vae_encode", [])),
+            "controlnet_calls_per_image": len(runs[-1]["stage_calls"].get("controlnet_step", [])),
             "modules_imported": runs[-1]["modules"],
             "info": runs[-1]["info"],
         }

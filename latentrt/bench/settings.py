@@ -33,9 +33,16 @@ TINY_VAE_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16", "optimum-int
 TTFI_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16", "optimum-intel")
 REFERENCE = "diffusers"
 METRICS = ("load", "text_encoder", "unet_step", "vae_decode", "end_to_end")
-# --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS)
-TASKS = ("txt2img", "img2img", "inpaint")
+# --task: text to image (METRICS), or the image tasks, which also time the VAE encoder (IMAGE_METRICS), or text to
+# image with one ControlNet (--controlnet DIR), which also times the ControlNet's calls (CONTROLNET_METRICS)
+TASKS = ("txt2img", "img2img", "inpaint", "controlnet")
 IMAGE_METRICS = ("load", "text_encoder", "vae_encode", "unet_step", "vae_decode", "end_to_end")
+CONTROLNET_METRICS = ("load", "text_encoder", "controlnet_step", "unet_step", "vae_decode", "end_to_end")
+ALL_METRICS = ("load", "text_encoder", "vae_encode", "controlnet_step", "unet_step", "vae_decode", "end_to_end")
+# the systems whose workers run a ControlNet (diffusers: StableDiffusionControlNetPipeline; latentrt's int8 folders
+# are quantized without ControlNets)
+CONTROLNET_SYSTEMS = ("latentrt", "latentrt-openvino", "diffusers", "diffusers-bf16")
+CONTROL_IMAGE = "control.png"  # --task controlnet: the control map every system gets, beside latents.npy
 # the systems whose workers run the image tasks (the peers' workers do text to image only)
 IMAGE_TASK_SYSTEMS = (*LATENTRT_PATHS, "diffusers", "diffusers-bf16")
 # the systems whose workers run an SDXL folder (optimum's worker loads SD 1.x/2.x pipeline classes only)
@@ -72,6 +79,7 @@ class BenchConfig:
     batch: int = 1
     task: str = "txt2img"  # TASKS; img2img and inpaint start from the harness's init image (and mask)
     strength: float | None = None  # the image tasks' strength, default the task's (runtime/defaults.py); txt2img takes none
+    controlnet: Path | str | None = None  # --task controlnet: a diffusers ControlNetModel folder (a latentrt SRC: a name)
     cache: Path | None = None  # default: $LATENTRT_CACHE/bench or ~/.cache/latentrt/bench
     warmup_round: bool = True
     optimum_folder: str = "own"  # "own": optimum's export; "latentrt": latentrt's folder
@@ -193,6 +201,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
             raise BenchError(f"--{name} must be at least 1, got {value}")
     strength = check_task(cfg, src, model_folder)
     family = check_family(cfg, src)
+    check_controlnet(cfg, src, model_folder, family)
     check_vaes(cfg, src, model_folder)
     unet = read_json(src / "unet" / "config.json")
     vae = read_json(src / ("vae_decoder" if model_folder else "vae") / "config.json")
@@ -225,6 +234,7 @@ def resolve_settings(cfg: BenchConfig) -> dict[str, Any]:
         "runs": cfg.runs,
         "task": cfg.task,
         "strength": strength,
+        "controlnet": controlnet_name(cfg),
         "family": family,
         "metrics": list(task_metrics(cfg.task)),
         "warmup": "a discarded load-only round; in every run, one call of each component before timing",
@@ -300,17 +310,61 @@ def check_vaes(cfg: BenchConfig, src: Path, model_folder: bool) -> None:
 
 
 def task_metrics(task: str) -> tuple[str, ...]:
-    """What a run of `task` times: METRICS, and the VAE encode for the image tasks."""
-    return METRICS if task == "txt2img" else IMAGE_METRICS
+    """What a run of `task` times: METRICS, and the VAE encode for the image tasks, the ControlNet's calls for controlnet."""
+    return {"txt2img": METRICS, "controlnet": CONTROLNET_METRICS}.get(task, IMAGE_METRICS)
+
+
+def controlnet_name(cfg: BenchConfig) -> str | None:
+    """The ControlNet's name in latentrt's folder: a latentrt SRC's own (--controlnet NAME), else the folder name of
+    --controlnet DIR (as `latentrt export --controlnet DIR` names it), "control" when that is no valid name."""
+    import re
+
+    if cfg.controlnet is None:
+        return None
+    if is_model_folder(cfg.src):
+        return str(cfg.controlnet)
+    name = Path(cfg.controlnet).resolve().name
+    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) else "control"
+
+
+def check_controlnet(cfg: BenchConfig, src: Path, model_folder: bool, family: str) -> None:
+    """--task controlnet and --controlnet checked against the systems and the model."""
+    if cfg.task != "controlnet":
+        if cfg.controlnet is not None:
+            raise BenchError("--controlnet gives --task controlnet its ControlNet: add --task controlnet")
+        return
+    if cfg.controlnet is None:
+        raise BenchError("--task controlnet needs --controlnet DIR: a local diffusers ControlNetModel folder made for "
+                         "this model (a latentrt model folder as SRC: --controlnet NAME, one of its ControlNets)")
+    if family == "sdxl":
+        raise BenchError("--task controlnet runs SD 1.x/2.x models (diffusers' StableDiffusionControlNetPipeline); "
+                         f"{src} is an SDXL model")
+    if model_folder:
+        names = sorted(p.name for p in (src / "controlnet").iterdir() if (p / "model.onnx").is_file()) if (src / "controlnet").is_dir() else []
+        if str(cfg.controlnet) not in names:
+            raise BenchError(f"--controlnet {cfg.controlnet}: {src} has no such ControlNet (it has: "
+                             f"{', '.join(names) or 'none; export it with `latentrt export ... --controlnet DIR`'})")
+        return
+    try:
+        config = read_json(Path(cfg.controlnet) / "config.json")
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"--controlnet {cfg.controlnet} is not a diffusers ControlNetModel folder: cannot read its "
+                         f"config.json ({exc})") from None
+    if config.get("_class_name") != "ControlNetModel":
+        raise BenchError(f"--controlnet {cfg.controlnet} holds a {config.get('_class_name')!r}, not a ControlNetModel")
 
 
 def check_task(cfg: BenchConfig, src: Path, model_folder: bool) -> float | None:
     """--task and --strength checked against the systems and the model; the strength the image tasks run with."""
     if cfg.task not in TASKS:
         raise BenchError(f"unknown task {cfg.task!r}: --task takes one of {', '.join(TASKS)}")
-    if cfg.task == "txt2img":
+    if cfg.task in ("txt2img", "controlnet"):
         if cfg.strength is not None:
             raise BenchError("--strength applies to the image tasks only: add --task img2img or --task inpaint")
+        unable = [s for s in cfg.systems if s not in CONTROLNET_SYSTEMS] if cfg.task == "controlnet" else []
+        if unable:
+            raise BenchError(f"{', '.join(unable)} cannot run --task controlnet: leave {'it' if len(unable) == 1 else 'them'} "
+                             f"out of --systems (--task controlnet runs {', '.join(CONTROLNET_SYSTEMS)})")
         return None
     unable = [s for s in cfg.systems if s not in IMAGE_TASK_SYSTEMS]
     if unable:
@@ -336,14 +390,37 @@ def check_task(cfg: BenchConfig, src: Path, model_folder: bool) -> float | None:
 
 def task_inputs(settings: dict, workdir: Path) -> dict[str, str]:
     """The image tasks' init image (a rendered synthetic picture at the bench's size) and, for inpaint, the mask
-    (white = repaint: a centred rectangle of half the height and width), made deterministically and saved in the
-    run folder; the paths every worker reads. None for txt2img."""
+    (white = repaint: a centred rectangle of half the height and width); for controlnet the control map (that
+    picture's canny edges); made deterministically and saved in the run folder: the paths every worker reads. None
+    for txt2img."""
     if settings["task"] == "txt2img":
         return {}
-    import numpy as np
     from PIL import Image
 
-    h, w = settings["height"], settings["width"]
+    if settings["task"] == "controlnet":  # the picture's canny edges (cv2.Canny's defaults), as ControlNet examples make them
+        from latentrt.runtime.control_preprocess import canny
+
+        paths = {"control_image": str(workdir / CONTROL_IMAGE)}
+        canny(Image.fromarray(task_picture(settings["height"], settings["width"]))).save(paths["control_image"])
+        return paths
+    paths = {"image": str(workdir / INIT_IMAGE)}
+    Image.fromarray(task_picture(settings["height"], settings["width"])).save(paths["image"])
+    if settings["task"] == "inpaint":
+        import numpy as np
+
+        h, w = settings["height"], settings["width"]
+        mask = np.zeros((h, w), np.uint8)
+        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 255
+        paths["mask"] = str(workdir / MASK_IMAGE)
+        Image.fromarray(mask).save(paths["mask"])
+    return paths
+
+
+def task_picture(h: int, w: int):
+    """The synthetic picture the image tasks start from (uint8 (h, w, 3)): gradient sky, ground, sun, a house,
+    a little texture."""
+    import numpy as np
+
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     y, x = y / max(h - 1, 1), x / max(w - 1, 1)
     image = np.stack([0.2 + 0.6 * x, 0.3 + 0.5 * y, 0.8 - 0.5 * x * y], axis=-1)  # a sky-like gradient
@@ -353,14 +430,7 @@ def task_inputs(settings: dict, workdir: Path) -> dict[str, str]:
     house = (np.abs(x - 0.3) < 0.12) & (y > 0.5) & (y <= 0.75)
     image[house] = (0.7, 0.25, 0.2)
     image += 0.04 * (np.sin(40 * x) * np.cos(30 * y))[..., None]  # some texture for the VAE
-    paths = {"image": str(workdir / INIT_IMAGE)}
-    Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(paths["image"])
-    if settings["task"] == "inpaint":
-        mask = np.zeros((h, w), np.uint8)
-        mask[h // 4: h - h // 4, w // 4: w - w // 4] = 255
-        paths["mask"] = str(workdir / MASK_IMAGE)
-        Image.fromarray(mask).save(paths["mask"])
-    return paths
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
 
 
 def unet_flops(settings: dict, src: Path, latentrt_folder: Path | None, log: Path) -> dict[str, Any]:

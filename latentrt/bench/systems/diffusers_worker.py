@@ -50,6 +50,7 @@ PIPELINES = {
         "txt2img": ("StableDiffusionPipeline", "stable_diffusion.pipeline_stable_diffusion"),
         "img2img": ("StableDiffusionImg2ImgPipeline", "stable_diffusion.pipeline_stable_diffusion_img2img"),
         "inpaint": ("StableDiffusionInpaintPipeline", "stable_diffusion.pipeline_stable_diffusion_inpaint"),
+        "controlnet": ("StableDiffusionControlNetPipeline", "controlnet.pipeline_controlnet"),
     },
     "sdxl": {
         "txt2img": ("StableDiffusionXLPipeline", "stable_diffusion_xl.pipeline_stable_diffusion_xl"),
@@ -89,8 +90,14 @@ class DiffusersSystem(System):
                         importlib.import_module(f"diffusers.pipelines.{module}")]
 
     def load(self) -> None:
+        options = dict(LOAD_OPTIONS[self.family])
+        if self.task == "controlnet":  # --task controlnet: the ControlNet beside the folder's networks
+            from diffusers import ControlNetModel
+
+            options["controlnet"] = ControlNetModel.from_pretrained(self.cfg["controlnet_dir"],
+                                                                    torch_dtype=getattr(self.torch, self.dtype))
         self.pipe = self.cls.from_pretrained(self.cfg["source"], torch_dtype=getattr(self.torch, self.dtype),
-                                             **LOAD_OPTIONS[self.family]).to(self.device)
+                                             **options).to(self.device)
         if self.cfg.get("vae", "full") == "tiny":  # the tiny autoencoder, as diffusers' docs swap it in
             from diffusers import AutoencoderTiny
 
@@ -114,7 +121,13 @@ class DiffusersSystem(System):
         x = torch.cat([x, x]) if self.cfg_on else x  # (2B, 4, h, w)
         self.x_in = scheduler.scale_model_input(x, self.t)
         self.embeddings, self.added_cond = self._encode()
-        if self.task != "txt2img":
+        if self.task == "controlnet":  # the control map as the pipeline's prepare_image makes it: [0, 1], both halves
+            from PIL import Image
+
+            self.control = Image.open(cfg["control_image"]).convert("RGB")
+            pixels = torch.from_numpy(self.np.asarray(self.control, dtype=self.np.float32) / 255.0).permute(2, 0, 1)[None]
+            self.control_cond = pixels.repeat(self.x_in.shape[0], 1, 1, 1).to(self.device, getattr(torch, self.dtype))
+        elif self.task != "txt2img":
             from PIL import Image
 
             self.image = Image.open(cfg["image"]).convert("RGB")
@@ -172,12 +185,19 @@ class DiffusersSystem(System):
         with self._mode():
             self.pipe.vae.encode(self.pixels, return_dict=False)  # no posterior sample drawn: the NumPy draws stay in order
 
+    def controlnet_step(self) -> None:
+        with self._mode():
+            self.pipe.controlnet(self.x_in, self.t, encoder_hidden_states=self.embeddings, controlnet_cond=self.control_cond,
+                                 conditioning_scale=1.0, return_dict=False)
+
     def end_to_end(self):
         cfg = self.cfg
-        if self.task == "txt2img":
+        if self.task in ("txt2img", "controlnet"):
             _, _, h, w = self.latents.shape
             inputs = {"latents": self.latents.clone(), "height": h * self.pipe.vae_scale_factor,
                       "width": w * self.pipe.vae_scale_factor}
+            if self.task == "controlnet":
+                inputs.update(image=self.control, controlnet_conditioning_scale=1.0)
         else:
             self.rng = self.np.random.default_rng(cfg["seed"])  # the draws start afresh, as latentrt's seed does
             inputs = {"image": self.image, "strength": cfg["strength"],
@@ -192,7 +212,8 @@ class DiffusersSystem(System):
     def stages(self):
         p = self.pipe
         return [(p, "encode_prompt", "text_encoder"), (p.unet, "forward", "unet_step"), (p.vae, "decode", "vae_decode"),
-                *([(p.vae, "encode", "vae_encode")] if self.task != "txt2img" else [])]
+                *([(p.vae, "encode", "vae_encode")] if self.task in ("img2img", "inpaint") else []),
+                *([(p.controlnet, "forward", "controlnet_step")] if self.task == "controlnet" else [])]
 
     def info(self):
         torch = self.torch
@@ -211,7 +232,7 @@ class DiffusersSystem(System):
             "task": self.task,
             "family": self.family,
             "pipeline": type(self.pipe).__name__,
-            "noise": "NumPy (randn_tensor replaced, seeded)" if self.task != "txt2img" else "the harness's latents",
+            "noise": "NumPy (randn_tensor replaced, seeded)" if self.task in ("img2img", "inpaint") else "the harness's latents",
         }
 
     def _cuda_info(self) -> dict:

@@ -16,7 +16,8 @@ compiled-model cache, as by default: importing a cached SD 1.5 UNet measured slo
 The config's `mode` ("default" or "low_memory": `Pipeline(low_memory=True)`, one network resident at a time, none
 opened at load) and `cache_dir` (ONNX Runtime's load cache: the harness gives an empty folder for the cold load
 and the filled one after; None for OpenVINO, whose only cache is the opt-in compiled-model one, left off) are the
-harness's; `task` img2img / inpaint calls the pipeline with the harness's `image` (and `mask`), `strength` and
+harness's; `task` controlnet calls the pipeline with the harness's control map (`control_image`) and
+`controlnet` (the name of the folder's ControlNet) and times the ControlNet's calls as `controlnet_step`; `task` img2img / inpaint calls the pipeline with the harness's `image` (and `mask`), `strength` and
 `seed` (the pipeline draws the VAE posterior sample and the noise from NumPy with it) and times the VAE encoder's calls
 as `vae_encode`; `fill_cache` (a load-only run) opens each network once after the timed load, so that low_memory's
 cold load leaves the cache as filled as the default mode's. `vae` "tiny": `Pipeline(..., vae="tiny")`, the folder's
@@ -75,6 +76,7 @@ class LatentrtSystem(System):
         self.cache_interval = int(cfg.get("cache_interval", 1))  # DeepCache: one full UNet call in N (1: none)
         # the tiny VAE's rows name it; the full VAE's pass nothing (the pipeline's default)
         self.vae_option = {"vae": cfg["vae"]} if cfg.get("vae", "full") != "full" else {}
+        self.controlnet = cfg.get("controlnet") if cfg.get("task") == "controlnet" else None  # its name in the folder
         import numpy as np
 
         from latentrt import Pipeline
@@ -94,7 +96,8 @@ class LatentrtSystem(System):
         self.pipe = self.Pipeline.from_folder(cfg["folders"][self.folder_key], provider=self.provider,
                                               threads=cfg["threads"], low_memory=self.mode == "low_memory",
                                               **options, **self.vae_option)
-        self.pipe.compile(cfg["height"], cfg["width"], int(cfg.get("batch", 1)), cfg["guidance"])  # low_memory: nothing
+        self.pipe.compile(cfg["height"], cfg["width"], int(cfg.get("batch", 1)), cfg["guidance"],  # low_memory: nothing
+                          controlnet=self.controlnet)
 
     def fill_cache(self) -> None:
         for name in self.pipe.networks:  # opened (building its cache entry where there is none) and, with low_memory, released
@@ -107,7 +110,7 @@ class LatentrtSystem(System):
         np, cfg = self.np, self.cfg
         self.latents = np.load(cfg["latents"])  # (B, 4, H/8, W/8)
         self.task = cfg.get("task", "txt2img")
-        if self.task != "txt2img":
+        if self.task in ("img2img", "inpaint"):
             from PIL import Image
 
             self.image = Image.open(cfg["image"]).convert("RGB")
@@ -125,6 +128,16 @@ class LatentrtSystem(System):
         x = np.concatenate([x, x]) if self.plan.do_cfg else x  # (2B, 4, h, w): the batch the loop sends
         self.x_in = scheduler.scale_model_input(x, self.t).astype(np.float32)
         self.conditioning = self.text_encoder()
+        if self.task == "controlnet":  # the harness's control map, and one ControlNet call's feeds (the UNet's batch)
+            from PIL import Image
+
+            from latentrt.runtime.controlnet import control_array
+
+            self.control = Image.open(cfg["control_image"]).convert("RGB")
+            rows = self.x_in.shape[0]
+            self.control_feeds = {**self.conditioning, "sample": self.x_in,
+                                  "timestep": np.full((rows,), self.t, np.float32),
+                                  "controlnet_cond": np.repeat(control_array(self.control), rows, axis=0)}
 
     # warm-up: the pipeline's own stages (Pipeline.encode_prompt, denoiser, decode, encode_image), one at a time
     def text_encoder(self):
@@ -136,6 +149,12 @@ class LatentrtSystem(System):
 
     def vae_decode(self) -> None:
         self.pipe.decode(self.latents, **self.vae_option)
+
+    def controlnet_step(self) -> None:
+        name = "controlnet/" + self.controlnet
+        with self.pipe.network(name) as network:
+            feeds = {k: v for k, v in self.control_feeds.items() if k in network.inputs}
+        self.pipe.run_network(name, feeds)
 
     def vae_encode(self) -> None:
         import time
@@ -149,6 +168,8 @@ class LatentrtSystem(System):
         cfg = self.cfg
         if self.task == "txt2img":
             inputs = {"latents": self.latents}
+        elif self.task == "controlnet":
+            inputs = {"latents": self.latents, "control_image": self.control, "controlnet": self.controlnet}
         else:  # the pipeline draws the posterior sample and the noise from the seed
             inputs = {"image": self.image, "strength": cfg["strength"], "seed": cfg["seed"],
                       **({"mask_image": self.mask} if self.mask is not None else {})}
@@ -166,8 +187,12 @@ class LatentrtSystem(System):
                ("stage", "vae_decode"): "vae_decode", ("network", "vae_encoder"): "vae_encode"}
 
     def stage_timing(self, record):
+        metrics = dict(self.METRICS)
+        if self.controlnet is not None:
+            metrics[("network", "controlnet/" + self.controlnet)] = "controlnet_step"
+
         def observer(event) -> None:
-            metric = self.METRICS.get((event.kind, event.name))
+            metric = metrics.get((event.kind, event.name))
             if metric is not None:
                 record(metric, event.seconds)
 
@@ -191,6 +216,7 @@ class LatentrtSystem(System):
             "cache_interval": self.cache_interval,
             "unet_calls": getattr(self, "unet_calls", None),  # {"full": n, "shallow": m}: what the generation ran
             "task": self.cfg.get("task", "txt2img"),
+            "controlnet": self.controlnet,
             "vae_encoder_first_call_s": getattr(self, "first_vae_encode_s", None),  # opens (OpenVINO: compiles) it
         }
 

@@ -34,14 +34,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 COMPONENT_METRICS = ("text_encoder", "unet_step", "vae_decode")
-# the tasks a worker may be asked for (cfg["task"]); img2img and inpaint also time the VAE encoder
-TASKS = ("txt2img", "img2img", "inpaint")
+# the tasks a worker may be asked for (cfg["task"]); img2img and inpaint also time the VAE encoder, controlnet (text
+# to image with one ControlNet, cfg["controlnet"]) the ControlNet's calls
+TASKS = ("txt2img", "img2img", "inpaint", "controlnet")
 
 
 def component_metrics(task: str = "txt2img") -> tuple[str, ...]:
-    """The stages a generation of `task` is timed by: text encoder, (VAE encode,) UNet calls, VAE decode."""
+    """The stages a generation of `task` is timed by: text encoder, (VAE encode,) (ControlNet calls,) UNet calls,
+    VAE decode."""
     if task not in TASKS:
         raise SystemExit(f"unknown task {task!r}: one of {', '.join(TASKS)}")
+    if task == "controlnet":
+        return ("text_encoder", "controlnet_step", "unet_step", "vae_decode")
     return COMPONENT_METRICS if task == "txt2img" else ("text_encoder", "vae_encode", "unet_step", "vae_decode")
 
 # the model families the workers tell apart (read from the folder, as latentrt's runtime does: families.family_for)
@@ -132,6 +136,10 @@ class System:
     def vae_encode(self) -> None:
         """The image tasks' VAE encoder (one call on the init image); untimed warm-up like the others."""
         raise NotImplementedError(f"{self.name} has no VAE encode stage: it runs text to image only")
+
+    def controlnet_step(self) -> None:
+        """--task controlnet: one ControlNet call on the UNet's batch (untimed warm-up like the others)."""
+        raise NotImplementedError(f"{self.name} has no ControlNet stage")
 
     def end_to_end(self):  # -> uint8 (B, H, W, 3)
         raise NotImplementedError
