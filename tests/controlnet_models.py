@@ -97,15 +97,17 @@ _ROOT: list[tempfile.TemporaryDirectory] = []
 
 
 def controlnet_folder(family: str = "sd1", names: tuple[str, ...] = ("canny", "depth"), seed: int = 0,
-                      inpaint: bool = False, cache_branch: int | None = None) -> tuple[ControlNetSource, Path]:
+                      inpaint: bool = False, cache_branch: int | None = None,
+                      precision: str = "fp32") -> tuple[ControlNetSource, Path]:
     """`export_controlnet_folder` built once per test session for each set of arguments (a temporary folder removed
     when the interpreter exits)."""
-    key = (family, tuple(names), seed, inpaint, cache_branch)
+    key = (family, tuple(names), seed, inpaint, cache_branch, precision)
     if key not in _CACHE:
         if not _ROOT:
             _ROOT.append(tempfile.TemporaryDirectory(prefix="latentrt-controlnet-"))
         root = Path(_ROOT[0].name) / f"{len(_CACHE)}"
         options = {"cache_branch": cache_branch} if cache_branch is not None else {}
+        options.update({"precision": precision} if precision != "fp32" else {})
         _CACHE[key] = export_controlnet_folder(root, family, tuple(names), seed, inpaint, **options)
     return _CACHE[key]
 

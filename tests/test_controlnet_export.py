@@ -129,11 +129,11 @@ def test_controlnet_into_residual_unet_matches_diffusers(tiny_sd1_controlnet):  
 
 
 @pytest.mark.parametrize("family, options", [
-    ("sd2", {}),  # v-prediction, linear projections, upcast attention
+    ("sd2", {"precision": "fp16"}),  # v-prediction, linear projections, upcast attention; fp16 (GPU) export
     ("sdxl", {}),  # text_embeds / time_ids into the ControlNet too; 9 -> 6 residuals in small (SDXL's is 9)
     # a 9-channel UNet with a 4-channel ControlNet, and DeepCache: the residual graph also outputs deepcache_feature
     ("sd1", {"inpaint": True, "cache_branch": 1}),
-], ids=["sd2", "sdxl", "sd1-inpaint-deepcache"])
+], ids=["sd2-fp16", "sdxl", "sd1-inpaint-deepcache"])
 def test_families(family, options):
     source, out = controlnet_folder(family, ("ctl",), **options)
     manifest = json.loads((out / "manifest.json").read_text())["components"]
@@ -141,7 +141,19 @@ def test_families(family, options):
     residual = manifest["unet_controlnet"]
     assert [t["name"] for t in residual["inputs"]][: len(unet_in)] == unet_in  # the UNet's inputs, same order
     assert [t["name"] for t in residual["outputs"]] == [t["name"] for t in manifest["unet"]["outputs"]]
-    assert all(v["max_rel_error"] < 1e-4 for v in residual["validation"] + manifest["controlnet/ctl"]["validation"])
+    assert all(v["max_rel_error"] < 1e-4 for v in manifest["controlnet/ctl"]["validation"])
+    fp16 = options.get("precision") == "fp16"
+    assert residual["precision"] == manifest["unet"]["precision"] == ("fp16" if fp16 else "fp32")
+    assert all(v["max_rel_error"] < (2e-2 if fp16 else 1e-4) for v in residual["validation"])
+    if fp16:  # converted once, then the plain graph derived from it: still one data file, now in fp16
+        assert all(v["max_rel_error"] < 1e-4 for v in residual["validation_fp32"])
+        assert manifest["controlnet/ctl"]["precision"] == "fp32"
+        assert residual["files"]["model.onnx_data"] == manifest["unet"]["files"]["model.onnx_data"]
+        plain, full = _session(out / "unet" / "model.onnx"), _session(out / "unet" / "model_controlnet.onnx")
+        feeds = _unet_feeds(np.random.default_rng(0), width=64)
+        zeros = {i.name: np.zeros((2, i.shape[1], *([16, 16] if k < 2 else [8, 8])), np.float32)
+                 for k, i in enumerate(full.get_inputs()[3:])}
+        np.testing.assert_array_equal(plain.run(None, feeds)[0], full.run(None, {**feeds, **zeros})[0])
     cn_inputs = [t["name"] for t in manifest["controlnet/ctl"]["inputs"]]
     if family == "sdxl":
         assert unet_in[3:] == ["text_embeds", "time_ids"] and cn_inputs[4:] == ["text_embeds", "time_ids"]
@@ -184,7 +196,6 @@ def test_refusals(sources, tmp_path):
     empty = tmp_path / "empty"
     shutil.copytree(canny, empty, ignore=lambda d, names: [n for n in names if n.endswith((".safetensors", ".bin"))])
     _refused(tmp_path, sd1.src, [empty], "has no weights")
-    _refused(tmp_path, sd1.src, [canny], "fp32 only", precision="fp16")
 
 
 def test_parse_controlnet_arg(tmp_path):

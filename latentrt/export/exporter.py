@@ -208,7 +208,7 @@ def export_pipeline(
     if out.exists() and not force:
         raise FileExistsError(f"{out} already exists: choose another OUT or pass --force to replace it")
     tiny = _check_tiny_source(src, tiny_vae) if tiny_vae is not None else None  # before any work
-    sources = _check_controlnet_sources(src, controlnets or [], precision)
+    sources = _check_controlnet_sources(src, controlnets or [])
     started = time.perf_counter()
     with staged_folder(out) as tmp:
         tmp.mkdir()
@@ -227,13 +227,10 @@ def export_pipeline(
     return result
 
 
-def _check_controlnet_sources(src: Path, requested: list, precision: str) -> list[cn.ControlNetSource]:
+def _check_controlnet_sources(src: Path, requested: list) -> list[cn.ControlNetSource]:
     """The --controlnet folders checked against SRC's UNet and VAE before any work (controlnet.py)."""
     if not requested:
         return []
-    if precision != "fp32":
-        raise ExportError(f"--controlnet is exported in fp32 only for now: leave out --precision {precision}, or "
-                          "export the fp16 folder without --controlnet")
     from latentrt.runtime.tiling import vae_scale_factor
 
     vae = _config(src, "vae")
@@ -383,16 +380,29 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
         seconds = time.perf_counter() - t0
         shutil.copyfile(src / spec.source / "config.json", folder / "config.json")
         comparisons = validate_component(spec, reference, folder / "model.onnx") if validate else []
+        residual_check = (residual_spec, residual_reference, folder / cn.RESIDUAL_GRAPH)
+        residual_comparisons = validate_component(*residual_check) if save is not None and validate else []
         fp32_comparisons, islands = None, None
         if precision == "fp16" and fp16.converts(spec.name, vae_force_upcast):
-            fp32_comparisons = comparisons
+            fp32_comparisons, residual_fp32 = comparisons, residual_comparisons
             upcast = spec.source == "unet" and bool(unet_config.get("upcast_attention"))  # SD 2.x
-            files, islands = _convert_fp16(folder, files, rewritten, upcast)
+            files, islands = _convert_fp16(folder, files, rewritten, upcast, save)
             comparisons = validate_component(spec, reference, folder / "model.onnx", precision="fp16") if validate else []
+            if save is not None and validate:
+                residual_comparisons = validate_component(*residual_check, precision="fp16")
         if save is not None:  # the residual graph: its own entry, the same data file
             files = [f for f in files if f != cn.RESIDUAL_GRAPH]
-            components["unet_controlnet"] = _residual_entry(residual_spec, residual_reference, folder, opset, rewritten,
-                                                            report if validate else None, result)
+            residual_entry = components["unet_controlnet"] = _residual_entry(
+                residual_spec, folder, opset, rewritten, "fp16" if islands is not None else "fp32")
+            if islands is not None:
+                residual_entry["fp32_islands"] = islands  # the same conversion: the plain graph is derived from it
+            if validate:
+                result.comparisons[residual_spec.name] = residual_comparisons
+                residual_entry["validation"] = [c.as_dict() for c in residual_comparisons]
+                if fp32_comparisons is not None:
+                    residual_entry["validation_fp32"] = [c.as_dict() for c in residual_fp32]
+                for c in residual_comparisons:
+                    report(f"  {c}")
         entry = _manifest_entry(spec, folder, files, opset, "fp16" if islands is not None else "fp32")
         entry.update(rewritten)
         if islands is not None:
@@ -418,8 +428,11 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
 
         vae_scale = vae_scale_factor(_config(src, "vae").get("block_out_channels") or [0, 0, 0, 0])
     for source in controlnets:
-        components[f"controlnet/{source.name}"] = _export_controlnet(source, tmp, unet_config, text_embeds, vae_scale,
-                                                                     opset, validate, rewrites, result, report)
+        entry = _export_controlnet(source, tmp, unet_config, text_embeds, vae_scale, opset, validate, rewrites, result,
+                                   report)
+        if precision == "fp16":
+            entry["kept_fp32"] = "ControlNets are exported in fp32 (their residuals are float32 inputs either way)"
+        components[f"controlnet/{source.name}"] = entry
 
     for _, tokenizer, _ in encoders:
         export_tokenizer(src / tokenizer, tmp / tokenizer)
@@ -448,19 +461,13 @@ def _shared_unet_saver(residual_spec: ComponentSpec) -> Callable:
     return lambda model, folder: cn.save_shared_unet(model, folder, names)
 
 
-def _residual_entry(spec: ComponentSpec, reference, folder: Path, opset: int, rewritten: dict,
-                    report: Callable[[str], None] | None, result: ExportReport) -> dict:
-    """The manifest's `unet_controlnet`: the residual graph, validated against PyTorch with random residuals."""
+def _residual_entry(spec: ComponentSpec, folder: Path, opset: int, rewritten: dict, precision: str) -> dict:
+    """The manifest's `unet_controlnet`: the residual graph (validated against PyTorch with random residuals: the
+    caller adds the figures)."""
     files = [cn.RESIDUAL_GRAPH, EXTERNAL_DATA_NAME]
-    entry = _manifest_entry(spec, folder, files, opset, file=cn.RESIDUAL_GRAPH)
+    entry = _manifest_entry(spec, folder, files, opset, precision, file=cn.RESIDUAL_GRAPH)
     entry["shares_weights_with"] = "unet"  # the same model.onnx_data: the weights are stored once
     entry.update({k: v for k, v in rewritten.items() if k != "weights"})  # LoRA's map: the unet entry's (same file)
-    if report is not None:
-        comparisons = validate_component(spec, reference, folder / cn.RESIDUAL_GRAPH)
-        result.comparisons[spec.name] = comparisons
-        entry["validation"] = [c.as_dict() for c in comparisons]
-        for c in comparisons:
-            report(f"  {c}")
     return entry
 
 
@@ -606,17 +613,20 @@ def _rewrite_and_save(folder: Path, rewrites: dict, prints: dict | None = None,
     return files, rewritten
 
 
-def _convert_fp16(folder: Path, files: list[str], rewritten: dict, upcast_attention: bool) -> tuple[list[str], dict]:
+def _convert_fp16(folder: Path, files: list[str], rewritten: dict, upcast_attention: bool,
+                  save: Callable | None = None) -> tuple[list[str], dict]:
     """Replace the validated fp32 graph in ``folder`` by its fp16 conversion (fp16.py); returns the files and the
-    islands. The LoRA weight map (``rewritten["weights"]``) is located again in the new file, now float16."""
+    islands. The LoRA weight map (``rewritten["weights"]``) is located again in the new file, now float16.
+    ``save`` (the UNet with ControlNet residuals): the residual graph is converted and both graphs written again
+    over one data file (the plain one derived from it, as in the fp32 export)."""
     import onnx
 
-    model = onnx.load(str(folder / "model.onnx"), load_external_data=True)
+    model = onnx.load(str(folder / (cn.RESIDUAL_GRAPH if save is not None else "model.onnx")), load_external_data=True)
     islands = fp16.convert_to_fp16(model, upcast_attention)
-    saved = [name for name in files if name.startswith("model.onnx")]
+    saved = [name for name in files if name.startswith("model.onnx") or name == cn.RESIDUAL_GRAPH]
     for name in saved:
         (folder / name).unlink()
-    new = save_component_model(model, folder)
+    new = (save or save_component_model)(model, folder)
     if "weights" in rewritten:
         stored = {init.name: init.data_type for init in model.graph.initializer}
         found = {param: [name, layout, "float16" if stored.get(name) == onnx.TensorProto.FLOAT16 else dtype]
