@@ -323,7 +323,7 @@ def controlnet_name(cfg: BenchConfig) -> str | None:
         return None
     if is_model_folder(cfg.src):
         return str(cfg.controlnet)
-    name = Path(cfg.controlnet).resolve().name
+    name = Path(os.path.abspath(cfg.controlnet)).name  # as given (a link keeps its own name)
     return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) else "control"
 
 
