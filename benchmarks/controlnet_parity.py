@@ -147,8 +147,8 @@ def mask_image(size: int = SIZE) -> Image.Image:
 # --- the two runs ------------------------------------------------------------------------------------------------
 def latentrt_images(pipe, case: Case, control: bool = True, seed: int = 7) -> np.ndarray:
     """latentrt's uint8 images for `case` (control=False: the same call without the ControlNets)."""
-    options = dict(negative_prompt=NEGATIVE, steps=case.steps, guidance_scale=case.guidance, scheduler=case.scheduler,
-                   seed=seed, height=SIZE, width=SIZE)
+    options = {"negative_prompt": NEGATIVE, "steps": case.steps, "guidance_scale": case.guidance, "scheduler": case.scheduler,
+                   "seed": seed, "height": SIZE, "width": SIZE}
     if case.task != "txt2img":
         options.update(image=init_image(), strength=case.strength)
     if case.task.startswith("inpaint"):
@@ -186,9 +186,9 @@ def diffusers_images(source, case: Case, monkeypatch, seed: int = 7) -> np.ndarr
     pipe.scheduler = getattr(diffusers, scheduler_name).from_config(pipe.scheduler.config, **overrides)
     images = control_images(case.names, case.control_size)
     scale = [float(s) for s in case.scale] if isinstance(case.scale, tuple) else float(case.scale)
-    options = dict(negative_prompt=NEGATIVE, num_inference_steps=case.steps, guidance_scale=case.guidance,
-                   height=SIZE, width=SIZE, controlnet_conditioning_scale=scale, control_guidance_start=case.start,
-                   control_guidance_end=case.end, guess_mode=case.guess_mode, output_type="np")
+    options = {"negative_prompt": NEGATIVE, "num_inference_steps": case.steps, "guidance_scale": case.guidance,
+                   "height": SIZE, "width": SIZE, "controlnet_conditioning_scale": scale, "control_guidance_start": case.start,
+                   "control_guidance_end": case.end, "guess_mode": case.guess_mode, "output_type": "np"}
     control = images if len(images) > 1 else images[0]
     if case.task == "txt2img":
         options["image"] = control
@@ -227,6 +227,13 @@ def folders(work: Path) -> dict[tuple[str, bool], tuple[object, Path]]:
         else:
             built[(family, inpaint)] = export_controlnet_folder(root, family, names, inpaint=inpaint)
     return built
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "CPU unknown"
 
 
 def main() -> None:
@@ -272,8 +279,8 @@ def main() -> None:
         "python -m benchmarks.controlnet_parity --work <scratch dir> --out benchmarks/results/controlnet_parity.md",
         "```",
         "",
-        f"diffusers {diffusers.__version__}, onnxruntime {onnxruntime.__version__}, OpenVINO {openvino_version()}; "
-        f"{len(rows)} rows in {time.perf_counter() - start:.0f} s.",
+        (f"diffusers {diffusers.__version__}, onnxruntime {onnxruntime.__version__}, OpenVINO {openvino_version()}, "
+         f"{_cpu()}; {len(rows)} rows in {time.perf_counter() - start:.0f} s."),
         "",
         "| family | task | ControlNets | scheduler, steps | backend | PSNR vs diffusers | without ControlNet |",
         "| --- | --- | --- | --- | --- | ---: | ---: |",
