@@ -168,6 +168,11 @@ def check_crop(control: Control, image_size: tuple[int, int]) -> None:
                 "control images of the image's size")
 
 
+def checked_names(value, available: dict) -> list[str]:
+    """`Pipeline.compile`'s and `check_fits`' `controlnet` (a name, a list, or None for none), checked against the folder."""
+    return [] if value is None or (isinstance(value, (list, tuple)) and not value) else _names(value, available)
+
+
 def _names(value, available: dict) -> list[str]:
     if value is None:
         if len(available) > 1:
@@ -179,7 +184,7 @@ def _names(value, available: dict) -> list[str]:
         raise ValueError(f"controlnet must be a ControlNet name or a non-empty list of names, got {value!r:.80}")
     for name in names:
         if name not in available:
-            raise ValueError(f"unknown ControlNet {name!r}: this folder has {', '.join(available)}")
+            raise ValueError(f"unknown ControlNet {name!r}: this folder has {', '.join(available) or 'none'}")
     return names
 
 

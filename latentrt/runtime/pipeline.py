@@ -26,7 +26,7 @@ from PIL import Image
 
 from latentrt.runtime.backend import Backend, resolve_backend
 from latentrt.runtime.controlnet import (NETWORK_PREFIX, ControlStep, ResidualZeros, check_control, check_crop,
-                                         check_residual_count, residual_inputs, residual_shapes)
+                                         check_residual_count, checked_names, residual_inputs, residual_shapes)
 from latentrt.runtime.deepcache import CACHE_SCHEDULES, check_cache_interval, full_calls
 from latentrt.runtime.families import family_for, guidance_embedding
 from latentrt.runtime.folder import REEXPORT_HINT, TINY_DECODER, TINY_ENCODER, TINY_VAE_HINT, ComponentFiles, ModelFolder
@@ -299,9 +299,7 @@ class Pipeline:
         if image and encoder_name in self._models:  # one image at a time, as the call encodes it
             encoder = self._models[encoder_name]
             jobs.append((encoder, {next(iter(encoder.inputs)): (1, 3, height, width)}))
-        for name in ([controlnet] if isinstance(controlnet, str) else list(controlnet or [])):
-            if name not in self.folder.controlnets:
-                raise ValueError(f"unknown ControlNet {name!r}: this folder has {', '.join(self.folder.controlnets) or 'none'}")
+        for name in checked_names(controlnet, self.folder.controlnets):
             network = self._get(NETWORK_PREFIX + name)  # opened, and resident from now on
             shapes = {"controlnet_cond": (texts, 3, height, width), **{k: v for k, v in unet_shapes.items() if k in network.inputs}}
             jobs.append((network, shapes))
@@ -631,18 +629,14 @@ class Pipeline:
     # --- checks -------------------------------------------------------------------------------------------
     def check_fits(self, height: int | None = None, width: int | None = None, num_images: int = 1,
                    guidance_scale: float | None = None, vae: str | None = None,
-                   controlnet: str | Sequence[str] = ()) -> None:
+                   controlnet: str | Sequence[str] | None = None) -> None:
         """Raise what a text-to-image call of this size would raise before allocating anything: ValueError for a
         size that is not a multiple of the model's, ImageTooLargeError past max_pixels or the memory available
         (`controlnet`: with these ControlNets)."""
         height, width = self.check_size(height, width)
         guidance = self.folder.defaults.guidance_scale if guidance_scale is None else check_guidance(guidance_scale)
-        names = [controlnet] if isinstance(controlnet, str) else list(controlnet)
-        unknown = [name for name in names if name not in self.folder.controlnets]
-        if unknown:
-            raise ValueError(f"unknown ControlNet {unknown[0]!r}: this folder has {', '.join(self.folder.controlnets) or 'none'}")
         self._check_memory(height, width, num_images, self._uses_cfg(guidance), vae=self._check_vae(vae or self.vae),
-                           controlnets=names)
+                           controlnets=checked_names(controlnet, self.folder.controlnets))
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, height / f, width / f) of one image's initial latents (default: the native size), the shape
