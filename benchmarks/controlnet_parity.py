@@ -78,7 +78,7 @@ class Case:
         return ", ".join(parts)
 
 
-# The committed table; tests/test_controlnet_runtime.py runs TEST_CASES of them.
+# The committed table (every scheduler appears in it); tests/test_controlnet_runtime.py runs four rows like these.
 CASES = [
     Case("sd1", scale=1.0, scheduler="ddim"),
     Case("sd1", scale=0.5, scheduler="euler"),
@@ -89,6 +89,10 @@ CASES = [
     Case("sd1", names=("canny", "depth"), scale=(1.0, 0.5), guess_mode=True, scheduler="unipc"),
     Case("sd1", scale=1.0, scheduler="pndm", control_size=(96, 80)),
     Case("sd1", scale=1.0, scheduler="euler", guidance=1.0),
+    Case("sd1", scale=0.8, scheduler="ddpm"),
+    Case("sd1", scale=0.8, scheduler="lms"),
+    Case("sd1", scale=0.8, scheduler="dpm++2m-karras"),
+    Case("sd1", scale=0.8, scheduler="lcm", steps=4),
     Case("sd1", task="img2img", scale=1.0, scheduler="ddim"),
     Case("sd1", task="img2img", names=("canny", "depth"), scale=(0.8, 0.5), start=0.2, end=0.8, scheduler="euler-a"),
     Case("sd1", task="inpaint", scale=1.0, scheduler="ddim", strength=1.0),
