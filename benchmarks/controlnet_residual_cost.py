@@ -6,12 +6,14 @@ graph only and feeds it zeros on calls without control; this measures that again
 (classifier-free guidance) UNet call at the given size, per backend (ONNX Runtime CPU fp32, OpenVINO fp32):
 
     flock /tmp/latentrt-measure.lock python -m benchmarks.controlnet_residual_cost <sd15-controlnet-onnx> \
-        [--size 512] [--calls 3] [--rounds 2] [--backends ort,openvino] [--out benchmarks/results/controlnet_residual_cost]
+        [--size 512] [--calls 5] [--backends ort,openvino] [--sequential --rounds 2]
+        [--out benchmarks/results/controlnet_residual_cost]
 
-One graph is loaded at a time (two SD 1.5 UNets at once would need twice the memory), in rounds A B then B A
-(plain, residual; residual, plain) so that a drift in the machine's load falls on both; each load gets one warm-up
-call, then --calls timed calls. The figure per backend is the median of the timed calls of each graph, and their
-ratio. Writes <out>.md and <out>.json.
+By default both graphs are loaded at once (two SD 1.5 UNets: about 7 GB of weights plus one call's activations) and
+called alternately, plain then residual, --calls times each after one warm-up call each, so that a change in the
+machine's load falls on both alike. --sequential loads one graph at a time instead (half the memory), in rounds
+A B then B A. The figure per backend is the median of each graph's timed calls, and their ratio. Writes <out>.md
+and <out>.json.
 """
 
 from __future__ import annotations
@@ -82,11 +84,33 @@ def measure(backend: str, path: Path, feeds: dict, calls: int) -> dict:
     return {"load_s": loaded, "warmup_s": warmup, "calls_s": times}
 
 
+def measure_interleaved(backend: str, graphs: dict, calls: int) -> dict:
+    """Both graphs loaded, then called alternately: {graph: [run]} as `measure` gives them."""
+    models, runs = {}, {}
+    for name, (path, feeds) in graphs.items():
+        t0 = time.perf_counter()
+        models[name] = load(backend, path.stem, path)
+        runs[name] = {"load_s": time.perf_counter() - t0, "calls_s": []}
+    for name, (_, feeds) in graphs.items():
+        t0 = time.perf_counter()
+        models[name](**feeds)
+        runs[name]["warmup_s"] = time.perf_counter() - t0
+    for _ in range(calls):
+        for name, (_, feeds) in graphs.items():
+            t0 = time.perf_counter()
+            models[name](**feeds)
+            runs[name]["calls_s"].append(time.perf_counter() - t0)
+    models.clear()
+    gc.collect()
+    return {name: [run] for name, run in runs.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", type=Path, help="a model folder exported with --controlnet")
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=5)
+    parser.add_argument("--sequential", action="store_true", help="one graph loaded at a time, in --rounds rounds")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--backends", default="ort,openvino")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/controlnet_residual_cost"))
@@ -98,7 +122,10 @@ def main() -> None:
     results: dict = {}
     for backend in args.backends.split(","):
         runs: dict = {name: [] for name in graphs}
-        for r in range(args.rounds):
+        if not args.sequential:
+            runs = measure_interleaved(backend, graphs, args.calls)
+            print(backend, json.dumps(runs), flush=True)
+        for r in range(args.rounds if args.sequential else 0):
             order = list(graphs) if r % 2 == 0 else list(graphs)[::-1]
             for name in order:
                 path, feeds = graphs[name]
@@ -108,7 +135,8 @@ def main() -> None:
         medians = {name: statistics.median(t for run in rs for t in run["calls_s"]) for name, rs in runs.items()}
         results[backend] = {"runs": runs, "median_s": medians,
                             "ratio": medians["residual (zeros)"] / medians["plain"]}
-    data = {"folder": args.folder.name, "size": args.size, "batch": 2, "calls": args.calls, "rounds": args.rounds,
+    data = {"folder": args.folder.name, "size": args.size, "batch": 2, "calls": args.calls,
+            "rounds": args.rounds if args.sequential else None,
             "cpu": cpu_name(), "threads": os.cpu_count(), "cpu_flags": cpu_flags(),
             "load_average": {"before": load_before, "after": os.getloadavg()}, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,9 +152,11 @@ def report(d: dict) -> str:
         "",
         f"SD 1.5 architecture (random weights), {d['size']}x{d['size']}, one batch-{d['batch']} UNet call (classifier-free "
         "guidance). `plain`: unet/model.onnx; `residual (zeros)`: unet/model_controlnet.onnx fed zeros for its 13 "
-        "residual inputs, as the runtime runs a folder with ControlNets on a call without control. Same weights file, "
-        f"one graph loaded at a time, rounds plain/residual then residual/plain ({d['rounds']} rounds x {d['calls']} "
-        "timed calls after one warm-up per load); median of all timed calls.",
+        "residual inputs, as the runtime runs a folder with ControlNets on a call without control. Same weights file; "
+        + (f"one graph loaded at a time, rounds plain/residual then residual/plain ({d['rounds']} rounds x {d['calls']} "
+           "timed calls after one warm-up per load)" if d["rounds"] else
+           f"both graphs loaded, called alternately ({d['calls']} timed calls each after one warm-up each)")
+        + "; median of each graph's timed calls.",
         "",
         "| backend | plain (s) | residual, zeros (s) | residual / plain |",
         "| --- | ---: | ---: | ---: |",
@@ -153,7 +183,7 @@ def report(d: dict) -> str:
         "latentrt export <sd15-diffusers> <sd15-controlnet-onnx> --controlnet canny=<sd15-controlnet>   # a random "
         "ControlNet made from the UNet: tests/controlnet_models.py random_controlnet",
         f"flock /tmp/latentrt-measure.lock python -m benchmarks.controlnet_residual_cost <sd15-controlnet-onnx> "
-        f"--size {d['size']} --calls {d['calls']} --rounds {d['rounds']}",
+        f"--size {d['size']} --calls {d['calls']}" + (f" --sequential --rounds {d['rounds']}" if d["rounds"] else ""),
         "```",
         "",
     ]

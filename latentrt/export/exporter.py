@@ -392,17 +392,9 @@ def _build(src, tmp, index, kind, opset, validate, rewrites, result, report, cac
                 residual_comparisons = validate_component(*residual_check, precision="fp16")
         if save is not None:  # the residual graph: its own entry, the same data file
             files = [f for f in files if f != cn.RESIDUAL_GRAPH]
-            residual_entry = components["unet_controlnet"] = _residual_entry(
-                residual_spec, folder, opset, rewritten, "fp16" if islands is not None else "fp32")
-            if islands is not None:
-                residual_entry["fp32_islands"] = islands  # the same conversion: the plain graph is derived from it
-            if validate:
-                result.comparisons[residual_spec.name] = residual_comparisons
-                residual_entry["validation"] = [c.as_dict() for c in residual_comparisons]
-                if fp32_comparisons is not None:
-                    residual_entry["validation_fp32"] = [c.as_dict() for c in residual_fp32]
-                for c in residual_comparisons:
-                    report(f"  {c}")
+            figures = (residual_comparisons, residual_fp32 if fp32_comparisons is not None else None) if validate else None
+            components["unet_controlnet"] = _residual_entry(residual_spec, folder, opset, rewritten, islands, figures,
+                                                            result, report)
         entry = _manifest_entry(spec, folder, files, opset, "fp16" if islands is not None else "fp32")
         entry.update(rewritten)
         if islands is not None:
@@ -461,13 +453,24 @@ def _shared_unet_saver(residual_spec: ComponentSpec) -> Callable:
     return lambda model, folder: cn.save_shared_unet(model, folder, names)
 
 
-def _residual_entry(spec: ComponentSpec, folder: Path, opset: int, rewritten: dict, precision: str) -> dict:
-    """The manifest's `unet_controlnet`: the residual graph (validated against PyTorch with random residuals: the
-    caller adds the figures)."""
+def _residual_entry(spec: ComponentSpec, folder: Path, opset: int, rewritten: dict, islands: dict | None,
+                    figures: tuple | None, result: ExportReport, report: Callable[[str], None]) -> dict:
+    """The manifest's `unet_controlnet`: the residual graph, with its validation against PyTorch (random residuals;
+    ``figures``: (comparisons, the fp32 ones before an fp16 conversion or None), or None without validation)."""
     files = [cn.RESIDUAL_GRAPH, EXTERNAL_DATA_NAME]
-    entry = _manifest_entry(spec, folder, files, opset, precision, file=cn.RESIDUAL_GRAPH)
+    entry = _manifest_entry(spec, folder, files, opset, "fp16" if islands is not None else "fp32", file=cn.RESIDUAL_GRAPH)
     entry["shares_weights_with"] = "unet"  # the same model.onnx_data: the weights are stored once
     entry.update({k: v for k, v in rewritten.items() if k != "weights"})  # LoRA's map: the unet entry's (same file)
+    if islands is not None:
+        entry["fp32_islands"] = islands  # the same conversion: the plain graph is derived from it
+    if figures is not None:
+        comparisons, fp32 = figures
+        result.comparisons[spec.name] = comparisons
+        entry["validation"] = [c.as_dict() for c in comparisons]
+        if fp32 is not None:
+            entry["validation_fp32"] = [c.as_dict() for c in fp32]
+        for c in comparisons:
+            report(f"  {c}")
     return entry
 
 
