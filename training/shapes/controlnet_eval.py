@@ -126,7 +126,8 @@ def write_markdown(res: dict, path: Path) -> None:
     lines = [
         "# A trained ControlNet for the shapes model: edges say what and where, the prompt says the colours",
         "",
-        ("Written by `python -m training.shapes.controlnet_eval --latentrt <scratch>/shapes-controlnet-onnx --export` "
+        ("Written by `python -m training.shapes.controlnet_eval --latentrt <scratch>/shapes-controlnet-onnx --export "
+         "--grid training/shapes/results/controlnet.png` "
         "(the ControlNet: `nice -n 19 python -m training.shapes.controlnet --run-dir <run-dir>`)."),
         "",
         ("Each case is a fresh render of a combination: its Canny edges (thresholds 100/200) are the control image, and "
@@ -145,10 +146,15 @@ def write_markdown(res: dict, path: Path) -> None:
         lines += _rows("diffusers `StableDiffusionControlNetPipeline`", res["diffusers"])
     for provider, by_split in res.get("latentrt", {}).items():
         lines += _rows(f"latentrt, {PROVIDERS.get(provider, provider)}", by_split)
+    lines += ["", ("[controlnet.png](controlnet.png): the first 16 held-out cases (diffusers): control images, the images with "
+              "the ControlNet, the same prompts and seeds without it (`--grid`).")]
     lines += ["", ("Without the ControlNet the prompt names no shape and no cell, so shape and position are the base "
-              "model's guess (chance: 1/3 and 1/9). diffusers is given the edge maps; latentrt is given the render "
+              "model's guess (chance: 1/3 and 1/9). diffusers draws its noise from torch generators, latentrt from its own "
+              "seeds, so their images differ (hence the rows without the ControlNet). diffusers is given the edge maps; "
+              "latentrt is given the render "
               "itself with `control_preprocess=\"canny\"` (its preprocessor is OpenCV's Canny, the same edges pixel "
-              "for pixel), through `latentrt export <reference> <out> --controlnet edges=training/shapes/controlnet`.")]
+              "for pixel), through a folder exported by `latentrt export training/shapes/reference <out> --compact-weights --controlnet "
+              "edges=training/shapes/controlnet`.")]
     if TRAINING.exists():
         t = json.loads(TRAINING.read_text())
         r = t["recipe"]
@@ -160,6 +166,7 @@ def write_markdown(res: dict, path: Path) -> None:
                   "| step | shape | position | colour | background |", "| ---: | ---: | ---: | ---: | ---: |"]
         lines += [f"| {e['step']:,} | {e['shape']:.2f} | {e['position']:.2f} | {e['color']:.2f} | {e['background']:.2f} |"
                   for e in t["evals"]]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def export_folder(controlnet: Path, out: Path) -> None:
