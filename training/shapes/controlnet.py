@@ -12,8 +12,9 @@ Recipe: ``ControlNetModel.from_unet`` of the reference UNet (``training/shapes/r
 shipped ONNX model was exported from), so its encoder starts as the UNet's and its zero convolutions at zero; the
 conditioning embedding downsamples 4x (64x64 control -> the 16x16 latents; diffusers' default is 8x, for SD's
 f=8 VAE). UNet, VAE and text encoder frozen. The base model's own loss (v-prediction, image-space weight
-min(SNR, 5) + 1), timesteps drawn with a bias to high noise (the cubic rule of T2I-Adapter: the layout is
-decided there), AdamW with warmup and a cosine decay.
+min(SNR, 5) + 1); timesteps drawn with a bias to high noise for the first 570 steps (the cubic rule of
+T2I-Adapter: the layout is decided there), then uniformly (corners are drawn at low noise); AdamW with warmup and a
+cosine decay; 1,300 steps at batch 32 (about 40 minutes on 2 shared CPU cores). The README says how it went.
 
 Data: renders of the base model's training combinations only (``dataset.TRAIN_COMBINATIONS``; the 49
 ``dataset.HELD_OUT`` ones are never seen), each paired with
