@@ -157,8 +157,9 @@ def generate(
             **control_fields(controls, canny_low, canny_high, control_start, control_end, guess_mode),
         )
         if pipe.provider == "openvino" and image is None and num_images == 1:  # checked, then the networks compiled
-            pipe.check(request)  # in parallel, not one by one as the call reaches them (benchmarks/results/load_time.md)
-            pipe.compile(height, width, guidance_scale=guidance)
+            plan = pipe.check(request)  # in parallel, not one by one as the call reaches them (benchmarks/results/load_time.md)
+            # the plan's size: with --control and no --height/--width, the control image's; its ControlNets with the rest
+            pipe.compile(plan.height, plan.width, guidance_scale=guidance, controlnet=list(getattr(plan.control, "names", ())))
         with typer.progressbar(length=1, label="denoising", file=sys.stderr) as bar:
 
             def progress(done: int, total: int) -> None:
@@ -170,10 +171,10 @@ def generate(
         _fail(str(exc))
     for image, params, path in zip(result.images, result.parameters, outputs):
         save_png(image, path, params, force=force)
+        typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     for path, control_map in zip(control_map_paths(controls, output, pipe), control_maps(controls, result)):
         control_map.save(path)
         typer.echo(f"{path}  (the control map that conditioned the image)")
-        typer.echo(f"{path}  (seed {params.seed}, {params.sampler}, {params.steps} steps, CFG {params.guidance_scale:g}, {params.backend} {params.precision})")
     t = result.timings
     calls = result.unet_calls
     shallow = f"; DeepCache: {calls['full']} full UNet calls, {calls['shallow']} shallow" if calls.get("shallow") else ""

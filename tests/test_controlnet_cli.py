@@ -66,6 +66,7 @@ def test_control_with_canny_gives_the_pipelines_image_and_saves_the_map(folder, 
     assert not np.array_equal(pixels(out), plain.arrays[0])  # the ControlNet changed the image
     control_map = tmp_path / "house.control-canny.png"
     assert control_map.is_file() and str(control_map) in result.output.replace("\n", "")
+    assert f"{out}  (seed 5, " in result.output.replace("\n", "")  # the image's own line too
     assert np.array_equal(pixels(control_map), np.asarray(canny(Image.open(source), 50, 150)))
     with Image.open(out) as image:  # what conditioned it is in the PNG's parameters
         assert "canny" in image.text["parameters"]
