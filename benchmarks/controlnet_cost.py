@@ -263,13 +263,16 @@ def report(data: dict, markdown: str | None) -> str:
         f"{data['threads']} threads. One network call each; fresh process per system and round, {data['rounds']} rounds "
         f"x {data['calls_per_round']} timed calls after one untimed call of each; median (min–max) of every timed call."), "",
         ("| system | plain UNet call | residual UNet fed zeros | ControlNet call | UNet call with residuals | "
-        "ControlNet step | step / plain step |"),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "ControlNet step | step / plain step | step / call without control, same process |"),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in s.items():
         zeros = f"{ms(r['zeros'])}, {r['zeros_over_plain']:.2f}x" if r.get("zeros") else "–"
+        # the call without control that ran in the same process as the step, interleaved with it call by call:
+        # latentrt's residual graph fed zeros, diffusers' plain UNet
+        alone = r["zeros"]["median"] if r.get("zeros") else r["plain"]["median"]
         lines.append(f"| {LABELS[name]} | {ms(r['plain'])} | {zeros} | {ms(r['controlnet'])} | {ms(r['with_residuals'])} | "
-                     f"{r['step']:.2f} s | {r['step_over_plain']:.2f}x |")
+                     f"{r['step']:.2f} s | {r['step_over_plain']:.2f}x | {r['step'] / alone:.2f}x |")
     refs = {k: s[k]["step"] for k in TORCH if k in s}
     if refs:
         lines += ["", "A ControlNet step, diffusers' time / latentrt's (> 1: latentrt faster):", "",
@@ -278,7 +281,10 @@ def report(data: dict, markdown: str | None) -> str:
         for name in (n for n in s if n in LATENTRT):
             lines.append(f"| {LABELS[name]} | " + " | ".join(f"{ref / s[name]['step']:.2f}x" for ref in refs.values()) + " |")
     lines += ["", ("- `ControlNet step` = ControlNet call + UNet call with residuals (the medians' sum); `step / plain step` "
-              "divides it by the plain UNet call of the same system: what one ControlNet adds to a step."),
+              "divides it by the plain UNet call of the same system: what one ControlNet adds to a step. The last column "
+              "divides it by the call without control that ran in the same process, interleaved call by call with the "
+              "step's calls (latentrt: the residual graph fed zeros, what a folder with ControlNets runs without "
+              "control; diffusers: its plain UNet): the ratio least moved by other jobs on the machine."),
               ("- `residual UNet fed zeros` is what a folder exported with `--controlnet` runs on a call without control "
               "(it opens only the graph that takes the residuals; the image is the plain graph's); the ratio is its "
               "cost over the plain graph's."),
