@@ -67,18 +67,20 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(row[key] for row in rows)
 
 
-def measure_path(name: str, folder: Path, provider: str, precision: str, work: Path, repeats: int) -> dict:
+def measure_path(name: str, folder: Path, provider: str, precision: str, work: Path, repeats: int,
+                 ready_only: bool = False) -> dict:
     cache = work / f"cache-{name.replace(' ', '-')}"
     shutil.rmtree(cache, ignore_errors=True)
     cold = run_worker(folder, provider, precision, str(cache))
     warm = [run_worker(folder, provider, precision, str(cache)) for _ in range(repeats)]
-    first = run_worker(folder, provider, precision, str(cache), calls=2)
     row = {"path": name, "folder": folder.name, "provider": provider, "precision": cold["precision"],
            "cold_ready": round(cold["ready"], 2), "warm_ready": round(median(warm, "ready"), 2),
            "warm_load": round(median(warm, "load"), 2), "warm_runs": [round(r["ready"], 2) for r in warm],
-           "first_call_extra": round(first["call1"] - first["call2"], 2), "warm_call": round(first["call2"], 2),
            "cache_bytes": sum(f.stat().st_size for f in cache.rglob("*") if f.is_file())}
-    if provider == "openvino":
+    if not ready_only:
+        first = run_worker(folder, provider, precision, str(cache), calls=2)
+        row.update(first_call_extra=round(first["call1"] - first["call2"], 2), warm_call=round(first["call2"], 2))
+    if provider == "openvino" and not ready_only:
         lazy = run_worker(folder, provider, precision, str(cache), calls=2, when="lazy")
         row["lazy_ready"] = round(lazy["load"] + lazy["call1"] - lazy["call2"], 2)
         uncached = [run_worker(folder, provider, precision, "off") for _ in range(repeats)]
@@ -127,15 +129,24 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def report(rows: list[dict], png: dict, args: argparse.Namespace, load: str) -> str:
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _plain(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report(rows: list[dict], png: dict | None, args: argparse.Namespace, load: str, load_after: str) -> str:
     lines = [
         "# Ready to generate: load time per CPU path (SD 1.5 architecture, 512x512)",
         "",
-        f"CPU: {cpu_name()}, {os.cpu_count()} threads; flags: {cpu_flags()}. Load average at the start: {load}.",
+        (f"CPU: {cpu_name()}, {os.cpu_count()} threads; flags: {cpu_flags()}. Load average (1, 5, 15 min) "
+        f"at the start: {load}; at the end: {load_after}."),
         "",
         "```",
         ("python -m benchmarks.load_time --fp32 <sd15-onnx> --int8 <sd15-int8> --work <scratch> "
-        f"--repeats {args.repeats}"),
+        f"--repeats {args.repeats}" + (" --ready-only" if args.ready_only else "")),
         "```",
         "",
         ("Seconds, each a fresh process. ready = `Pipeline.from_folder` + `compile(512, 512, guidance_scale=0)`; "
@@ -150,8 +161,11 @@ def report(rows: list[dict], png: dict, args: argparse.Namespace, load: str) -> 
     ]
     for r in rows:
         lines.append(f"| {r['path']} ({r['precision']}) | {r['warm_ready']:.2f} | {', '.join(f'{x:.1f}' for x in r['warm_runs'])} | "
-                     f"{r['cold_ready']:.2f} | {r.get('uncached_ready', '-')} | {r.get('lazy_ready', '-')} | {r['first_call_extra']:+.2f} | "
-                     f"{r['warm_call']:.2f} | {r['cache_bytes'] / 1e9:.2f} GB |")
+                     f"{r['cold_ready']:.2f} | {r.get('uncached_ready', '-')} | {r.get('lazy_ready', '-')} | "
+                     f"{_signed(r.get('first_call_extra'))} | {_plain(r.get('warm_call'))} | {r['cache_bytes'] / 1e9:.2f} GB |")
+    if png is None:
+        return "\n".join([*lines, "", ("`--ready-only`: cold and warm ready only (no calls, no uncached or lazy loads, no "
+                                        "`latentrt generate`)."), ""])
     lines += [
         "",
         (f"Default path end to end: `latentrt generate` 512x512, 1 step, guidance 0, warm cache: {png['path']}: fresh "
@@ -170,6 +184,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="scratch folder for the caches (emptied after)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated path names to run (default: all)")
+    parser.add_argument("--ready-only", action="store_true",
+                        help="only the cold and warm ready times (no calls, no uncached or lazy loads, no generate)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/load_time"))
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="latentrt-load-"))
@@ -185,12 +201,14 @@ def main() -> None:
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        rows = [measure_path(name, folder, provider, precision, work, args.repeats) for name, folder, provider, precision in paths]
-        png = fresh_png(args.fp32, work, args.repeats)
+        rows = [measure_path(name, folder, provider, precision, work, args.repeats, args.ready_only)
+                for name, folder, provider, precision in paths]
+        png = None if args.ready_only else fresh_png(args.fp32, work, args.repeats)
+        load_after = " ".join(f"{x:.1f}" for x in os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu_name(), "flags": cpu_flags(), "load_average": load,
-                                                         "paths": rows, "default_png": png}, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(report(rows, png, args, load))
+                                                         "load_average_after": load_after, "paths": rows, "default_png": png}, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(report(rows, png, args, load, load_after))
     print(args.out.with_suffix(".md").read_text())
 
 
