@@ -206,13 +206,14 @@ def run(args) -> dict:
         raise SystemExit(f"unknown systems {unknown}: choose from {', '.join(SYSTEMS)}")
     paths = {k: str(Path(getattr(args, k)).resolve()) for k in ("diffusers", "controlnet", "onnx")}
     jobs = processes(systems)
-    results: dict[str, dict] = {s: {"calls": {}, "first": []} for s in systems}
+    results: dict[str, dict] = {s: {"calls": {}, "first": [], "load": []} for s in systems}
     for r in range(args.rounds):
         order = jobs[r % len(jobs):] + jobs[:r % len(jobs)]
         for system, part in order:
             cmd = [sys.executable, "-m", "benchmarks.controlnet_cost", "worker", system, part, paths["diffusers"],
                    paths["controlnet"], paths["onnx"], "--name", args.name, "--size", str(args.size),
                    "--calls", str(args.calls), "--threads", str(args.threads)]
+            results[system]["load"].append(os.getloadavg()[0])  # other jobs on the machine as the process starts
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=thread_env(args.threads))
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode or line is None:
@@ -234,7 +235,7 @@ def run(args) -> dict:
                            "step_over_plain": step / figures["plain"]["median"],
                            "zeros_over_plain": (figures["zeros"]["median"] / figures["plain"]["median"]
                                                 if "zeros" in figures else None),
-                           "load_and_first_calls": entry["first"]}
+                           "load_and_first_calls": entry["first"], "load_average_1min": entry["load"]}
     return {"size": args.size, "batch": 2, "threads": args.threads, "rounds": args.rounds, "calls_per_round": args.calls,
             "controlnet": args.name, "systems": summary,
             "command": "flock /tmp/latentrt-measure.lock python -m benchmarks.controlnet_cost " + " ".join(
@@ -291,6 +292,9 @@ def report(data: dict, markdown: str | None) -> str:
               ("- latentrt's residuals are the ControlNet's outputs scaled in NumPy (as the runtime's step modifier does), "
               "included in `ControlNet call`; diffusers' are passed as `down_block_additional_residuals` / "
               "`mid_block_additional_residual`."), "",
+              "- Load average (1 min) as each process started: " + "; ".join(
+                  f"{LABELS[n]} {', '.join(f'{x:.1f}' for x in r.get('load_average_1min', []))}" for n, r in s.items()) + ".",
+              "",
               f"**Machine.** {data.get('machine', cpu_line())}", "",
               f"Command: `{data['command']}`. {load_line(data)}", ""]
     text = "\n".join(lines)
