@@ -226,20 +226,30 @@ def run(args) -> dict:
                 entry["calls"].setdefault(kind, []).extend(values)
             shown = "; ".join(f"{k} {', '.join(f'{v:.2f}' for v in vs)}" for k, vs in res["calls"].items())
             print(f"round {r + 1} {system:<10} {part:<7} {shown} s", flush=True)
-    summary = {}
-    for system, entry in results.items():
-        figures = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "calls": v}
-                   for k, v in entry["calls"].items()}
-        step = figures["controlnet"]["median"] + figures["with_residuals"]["median"]
-        summary[system] = {"label": entry["label"], **figures, "step": step,
-                           "step_over_plain": step / figures["plain"]["median"],
-                           "zeros_over_plain": (figures["zeros"]["median"] / figures["plain"]["median"]
-                                                if "zeros" in figures else None),
-                           "load_and_first_calls": entry["first"], "load_average_1min": entry["load"]}
+    summary = {system: summarize(entry["calls"]) | {"label": entry["label"], "load_and_first_calls": entry["first"],
+                                                     "load_average_1min": entry["load"]}
+               for system, entry in results.items()}
     return {"size": args.size, "batch": 2, "threads": args.threads, "rounds": args.rounds, "calls_per_round": args.calls,
             "controlnet": args.name, "systems": summary,
             "command": "flock /tmp/latentrt-measure.lock python -m benchmarks.controlnet_cost " + " ".join(
                 _placeholders(sys.argv[1:], paths))}
+
+
+def summarize(calls: dict[str, list[float]]) -> dict:
+    """Each kind's median (min, max) over its calls, the step (ControlNet + UNet with residuals) and its ratios."""
+    figures = {k: {"median": statistics.median(v), "min": min(v), "max": max(v), "calls": v} for k, v in calls.items()}
+    step = figures["controlnet"]["median"] + figures["with_residuals"]["median"]
+    return {**figures, "step": step, "step_over_plain": step / figures["plain"]["median"],
+            "zeros_over_plain": figures["zeros"]["median"] / figures["plain"]["median"] if "zeros" in figures else None}
+
+
+def one_round(data: dict, number: int) -> dict:
+    """The report's data restricted to round `number` (1-based): each kind's calls of that round only (every
+    process appends its --calls timed calls per kind, round after round)."""
+    n = data["calls_per_round"]
+    part = slice((number - 1) * n, number * n)
+    systems = {name: r | summarize({k: r[k]["calls"][part] for k in KINDS if k in r}) for name, r in data["systems"].items()}
+    return {**data, "systems": systems, "shown_round": number}
 
 
 def _placeholders(argv: list[str], paths: dict[str, str]) -> list[str]:
@@ -262,7 +272,8 @@ def report(data: dict, markdown: str | None) -> str:
         (f"SD 1.5 architecture (random weights) with one ControlNet made from its UNet (random weights, "
         f"`ControlNetModel.from_unet`), {data['size']}x{data['size']}, batch {data['batch']} (the CFG pair), "
         f"{data['threads']} threads. One network call each; fresh process per system and round, {data['rounds']} rounds "
-        f"x {data['calls_per_round']} timed calls after one untimed call of each; median (min–max) of every timed call."), "",
+        f"x {data['calls_per_round']} timed calls after one untimed call of each; median (min–max) of every timed call"
+        + (f" of round {data['shown_round']} alone." if data.get("shown_round") else ".")), "",
         ("| system | plain UNet call | residual UNet fed zeros | ControlNet call | UNet call with residuals | "
         "ControlNet step | step / plain step | step / call without control, same process |"),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -292,8 +303,9 @@ def report(data: dict, markdown: str | None) -> str:
               ("- latentrt's residuals are the ControlNet's outputs scaled in NumPy (as the runtime's step modifier does), "
               "included in `ControlNet call`; diffusers' are passed as `down_block_additional_residuals` / "
               "`mid_block_additional_residual`."), "",
-              "- Load average (1 min) as each process started: " + "; ".join(
-                  f"{LABELS[n]} {', '.join(f'{x:.1f}' for x in r.get('load_average_1min', []))}" for n, r in s.items()) + ".",
+              *(["- Load average (1 min) as each process started: " + "; ".join(
+                  f"{LABELS[n]} {', '.join(f'{x:.1f}' for x in r['load_average_1min'])}" for n, r in s.items()) + "."]
+                if all(r.get("load_average_1min") for r in s.values()) else []),
               "",
               f"**Machine.** {data.get('machine', cpu_line())}", "",
               f"Command: `{data['command']}`. {load_line(data)}", ""]
@@ -326,11 +338,13 @@ def main() -> None:
     r = sub.add_parser("report")
     r.add_argument("json")
     r.add_argument("--markdown")
+    r.add_argument("--round", type=int, help="the figures of this round alone (1-based)")
     args = parser.parse_args()
     if args.command == "worker":
         return worker(args)
     if args.command == "report":
-        print(report(json.loads(Path(args.json).read_text()), args.markdown))
+        data = json.loads(Path(args.json).read_text())
+        print(report(one_round(data, args.round) if args.round else data, args.markdown))
         return
     load_before = os.getloadavg()
     data = run(args)
