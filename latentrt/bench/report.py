@@ -455,7 +455,8 @@ def render_markdown(report: dict[str, Any], title: str | None = None) -> str:
             lines.append(f"| {name} | {system['unet_gflops']:.0f} | {system['fraction_of_roof']:.0%} | {vae} |")
         lines.append("")
     if report["agreement_vs_reference"]:
-        inputs = "same latents" if s.get("task", "txt2img") == "txt2img" else "same image, mask, strength and NumPy noise"
+        inputs = {"txt2img": "same latents", "controlnet": "same latents and control map"}.get(
+            s.get("task", "txt2img"), "same image, mask, strength and NumPy noise")
         lines.append(f"**Image agreement** with diffusers (uint8, {inputs}): " + "; ".join(
             f"{name}: PSNR {a['psnr_db']:.1f} dB, max abs diff {a['max_abs_diff']}"
             for name, a in report["agreement_vs_reference"].items()
