@@ -20,7 +20,10 @@ benchmarks/results/memory_guard.md has the estimate against whole generations):
 - weights: the component files' sizes, all resident by default, one network at a time with `low_memory`;
   a backend that compiles per shape (OpenVINO) adds a compiled copy of the UNet for a new size.
 - ControlNets (a call with control_image): each one's weights when it is not open yet (opened at first use, then
-  resident; with low_memory held beside the UNet for the denoise), and a compiled copy with the UNet's; its
+  resident; with low_memory held beside the UNet for the denoise) times `CONTROLNET_LOAD_FACTOR` (a ControlNet
+  graph keeps its weights inline: the file's bytes and the session's tensors are both held while it loads;
+  measured on SD 1.5's architecture, ONNX Runtime: a 1.45 GB ControlNet added 2.03-2.06 GB to a generation's peak at
+  256 and 512 px, benchmarks/results/controlnet_memory.md), and a compiled copy with the UNet's; its
   activations as the UNet's (`UNET_BYTES_PER_VALUE`: a ControlNet is the UNet's encoder half at the same sizes, and
   the backend's allocator keeps its buffers while the UNet runs; not measured apart), plus the residual tensors
   (`RESIDUAL_COPIES` float32 copies of the UNet's skip samples: each ControlNet's scaled outputs, their sum, the feed).
@@ -46,6 +49,7 @@ ATTENTION_BYTES = 4  # one float32 score
 TEXT_ENCODER_ACTIVATIONS = 64 << 20  # (texts, 77, width) stays small at any image size
 RUNTIME_OVERHEAD = 256 << 20  # allocator slack and per-call copies (latents, noise, images)
 RESIDUAL_COPIES = 3  # the ControlNet residuals held at once besides each ControlNet's outputs (see the docstring)
+CONTROLNET_LOAD_FACTOR = 1.6  # peak bytes per byte of a ControlNet's file while it loads (see the docstring)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ def estimate(folder: ModelFolder, height: int, width: int, texts: int, images: i
         unet += 4 * residual_values * (RESIDUAL_COPIES + len(controlnets))
         unet += UNET_BYTES_PER_VALUE * texts * channels[0] * lh * lw  # its activations (see the docstring)
         sizes = {name: _files_bytes(folder.controlnets[name].model) for name in unique}
-        control_weights = sum(size for name, size in sizes.items() if low_memory or NETWORK_PREFIX + name not in resident)
+        control_weights = int(CONTROLNET_LOAD_FACTOR * sum(
+            size for name, size in sizes.items() if low_memory or NETWORK_PREFIX + name not in resident))
         if compiles:
             unet += sum(sizes.values())
     tiny = vae == "tiny"
